@@ -1,0 +1,207 @@
+//! The command line: `hx up`, `hx serve <service>`, and the gateway commands
+//! `hx store`, `hx recall`, `hx health`.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use helix_runtime::HelixConfig;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::client::GatewayClient;
+use crate::fleet::{Node, Role};
+
+#[derive(Debug, Parser)]
+#[command(name = "hx", version, about = "Helix: keep knowledge, reach any LLM, run durable work")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run all eight services in this process (the embedded default)
+    Up,
+    /// Run one service in this process
+    Serve {
+        /// storage, search, graph, llm-router, orchestrator, jobs, notifications or gateway
+        service: Role,
+    },
+    /// Store a knowledge node through the gateway
+    Store(StoreArgs),
+    /// List the nodes whose title or content contain the words
+    Recall(RecallArgs),
+    /// Show the gateway's health and its dependencies'
+    Health(Remote),
+}
+
+#[derive(Debug, Args)]
+pub struct Remote {
+    /// The gateway to talk to
+    #[arg(long, env = "HELIX_SERVER", default_value = "http://127.0.0.1:9470", global = true)]
+    pub server: String,
+    /// API key; default: HELIX_HOME/admin.key, written by a gateway on this machine
+    #[arg(long, env = "HELIX_API_KEY", hide_env_values = true, global = true)]
+    pub api_key: Option<String>,
+    /// Print the gateway's JSON answer
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The content; `-` reads it from standard input
+    #[arg(required = true, num_args = 1..)]
+    pub content: Vec<String>,
+    #[arg(short, long)]
+    pub title: Option<String>,
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    #[arg(short, long)]
+    pub kind: Option<String>,
+    /// May be given more than once
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    #[arg(long)]
+    pub source: Option<String>,
+    #[arg(long)]
+    pub importance: Option<f64>,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct RecallArgs {
+    #[arg(required = true, num_args = 1..)]
+    pub words: Vec<String>,
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    #[arg(short, long, default_value_t = 10)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Up => run_node(&Role::ALL).await,
+        Command::Serve { service } => run_node(&[service]).await,
+        Command::Store(args) => store(args).await,
+        Command::Recall(args) => recall(args).await,
+        Command::Health(remote) => health(remote).await,
+    }
+}
+
+async fn run_node(roles: &[Role]) -> anyhow::Result<ExitCode> {
+    let config = HelixConfig::load()?;
+    helix_telemetry::init(&config.log);
+    let home = config.home.clone();
+    let node = Node::start(config, roles).await.context("cannot start")?;
+    if let Some(url) = node.gateway_url() {
+        println!("helix is up: REST {url}, gRPC {}, data in {}", node.grpc_url(), home.display());
+    }
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+        _ = node.stopped() => tracing::warn!("a server stopped, shutting down"),
+    }
+    node.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn client(remote: &Remote) -> anyhow::Result<GatewayClient> {
+    let key = match &remote.api_key {
+        Some(key) => Some(key.clone()),
+        None => read_key_file(),
+    };
+    GatewayClient::new(&remote.server, key)
+}
+
+fn read_key_file() -> Option<String> {
+    let home = std::env::var_os("HELIX_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".helix")))?;
+    let key = std::fs::read_to_string(home.join("admin.key")).ok()?;
+    Some(key.trim().to_owned()).filter(|k| !k.is_empty())
+}
+
+async fn store(args: StoreArgs) -> anyhow::Result<ExitCode> {
+    let content = if args.content == ["-"] {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).context("cannot read standard input")?;
+        text
+    } else {
+        args.content.join(" ")
+    };
+    let mut body = json!({ "content": content, "tags": args.tags });
+    for (field, value) in [("title", args.title), ("namespace", args.namespace), ("kind", args.kind), ("source", args.source)] {
+        if let Some(value) = value {
+            body[field] = json!(value);
+        }
+    }
+    if let Some(importance) = args.importance {
+        body["importance"] = json!(importance);
+    }
+    let node: Value = client(&args.remote)?.call(Method::POST, "/api/v1/nodes", &[], Some(&body)).await?;
+    if args.remote.json {
+        println!("{}", serde_json::to_string_pretty(&node)?);
+    } else {
+        println!("stored {} ({}/{}, version {})", node["id"].as_str().unwrap_or("?"), node["namespace"].as_str().unwrap_or("?"), node["kind"].as_str().unwrap_or("?"), node["version"]);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn recall(args: RecallArgs) -> anyhow::Result<ExitCode> {
+    let mut query = vec![("q", args.words.join(" ")), ("limit", args.limit.to_string())];
+    if let Some(namespace) = args.namespace {
+        query.push(("namespace", namespace));
+    }
+    let page: Value = client(&args.remote)?.call(Method::GET, "/api/v1/recall", &query, None).await?;
+    if args.remote.json {
+        println!("{}", serde_json::to_string_pretty(&page)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let nodes = page["nodes"].as_array().cloned().unwrap_or_default();
+    if nodes.is_empty() {
+        println!("nothing found");
+    }
+    for node in nodes {
+        let content = node["content"].as_str().unwrap_or_default();
+        let snippet: String = content.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(120).collect();
+        println!("{}  [{}] {}", node["id"].as_str().unwrap_or("?"), node["namespace"].as_str().unwrap_or("?"), node["title"].as_str().unwrap_or(""));
+        println!("    {snippet}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn health(remote: Remote) -> anyhow::Result<ExitCode> {
+    let (status, text) = client(&remote)?.send(Method::GET, "/health", &[], None).await?;
+    let health: Value = serde_json::from_str(&text).with_context(|| format!("unexpected answer: {text}"))?;
+    if remote.json {
+        println!("{}", serde_json::to_string_pretty(&health)?);
+    } else {
+        println!("{}", health["status"].as_str().unwrap_or("unknown"));
+        if let Some(checks) = health["checks"].as_object() {
+            for (name, verdict) in checks {
+                println!("  {name:<14} {}", verdict.as_str().unwrap_or("?"));
+            }
+        }
+    }
+    Ok(if status.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

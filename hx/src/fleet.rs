@@ -1,0 +1,192 @@
+//! Runs any set of the eight services in this process. `hx up` runs all of them;
+//! `hx serve <service>` runs one. The gRPC services of a process share one server
+//! (and the gateway also serves REST); a service's clients reach a local peer over
+//! loopback exactly as they would reach a remote one.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use helix_proto::service_names;
+use helix_runtime::{HelixConfig, ServiceContext, grpc};
+use tokio::net::TcpListener;
+use tonic::service::RoutesBuilder;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Storage,
+    Search,
+    Graph,
+    LlmRouter,
+    Orchestrator,
+    Jobs,
+    Notifications,
+    Gateway,
+}
+
+impl Role {
+    pub const ALL: [Role; 8] = [
+        Role::Storage,
+        Role::Search,
+        Role::Graph,
+        Role::LlmRouter,
+        Role::Orchestrator,
+        Role::Jobs,
+        Role::Notifications,
+        Role::Gateway,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Storage => "storage",
+            Role::Search => "search",
+            Role::Graph => "graph",
+            Role::LlmRouter => "llm-router",
+            Role::Orchestrator => "orchestrator",
+            Role::Jobs => "jobs",
+            Role::Notifications => "notifications",
+            Role::Gateway => "gateway",
+        }
+    }
+
+    fn grpc_service(self) -> &'static str {
+        match self {
+            Role::Storage => service_names::STORAGE,
+            Role::Search => service_names::SEARCH,
+            Role::Graph => service_names::GRAPH,
+            Role::LlmRouter => service_names::LLM_ROUTER,
+            Role::Orchestrator => service_names::ORCHESTRATOR,
+            Role::Jobs => service_names::JOBS,
+            Role::Notifications => service_names::NOTIFICATIONS,
+            Role::Gateway => service_names::GATEWAY,
+        }
+    }
+
+    /// Points this role's client endpoint at `url`.
+    fn set_endpoint(self, config: &mut HelixConfig, url: String) {
+        let e = &mut config.endpoints;
+        let slot = match self {
+            Role::Storage => &mut e.storage,
+            Role::Search => &mut e.search,
+            Role::Graph => &mut e.graph,
+            Role::LlmRouter => &mut e.llm_router,
+            Role::Orchestrator => &mut e.orchestrator,
+            Role::Jobs => &mut e.jobs,
+            Role::Notifications => &mut e.notifications,
+            Role::Gateway => &mut e.gateway,
+        };
+        *slot = url;
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL.into_iter().find(|r| r.name() == s).ok_or_else(|| {
+            let names: Vec<_> = Role::ALL.iter().map(|r| r.name()).collect();
+            format!("unknown service {s:?}; one of: {}", names.join(", "))
+        })
+    }
+}
+
+/// Services running in this process. Dropping it does not stop them: call [`Node::stop`].
+pub struct Node {
+    pub grpc_addr: SocketAddr,
+    pub gateway_addr: Option<SocketAddr>,
+    pub roles: Vec<Role>,
+    ctx: ServiceContext,
+}
+
+impl Node {
+    /// Binds the listeners, starts `roles` and serves them in the background.
+    pub async fn start(mut config: HelixConfig, roles: &[Role]) -> helix_runtime::Result<Node> {
+        let mut roles = roles.to_vec();
+        roles.sort();
+        roles.dedup();
+        let grpc_listener = TcpListener::bind(config.grpc.addr).await?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let gateway_listener = match roles.contains(&Role::Gateway) {
+            true => Some(TcpListener::bind(config.gateway.addr).await?),
+            false => None,
+        };
+        let gateway_addr = gateway_listener.as_ref().map(TcpListener::local_addr).transpose()?;
+
+        // Local peers are reached over loopback, whatever address the server listens on.
+        let local = SocketAddr::new(
+            if grpc_addr.ip().is_unspecified() { [127, 0, 0, 1].into() } else { grpc_addr.ip() },
+            grpc_addr.port(),
+        );
+        for role in &roles {
+            role.set_endpoint(&mut config, format!("http://{local}"));
+        }
+
+        let bus = helix_events::connect(&config.events, "hx").await?;
+        let ctx = ServiceContext::new(config, bus);
+        let mut routes = RoutesBuilder::default();
+        let mut http = None;
+        for role in &roles {
+            match role {
+                Role::Storage => routes.add_service(helix_storage::start(&ctx).await?),
+                Role::Search => routes.add_service(helix_search::start(&ctx).await?),
+                Role::Graph => routes.add_service(helix_graph::start(&ctx).await?),
+                Role::LlmRouter => routes.add_service(helix_llm_router::start(&ctx).await?),
+                Role::Orchestrator => routes.add_service(helix_orchestrator::start(&ctx).await?),
+                Role::Jobs => routes.add_service(helix_jobs::start(&ctx).await?),
+                Role::Notifications => routes.add_service(helix_notifications::start(&ctx).await?),
+                Role::Gateway => {
+                    let gateway = helix_gateway::start(&ctx).await?;
+                    http = Some(gateway.http);
+                    routes.add_service(gateway.grpc)
+                }
+            };
+        }
+
+        let names: Vec<&'static str> = roles.iter().map(|r| r.grpc_service()).collect();
+        let shutdown = ctx.shutdown.clone();
+        ctx.tasks.spawn(async move {
+            if let Err(error) = grpc::serve(grpc_listener, routes.routes(), &names, shutdown.clone()).await {
+                tracing::error!(%error, "grpc server failed, stopping");
+                shutdown.cancel();
+            }
+        });
+        if let (Some(listener), Some(http)) = (gateway_listener, http) {
+            let shutdown = ctx.shutdown.clone();
+            ctx.tasks.spawn(async move {
+                if let Err(error) = helix_gateway::serve_http(listener, http, shutdown.clone()).await {
+                    tracing::error!(%error, "rest server failed, stopping");
+                    shutdown.cancel();
+                }
+            });
+        }
+        tracing::info!(
+            grpc = %grpc_addr,
+            rest = ?gateway_addr,
+            services = ?roles.iter().map(|r| r.name()).collect::<Vec<_>>(),
+            "helix node started"
+        );
+        Ok(Node { grpc_addr, gateway_addr, roles, ctx })
+    }
+
+    /// The event bus of this node's services (the in-process one on the embedded default).
+    pub fn bus(&self) -> std::sync::Arc<dyn helix_events::EventBus> {
+        self.ctx.bus.clone()
+    }
+
+    pub fn gateway_url(&self) -> Option<String> {
+        self.gateway_addr.map(|addr| format!("http://{addr}"))
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// Resolves when the node is shutting down (a server failed, or [`Node::stop`] ran).
+    pub async fn stopped(&self) {
+        self.ctx.shutdown.cancelled().await;
+    }
+
+    /// Stops accepting work, finishes what is in flight and waits for every task.
+    pub async fn stop(self) {
+        self.ctx.stop().await;
+    }
+}

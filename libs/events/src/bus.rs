@@ -1,0 +1,160 @@
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::stream::{BoxStream, Stream, StreamExt};
+
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::subjects;
+
+/// The event bus: durable publish and durable, load-balanced, at-least-once subscriptions.
+///
+/// Two implementations keep the same contract (tests/contract.rs runs one suite against both):
+/// [`NatsBus`](crate::NatsBus) on NATS JetStream and [`InProcessBus`](crate::InProcessBus) inside one process.
+#[async_trait::async_trait]
+pub trait EventBus: Send + Sync + 'static {
+    /// Resolves once the bus has durably accepted the event. Publishing an envelope whose id was already
+    /// published within the de-duplication window stores it once (returns Ok, reports duplicate=true).
+    async fn publish(&self, event: &Envelope) -> Result<PublishAck>;
+
+    /// Durable subscription: `filter` is a subject pattern (`helix.node.*`, `helix.node.>`, exact), `group`
+    /// names a durable consumer: each event goes to one member of the group; every group sees every event
+    /// (starting from the oldest retained event when the group is new, resuming where it left when it exists);
+    /// an event not acked within ack_wait (or nak'd) is redelivered, marked redelivered, up to max_deliver.
+    async fn subscribe(&self, filter: &str, group: &str) -> Result<Subscription>;
+
+    /// Health for /health checks.
+    async fn check(&self) -> Result<()>;
+}
+
+/// What the bus reports about a published event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishAck {
+    /// The stream that stored the event (with the tenant prefix, e.g. `HELIX_NODE`).
+    pub stream: String,
+    /// The event's sequence number in that stream (the earlier copy's for a duplicate).
+    pub sequence: u64,
+    /// The envelope id had already been published within the de-duplication window; nothing was stored.
+    pub duplicate: bool,
+}
+
+/// One delivery of an event to a member of a group. Ack it once handled, or nak it to have it redelivered
+/// now; a delivery neither acked nor nak'd within ack_wait is redelivered as well.
+pub struct Delivery {
+    /// The event.
+    pub envelope: Envelope,
+    /// The subject it was published on (without tenant prefix).
+    pub subject: String,
+    /// This event was delivered to the group before (`delivery_count > 1`).
+    pub redelivered: bool,
+    /// How many times the event has been delivered to the group, this delivery included (from 1).
+    pub delivery_count: u64,
+    pub(crate) acker: Acker,
+}
+
+pub(crate) enum Acker {
+    Nats(async_nats::jetstream::message::Acker),
+    InProcess(crate::memory::Acker),
+}
+
+impl Delivery {
+    /// Marks the event handled: it is not delivered to this group again.
+    pub async fn ack(self) -> Result<()> {
+        match self.acker {
+            Acker::Nats(acker) => acker.ack().await.map_err(|err| Error::nats("ack", err)),
+            Acker::InProcess(acker) => acker.ack(),
+        }
+    }
+
+    /// Gives the event back: it is redelivered now (to any member of the group), unless it has
+    /// reached max_deliver.
+    pub async fn nak(self) -> Result<()> {
+        match self.acker {
+            Acker::Nats(acker) => acker
+                .ack_with(async_nats::jetstream::AckKind::Nak(None))
+                .await
+                .map_err(|err| Error::nats("nak", err)),
+            Acker::InProcess(acker) => acker.nak(),
+        }
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("envelope", &self.envelope)
+            .field("subject", &self.subject)
+            .field("redelivered", &self.redelivered)
+            .field("delivery_count", &self.delivery_count)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A member of a consumer group: a stream of deliveries.
+///
+/// An `Err` item reports a problem (a lost connection, say) and the subscription goes on; `None` means
+/// the bus was closed. Dropping the subscription leaves the group: events it received but did not ack are
+/// redelivered to the group after ack_wait.
+pub struct Subscription {
+    inner: BoxStream<'static, Result<Delivery>>,
+}
+
+impl Subscription {
+    pub(crate) fn new(inner: BoxStream<'static, Result<Delivery>>) -> Self {
+        Self { inner }
+    }
+
+    /// The next delivery; `None` once the bus is closed.
+    pub async fn next(&mut self) -> Option<Result<Delivery>> {
+        self.inner.next().await
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Result<Delivery>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.poll_next_unpin(cx)
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription").finish_non_exhaustive()
+    }
+}
+
+/// Checks a consumer group name.
+pub(crate) fn validate_group(group: &str) -> Result<()> {
+    let invalid = |reason: &'static str| Err(Error::InvalidGroup { group: group.to_owned(), reason });
+    if !subjects::is_token(group) {
+        return invalid("use only A-Z a-z 0-9 _ - (and at least one)");
+    }
+    if group.len() > 64 {
+        return invalid("at most 64 characters");
+    }
+    Ok(())
+}
+
+/// The durable consumer name of a (group, filter) pair: readable, a valid NATS name, and distinct for
+/// distinct pairs (a stable hash of both is part of it, so `*` and `>` filters never share a consumer).
+pub(crate) fn durable_name(group: &str, filter: &str) -> String {
+    let mut readable: String = filter
+        .split('.')
+        .map(|token| match token {
+            "*" => "any",
+            ">" => "all",
+            token => token,
+        })
+        .collect::<Vec<_>>()
+        .join("-");
+    readable.truncate(64);
+    let key = format!("{group}\n{filter}");
+    format!("{group}_{readable}_{:016x}", fnv1a64(key.as_bytes()))
+}
+
+/// FNV-1a: tiny and stable across Rust releases (durable names must not change between builds).
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
+}

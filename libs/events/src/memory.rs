@@ -1,0 +1,387 @@
+//! The in-process bus: the JetStream contract inside one process, for the embedded `hx up`.
+//!
+//! Each domain has a retained log (a `VecDeque` of events with sequence numbers), a de-duplication map
+//! and its durable consumers. A consumer has a cursor into the log, the deliveries awaiting an ack (with
+//! their deadline) and the events waiting to be redelivered. Subscribers pull under the stream's lock
+//! and, when there is nothing to take, sleep on the stream's `Notify` (woken by publish, nak and close)
+//! or until the earliest ack deadline of their consumer. The bus spawns no task at all.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use futures::stream::{self, BoxStream, StreamExt};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::bus::{self, Acker as DeliveryAcker, Delivery, EventBus, PublishAck, Subscription};
+use crate::config::EventsConfig;
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::subjects::{self, DOMAINS};
+
+/// The event bus inside one process. Clones share the bus; create one per process and hand it to every
+/// service, since two `InProcessBus::new` are two separate buses.
+///
+/// When the last clone is dropped (or [`close`](Self::close) is called) the bus closes: publishing fails
+/// and every subscription ends.
+#[derive(Clone)]
+pub struct InProcessBus {
+    handle: Arc<Handle>,
+}
+
+/// Closes the bus when the last `InProcessBus` clone goes; subscriptions and deliveries hold only `Core`.
+struct Handle {
+    core: Arc<Core>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.core.close();
+    }
+}
+
+struct Core {
+    config: EventsConfig,
+    /// One per entry of `DOMAINS`, in the same order.
+    streams: Vec<StreamCore>,
+    closed: AtomicBool,
+}
+
+struct StreamCore {
+    name: String,
+    state: Mutex<StreamState>,
+    /// Woken on publish, nak and close.
+    changed: Notify,
+}
+
+struct StreamState {
+    next_seq: u64,
+    log: VecDeque<Arc<Stored>>,
+    /// Envelope id → sequence, for the ids published within the duplicate window.
+    dedup: HashMap<Uuid, u64>,
+    dedup_order: VecDeque<(Instant, Uuid)>,
+    consumers: HashMap<String, ConsumerState>,
+}
+
+struct Stored {
+    seq: u64,
+    subject: String,
+    envelope: Envelope,
+    stored_at: Instant,
+}
+
+struct ConsumerState {
+    filter: String,
+    /// The next sequence to examine for a first delivery.
+    cursor: u64,
+    /// Delivered, awaiting ack, by sequence.
+    pending: BTreeMap<u64, Attempt>,
+    /// Nak'd or past their ack deadline: redelivered first, lowest sequence first.
+    redeliver: BTreeMap<u64, Attempt>,
+    next_token: u64,
+}
+
+struct Attempt {
+    message: Arc<Stored>,
+    deliveries: u64,
+    deadline: Instant,
+    /// Identifies one delivery, so that a late nak of an old delivery does not requeue a newer one.
+    token: u64,
+}
+
+enum Next {
+    Deliver { message: Arc<Stored>, deliveries: u64, token: u64 },
+    Wait(Option<Instant>),
+}
+
+impl InProcessBus {
+    /// A new, empty bus.
+    pub fn new(config: &EventsConfig) -> Result<Self> {
+        config.validate()?;
+        let streams = DOMAINS
+            .iter()
+            .map(|domain| StreamCore {
+                name: config.stream_name(domain),
+                state: Mutex::new(StreamState {
+                    next_seq: 1,
+                    log: VecDeque::new(),
+                    dedup: HashMap::new(),
+                    dedup_order: VecDeque::new(),
+                    consumers: HashMap::new(),
+                }),
+                changed: Notify::new(),
+            })
+            .collect();
+        let core = Arc::new(Core { config: config.clone(), streams, closed: AtomicBool::new(false) });
+        Ok(Self { handle: Arc::new(Handle { core }) })
+    }
+
+    /// Closes the bus: publishing fails from now on and every subscription ends.
+    pub fn close(&self) {
+        self.handle.core.close();
+    }
+}
+
+#[async_trait::async_trait]
+impl EventBus for InProcessBus {
+    async fn publish(&self, event: &Envelope) -> Result<PublishAck> {
+        self.handle.core.publish(event)
+    }
+
+    async fn subscribe(&self, filter: &str, group: &str) -> Result<Subscription> {
+        let core = &self.handle.core;
+        core.ensure_open()?;
+        bus::validate_group(group)?;
+        let plan = subjects::plan_filter(filter)?;
+        let name = bus::durable_name(group, filter);
+        let mut members: Vec<BoxStream<'static, Result<Delivery>>> = Vec::with_capacity(plan.len());
+        for (domain, narrowed) in plan {
+            let index = domain_index(domain);
+            {
+                let mut state = core.streams[index].lock();
+                let first_seq = state.first_seq();
+                state.consumers.entry(name.clone()).or_insert_with(|| ConsumerState {
+                    filter: narrowed,
+                    cursor: first_seq,
+                    pending: BTreeMap::new(),
+                    redeliver: BTreeMap::new(),
+                    next_token: 0,
+                });
+            }
+            let member = Member { core: core.clone(), stream: index, consumer: name.clone() };
+            members.push(
+                stream::unfold(member, |member| async move {
+                    let delivery = member.next().await?;
+                    Some((Ok(delivery), member))
+                })
+                .boxed(),
+            );
+        }
+        let merged = if members.len() == 1 { members.remove(0) } else { stream::select_all(members).boxed() };
+        Ok(Subscription::new(merged))
+    }
+
+    async fn check(&self) -> Result<()> {
+        self.handle.core.ensure_open()
+    }
+}
+
+impl Core {
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        for stream in &self.streams {
+            stream.changed.notify_waiters();
+        }
+    }
+
+    fn ensure_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::SeqCst) { Err(Error::Closed) } else { Ok(()) }
+    }
+
+    fn publish(&self, event: &Envelope) -> Result<PublishAck> {
+        self.ensure_open()?;
+        let domain = subjects::validate_subject(&event.r#type)?;
+        let stream = &self.streams[domain_index(domain)];
+        let now = Instant::now();
+        let sequence = {
+            let mut state = stream.lock();
+            state.forget_ids_before(now, self.config.duplicate_window);
+            if let Some(&sequence) = state.dedup.get(&event.id) {
+                return Ok(PublishAck { stream: stream.name.clone(), sequence, duplicate: true });
+            }
+            let sequence = state.next_seq;
+            state.next_seq += 1;
+            state.log.push_back(Arc::new(Stored {
+                seq: sequence,
+                subject: event.r#type.clone(),
+                envelope: event.clone(),
+                stored_at: now,
+            }));
+            state.dedup.insert(event.id, sequence);
+            state.dedup_order.push_back((now, event.id));
+            state.trim(now, &self.config);
+            sequence
+        };
+        stream.changed.notify_waiters();
+        Ok(PublishAck { stream: stream.name.clone(), sequence, duplicate: false })
+    }
+}
+
+impl StreamCore {
+    fn lock(&self) -> MutexGuard<'_, StreamState> {
+        // The state stays consistent even if a holder panicked: every mutation is a few plain assignments.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl StreamState {
+    fn first_seq(&self) -> u64 {
+        self.log.front().map_or(self.next_seq, |message| message.seq)
+    }
+
+    fn forget_ids_before(&mut self, now: Instant, window: std::time::Duration) {
+        while let Some(&(at, id)) = self.dedup_order.front() {
+            if at + window > now {
+                break;
+            }
+            self.dedup_order.pop_front();
+            self.dedup.remove(&id);
+        }
+    }
+
+    /// Applies the retention limits (as a JetStream limits-policy stream does).
+    fn trim(&mut self, now: Instant, config: &EventsConfig) {
+        let max_messages = usize::try_from(config.max_messages).unwrap_or(usize::MAX);
+        while self.log.len() > max_messages {
+            self.log.pop_front();
+        }
+        while self.log.front().is_some_and(|message| message.stored_at + config.max_age <= now) {
+            self.log.pop_front();
+        }
+    }
+
+    fn take_next(&mut self, consumer: &str, now: Instant, config: &EventsConfig) -> Next {
+        let first_seq = self.first_seq();
+        let Some(consumer) = self.consumers.get_mut(consumer) else {
+            return Next::Wait(None);
+        };
+        let expired: Vec<u64> =
+            consumer.pending.iter().filter(|(_, attempt)| attempt.deadline <= now).map(|(seq, _)| *seq).collect();
+        for seq in expired {
+            if let Some(attempt) = consumer.pending.remove(&seq) {
+                consumer.requeue(seq, attempt, config.max_deliver);
+            }
+        }
+
+        let (message, deliveries) = if let Some((_, attempt)) = consumer.redeliver.pop_first() {
+            (attempt.message, attempt.deliveries + 1)
+        } else {
+            consumer.cursor = consumer.cursor.max(first_seq);
+            let mut found = None;
+            while found.is_none() {
+                let Some(message) = usize::try_from(consumer.cursor - first_seq).ok().and_then(|i| self.log.get(i))
+                else {
+                    break;
+                };
+                consumer.cursor += 1;
+                if subjects::matches(&consumer.filter, &message.subject) {
+                    found = Some(message.clone());
+                }
+            }
+            match found {
+                Some(message) => (message, 1),
+                None => return Next::Wait(consumer.pending.values().map(|attempt| attempt.deadline).min()),
+            }
+        };
+        consumer.next_token += 1;
+        let token = consumer.next_token;
+        let attempt = Attempt { message: message.clone(), deliveries, deadline: now + config.ack_wait, token };
+        consumer.pending.insert(message.seq, attempt);
+        Next::Deliver { message, deliveries, token }
+    }
+}
+
+impl ConsumerState {
+    fn requeue(&mut self, seq: u64, attempt: Attempt, max_deliver: i64) {
+        let exhausted = u64::try_from(max_deliver).is_ok_and(|max| attempt.deliveries >= max);
+        if exhausted {
+            tracing::warn!(seq, subject = %attempt.message.subject, deliveries = attempt.deliveries, "event reached max_deliver, not redelivered");
+        } else {
+            self.redeliver.insert(seq, attempt);
+        }
+    }
+}
+
+/// One subscription's pull loop on one domain stream.
+struct Member {
+    core: Arc<Core>,
+    stream: usize,
+    consumer: String,
+}
+
+impl Member {
+    async fn next(&self) -> Option<Delivery> {
+        let stream = &self.core.streams[self.stream];
+        loop {
+            // Registered before looking, so a publish between the look and the wait still wakes us.
+            let changed = stream.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.core.ensure_open().is_err() {
+                return None;
+            }
+            let next = stream.lock().take_next(&self.consumer, Instant::now(), &self.core.config);
+            match next {
+                Next::Deliver { message, deliveries, token } => {
+                    return Some(Delivery {
+                        envelope: message.envelope.clone(),
+                        subject: message.subject.clone(),
+                        redelivered: deliveries > 1,
+                        delivery_count: deliveries,
+                        acker: DeliveryAcker::InProcess(Acker {
+                            core: self.core.clone(),
+                            stream: self.stream,
+                            consumer: self.consumer.clone(),
+                            seq: message.seq,
+                            token,
+                        }),
+                    });
+                }
+                Next::Wait(Some(deadline)) => {
+                    tokio::select! {
+                        () = &mut changed => {}
+                        () = tokio::time::sleep_until(deadline) => {}
+                    }
+                }
+                Next::Wait(None) => changed.await,
+            }
+        }
+    }
+}
+
+/// Acks or naks one in-process delivery.
+pub(crate) struct Acker {
+    core: Arc<Core>,
+    stream: usize,
+    consumer: String,
+    seq: u64,
+    token: u64,
+}
+
+impl Acker {
+    pub(crate) fn ack(self) -> Result<()> {
+        self.core.ensure_open()?;
+        let mut state = self.core.streams[self.stream].lock();
+        if let Some(consumer) = state.consumers.get_mut(&self.consumer) {
+            // A late ack still counts: the work was done, even if the event was queued for redelivery.
+            consumer.pending.remove(&self.seq);
+            consumer.redeliver.remove(&self.seq);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn nak(self) -> Result<()> {
+        self.core.ensure_open()?;
+        let stream = &self.core.streams[self.stream];
+        {
+            let mut state = stream.lock();
+            let Some(consumer) = state.consumers.get_mut(&self.consumer) else {
+                return Ok(());
+            };
+            if consumer.pending.get(&self.seq).is_none_or(|attempt| attempt.token != self.token) {
+                return Ok(());
+            }
+            if let Some(attempt) = consumer.pending.remove(&self.seq) {
+                consumer.requeue(self.seq, attempt, self.core.config.max_deliver);
+            }
+        }
+        stream.changed.notify_waiters();
+        Ok(())
+    }
+}
+
+fn domain_index(domain: &subjects::Domain) -> usize {
+    DOMAINS.iter().position(|candidate| candidate == domain).expect("plan_filter and validate_subject return DOMAINS entries")
+}

@@ -1,0 +1,280 @@
+//! Configuration in layers: compiled defaults, then the TOML file (`HELIX_CONFIG`, or
+//! `HELIX_HOME/helix.toml` when it exists), then `HELIX_*` environment variables.
+//! Every field has a default, so no file and no variable is a valid configuration.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use helix_events::EventsConfig;
+use helix_telemetry::LogConfig;
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HelixConfig {
+    /// Data directory: SQLite files, the admin key, local indexes.
+    pub home: PathBuf,
+    /// `postgres://...` for the fleet; unset means one SQLite file per service under `home`.
+    pub database_url: Option<String>,
+    pub events: EventsConfig,
+    pub log: LogConfig,
+    pub grpc: GrpcConfig,
+    pub gateway: GatewayConfig,
+    /// Where each service's gRPC API is reached. Services running in this process
+    /// override these with their own bound address.
+    pub endpoints: Endpoints,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub addr: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Seconds a request may take before it is answered 504.
+    pub request_timeout_secs: u64,
+    /// Preset admin key (a Kubernetes Secret); otherwise one is generated on first start.
+    pub admin_key: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Endpoints {
+    pub storage: String,
+    pub search: String,
+    pub graph: String,
+    pub llm_router: String,
+    pub orchestrator: String,
+    pub jobs: String,
+    pub notifications: String,
+    pub gateway: String,
+}
+
+/// A value that never appears in logs or debug output.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
+pub const DEFAULT_GATEWAY_ADDR: &str = "127.0.0.1:9470";
+
+impl Default for HelixConfig {
+    fn default() -> Self {
+        Self {
+            home: default_home(),
+            database_url: None,
+            events: EventsConfig::default(),
+            log: LogConfig::default(),
+            grpc: GrpcConfig::default(),
+            gateway: GatewayConfig::default(),
+            endpoints: Endpoints::default(),
+        }
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self { addr: DEFAULT_GRPC_ADDR.parse().expect("valid default address") }
+    }
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            addr: DEFAULT_GATEWAY_ADDR.parse().expect("valid default address"),
+            max_body_bytes: 4 * 1024 * 1024,
+            request_timeout_secs: 30,
+            admin_key: None,
+        }
+    }
+}
+
+impl Default for Endpoints {
+    fn default() -> Self {
+        let local = format!("http://{DEFAULT_GRPC_ADDR}");
+        Self {
+            storage: local.clone(),
+            search: local.clone(),
+            graph: local.clone(),
+            llm_router: local.clone(),
+            orchestrator: local.clone(),
+            jobs: local.clone(),
+            notifications: local.clone(),
+            gateway: local,
+        }
+    }
+}
+
+fn default_home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".helix")
+}
+
+/// Every environment variable Helix reads, and the field it sets.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("HELIX_HOME", "home"),
+    ("HELIX_CONFIG", "path of the TOML file"),
+    ("HELIX_DATABASE_URL", "database_url"),
+    ("HELIX_NATS_URL", "events.nats_url"),
+    ("HELIX_EVENTS_PREFIX", "events.prefix"),
+    ("HELIX_LOG", "log.level"),
+    ("HELIX_LOG_FORMAT", "log.format"),
+    ("HELIX_GRPC_ADDR", "grpc.addr"),
+    ("HELIX_GATEWAY_ADDR", "gateway.addr"),
+    ("HELIX_MAX_BODY_BYTES", "gateway.max_body_bytes"),
+    ("HELIX_REQUEST_TIMEOUT_SECS", "gateway.request_timeout_secs"),
+    ("HELIX_ADMIN_KEY", "gateway.admin_key"),
+    ("HELIX_STORAGE_URL", "endpoints.storage"),
+    ("HELIX_SEARCH_URL", "endpoints.search"),
+    ("HELIX_GRAPH_URL", "endpoints.graph"),
+    ("HELIX_LLM_ROUTER_URL", "endpoints.llm_router"),
+    ("HELIX_ORCHESTRATOR_URL", "endpoints.orchestrator"),
+    ("HELIX_JOBS_URL", "endpoints.jobs"),
+    ("HELIX_NOTIFICATIONS_URL", "endpoints.notifications"),
+    ("HELIX_GATEWAY_URL", "endpoints.gateway"),
+];
+
+impl HelixConfig {
+    /// Loads the configuration of this process from its file and environment.
+    pub fn load() -> Result<Self> {
+        Self::load_from(|name| std::env::var(name).ok())
+    }
+
+    /// Loads with `env` standing in for the process environment (tests pass a table).
+    pub fn load_from(env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let home = env("HELIX_HOME").map(PathBuf::from);
+        let path = match env("HELIX_CONFIG") {
+            Some(path) => Some(PathBuf::from(path)),
+            None => Some(home.clone().unwrap_or_else(default_home).join("helix.toml")).filter(|p| p.exists()),
+        };
+        let mut config = match path {
+            Some(path) => Self::from_file(&path)?,
+            None => Self::default(),
+        };
+        if let Some(home) = home {
+            config.home = home;
+        }
+        config.apply_env(&env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<()> {
+        fn parse<T: std::str::FromStr>(name: &str, value: &str) -> Result<T>
+        where
+            T::Err: fmt::Display,
+        {
+            value.parse().map_err(|e| Error::Config(format!("{name}={value:?}: {e}")))
+        }
+        for &(name, _) in ENV_VARS {
+            let Some(value) = env(name) else { continue };
+            match name {
+                "HELIX_DATABASE_URL" => self.database_url = Some(value).filter(|v| !v.is_empty()),
+                "HELIX_NATS_URL" => self.events.nats_url = Some(value).filter(|v| !v.is_empty()),
+                "HELIX_EVENTS_PREFIX" => self.events.prefix = value,
+                "HELIX_LOG" => self.log.level = value,
+                "HELIX_LOG_FORMAT" => self.log.format = parse(name, &value)?,
+                "HELIX_GRPC_ADDR" => self.grpc.addr = parse(name, &value)?,
+                "HELIX_GATEWAY_ADDR" => self.gateway.addr = parse(name, &value)?,
+                "HELIX_MAX_BODY_BYTES" => self.gateway.max_body_bytes = parse(name, &value)?,
+                "HELIX_REQUEST_TIMEOUT_SECS" => self.gateway.request_timeout_secs = parse(name, &value)?,
+                "HELIX_ADMIN_KEY" => self.gateway.admin_key = Some(Secret(value)).filter(|s| !s.0.is_empty()),
+                "HELIX_STORAGE_URL" => self.endpoints.storage = value,
+                "HELIX_SEARCH_URL" => self.endpoints.search = value,
+                "HELIX_GRAPH_URL" => self.endpoints.graph = value,
+                "HELIX_LLM_ROUTER_URL" => self.endpoints.llm_router = value,
+                "HELIX_ORCHESTRATOR_URL" => self.endpoints.orchestrator = value,
+                "HELIX_JOBS_URL" => self.endpoints.jobs = value,
+                "HELIX_NOTIFICATIONS_URL" => self.endpoints.notifications = value,
+                "HELIX_GATEWAY_URL" => self.endpoints.gateway = value,
+                _ => {} // HELIX_HOME and HELIX_CONFIG were read before the file
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<()> {
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:"))
+        {
+            return Err(Error::Config("database_url must start with postgres://, postgresql:// or sqlite:".into()));
+        }
+        if self.gateway.max_body_bytes < 1024 {
+            return Err(Error::Config("gateway.max_body_bytes must be at least 1024".into()));
+        }
+        if self.gateway.request_timeout_secs == 0 {
+            return Err(Error::Config("gateway.request_timeout_secs must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_with_neither_file_nor_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().to_str().unwrap().to_owned();
+        let config = HelixConfig::load_from(|name| (name == "HELIX_HOME").then(|| home.clone())).unwrap();
+        assert_eq!(config.home, dir.path());
+        assert_eq!(config.gateway.addr.to_string(), DEFAULT_GATEWAY_ADDR);
+        assert!(config.database_url.is_none() && config.events.nats_url.is_none());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("helix.toml");
+        std::fs::write(&file, "database_url = \"sqlite://x.db\"\n[gateway]\naddr = \"0.0.0.0:1\"\nmax_body_bytes = 2048\n").unwrap();
+        let vars = [
+            ("HELIX_CONFIG", file.to_str().unwrap().to_owned()),
+            ("HELIX_GATEWAY_ADDR", "127.0.0.1:2".to_owned()),
+            ("HELIX_ADMIN_KEY", "k".to_owned()),
+        ];
+        let config = HelixConfig::load_from(|n| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone())).unwrap();
+        assert_eq!(config.database_url.as_deref(), Some("sqlite://x.db"));
+        assert_eq!(config.gateway.addr.to_string(), "127.0.0.1:2");
+        assert_eq!(config.gateway.max_body_bytes, 2048);
+        assert_eq!(format!("{:?}", config.gateway.admin_key), "Some(Secret(***))");
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for (name, value) in [("HELIX_GATEWAY_ADDR", "nowhere"), ("HELIX_DATABASE_URL", "mysql://x"), ("HELIX_MAX_BODY_BYTES", "-1")] {
+            let err = HelixConfig::load_from(|n| (n == name).then(|| value.to_owned())).unwrap_err();
+            assert!(err.to_string().contains("database_url") || err.to_string().contains(name), "{err}");
+        }
+    }
+}

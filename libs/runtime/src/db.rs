@@ -1,0 +1,107 @@
+//! Relational storage for services that keep state: one SQLite file per service under
+//! `HELIX_HOME` (the embedded default), or one PostgreSQL schema per service
+//! (`helix_<service>`) when `database_url` is `postgres://...`.
+//!
+//! Services write their SQL once for both backends through sqlx's `Any` driver: `$N`
+//! placeholders, and only types both share (TEXT, BIGINT, DOUBLE PRECISION).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor};
+
+use crate::{Error, HelixConfig, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A service's database: the pool and which backend it talks to.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+impl Database {
+    /// Opens `service`'s database and runs the migrations for its backend.
+    pub async fn open(config: &HelixConfig, service: &str, sqlite: &Migrator, postgres: &Migrator) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let (url, backend) = match &config.database_url {
+            Some(url) if url.starts_with("sqlite:") => (url.clone(), Backend::Sqlite),
+            Some(url) => (url.clone(), Backend::Postgres),
+            None => {
+                std::fs::create_dir_all(&config.home)?;
+                let file = config.home.join(format!("{service}.db"));
+                (format!("sqlite://{}?mode=rwc", file.display()), Backend::Sqlite)
+            }
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool = match backend {
+            Backend::Sqlite => {
+                AnyPoolOptions::new()
+                    // SQLite has one writer at a time; more connections only queue on its lock.
+                    .max_connections(8)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await?
+            }
+            Backend::Postgres => {
+                let schema = format!("helix_{}", service.replace('-', "_"));
+                create_schema(&url, &schema).await?;
+                AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .after_connect(move |conn, _| {
+                        let set = format!("SET search_path TO {schema}");
+                        Box::pin(async move {
+                            conn.execute(set.as_str()).await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await?
+            }
+        };
+        let migrator = match backend {
+            Backend::Sqlite => sqlite,
+            Backend::Postgres => postgres,
+        };
+        migrator.run(&pool).await?;
+        Ok(Self { pool, backend })
+    }
+
+    /// Whether the database answers; for health checks.
+    pub async fn check(&self) -> Result<()> {
+        self.pool.execute("SELECT 1").await?;
+        Ok(())
+    }
+}
+
+/// Each service owns one schema; creating it before the pool exists keeps concurrent
+/// first connections from racing on `CREATE SCHEMA`.
+async fn create_schema(url: &str, schema: &str) -> Result<()> {
+    use sqlx::Connection;
+    let mut conn = sqlx::AnyConnection::connect(url).await?;
+    // Two processes starting together may both try; the loser's error is harmless.
+    match conn.execute(format!("CREATE SCHEMA IF NOT EXISTS {schema}").as_str()).await {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {}
+        Err(e) => return Err(Error::Database(e)),
+    }
+    conn.close().await?;
+    Ok(())
+}

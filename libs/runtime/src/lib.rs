@@ -1,0 +1,87 @@
+//! What every Helix service runs on, whichever process it lives in: the configuration,
+//! the [`ServiceContext`] handed to each service, gRPC serving with health and
+//! reflection, and database pools.
+//!
+//! A service crate never opens its own listener or bus: it receives a context and
+//! returns its tonic routes, so the same code runs alone (`hx serve storage`) or beside
+//! the other seven (`hx up`).
+
+pub mod config;
+pub mod db;
+pub mod grpc;
+
+use std::sync::Arc;
+
+use helix_events::EventBus;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::HelixConfig;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a service could not start or keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("event bus: {0}")]
+    Events(#[from] helix_events::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("grpc transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Service(#[from] helix_core::Error),
+}
+
+/// Everything a service needs from the process it runs in. Background work a service
+/// starts goes on `tasks` and must end when `shutdown` is cancelled, so whoever started
+/// the service can wait for it to finish.
+#[derive(Clone)]
+pub struct ServiceContext {
+    pub config: Arc<HelixConfig>,
+    pub bus: Arc<dyn EventBus>,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+impl ServiceContext {
+    pub fn new(config: HelixConfig, bus: Arc<dyn EventBus>) -> Self {
+        Self { config: Arc::new(config), bus, shutdown: CancellationToken::new(), tasks: TaskTracker::new() }
+    }
+
+    /// Cancels every task of this context and waits for them to end.
+    pub async fn stop(&self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Runs one service alone in this process: its own bus connection, its gRPC server on
+/// `config.grpc.addr`, until `shutdown` is cancelled. `hx up` composes services itself;
+/// this is the entry each service crate's `serve` uses.
+pub async fn serve_alone<F, Fut>(
+    config: HelixConfig,
+    shutdown: tokio_util::sync::CancellationToken,
+    grpc_service: &'static str,
+    start: F,
+) -> Result<()>
+where
+    F: FnOnce(ServiceContext) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::service::Routes>>,
+{
+    let bus = helix_events::connect(&config.events, grpc_service).await?;
+    let listener = tokio::net::TcpListener::bind(config.grpc.addr).await?;
+    let ctx = ServiceContext::new(config, bus);
+    let routes = start(ctx.clone()).await?;
+    tracing::info!(service = grpc_service, addr = %listener.local_addr()?, "serving grpc");
+    let served = grpc::serve(listener, routes, &[grpc_service], shutdown).await;
+    ctx.stop().await;
+    served
+}

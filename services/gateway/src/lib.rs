@@ -1,0 +1,193 @@
+//! The gateway: the one public door. It owns the REST API (`/api/v1/...`), API keys and
+//! the OpenAPI document, and answers every request by calling the owning service over
+//! gRPC — it keeps no knowledge of its own.
+
+mod auth;
+mod error;
+mod health;
+mod nodes;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use helix_proto::service_names;
+use helix_proto::v1::gateway_service_server::{GatewayService, GatewayServiceServer};
+use helix_proto::v1::storage_service_client::StorageServiceClient;
+use helix_runtime::db::Database;
+use helix_runtime::{HelixConfig, ServiceContext, grpc};
+use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+
+pub use auth::KeyStore;
+pub use error::{ErrorBody, ErrorDetail};
+pub use nodes::{BulkCreated, NodeBody, NodeList};
+
+pub const SERVICE: &str = "gateway";
+pub const GRPC_SERVICE: &str = service_names::GATEWAY;
+
+static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// What every handler can reach: the key store and a channel to each service.
+#[derive(Clone)]
+pub struct AppState {
+    keys: KeyStore,
+    storage: Channel,
+    /// (name in /health, gRPC service name, channel) of every service the gateway calls
+    services: Vec<(&'static str, &'static str, Channel)>,
+}
+
+impl AppState {
+    fn storage(&self) -> StorageServiceClient<Channel> {
+        StorageServiceClient::new(self.storage.clone()).max_decoding_message_size(64 * 1024 * 1024)
+    }
+}
+
+/// The gateway's own gRPC API (pairing, keys, audit, ...): not built yet, every method
+/// answers UNIMPLEMENTED.
+pub struct GatewayApi;
+
+impl GatewayService for GatewayApi {}
+
+/// A started gateway: its REST router and its gRPC service, ready to be served.
+pub struct Gateway {
+    pub http: Router,
+    pub grpc: GatewayServiceServer<GatewayApi>,
+}
+
+/// Opens the key store (creating the admin key on first start) and builds the router.
+pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<Gateway> {
+    let config = &ctx.config;
+    let db = Database::open(config, SERVICE, &SQLITE, &POSTGRES).await?;
+    let keys = KeyStore::new(db);
+    let preset = config.gateway.admin_key.as_ref().map(|k| k.expose());
+    match keys.bootstrap(preset).await? {
+        auth::Bootstrap::Generated(key) => {
+            let path = config.home.join("admin.key");
+            auth::write_key_file(&path, &key)?;
+            // stdout, once: the operator's only chance to see the key besides the file
+            println!("admin key: {key}");
+            tracing::info!(path = %path.display(), "created the admin key");
+        }
+        auth::Bootstrap::Preset => tracing::info!("admin key taken from configuration"),
+        auth::Bootstrap::Existing => {}
+    }
+
+    let timeout = Duration::from_secs(config.gateway.request_timeout_secs);
+    let connect = |url: &str| grpc::channel(url, timeout);
+    let e = &config.endpoints;
+    let storage = connect(&e.storage)?;
+    let services = vec![
+        ("storage", service_names::STORAGE, storage.clone()),
+        ("search", service_names::SEARCH, connect(&e.search)?),
+        ("graph", service_names::GRAPH, connect(&e.graph)?),
+        ("llm-router", service_names::LLM_ROUTER, connect(&e.llm_router)?),
+        ("orchestrator", service_names::ORCHESTRATOR, connect(&e.orchestrator)?),
+        ("jobs", service_names::JOBS, connect(&e.jobs)?),
+        ("notifications", service_names::NOTIFICATIONS, connect(&e.notifications)?),
+    ];
+    let state = AppState { keys, storage, services };
+    Ok(Gateway { http: router(state, config.gateway.max_body_bytes), grpc: GatewayServiceServer::new(GatewayApi) })
+}
+
+/// The REST API. Middleware, outermost first:
+/// - request id: set before anything logs, so every line of a request carries it;
+/// - trace: one span per request with method, path and request id;
+/// - propagate request id: echo `x-request-id` on every response, errors included;
+/// - catch panic: a bug answers 500 JSON instead of dropping the connection;
+/// - body limit: enforced while reading, so an oversized body is never buffered whole.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let api = Router::new()
+        .route("/api/v1/nodes", post(nodes::create).get(nodes::list))
+        .route("/api/v1/nodes/bulk", post(nodes::bulk_create))
+        .route("/api/v1/nodes/{id}", get(nodes::get).put(nodes::update).delete(nodes::delete))
+        .route("/api/v1/recall", get(nodes::recall))
+        .route("/api/v1/openapi.json", get(openapi_json))
+        .route_layer(axum::middleware::from_fn_with_state(state.keys.clone(), auth::require_key));
+    let request_id = http::HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .merge(api)
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(|request: &http::Request<_>| {
+                    let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+                    tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = id)
+                }))
+                .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(CatchPanicLayer::custom(|_| {
+                    axum::response::IntoResponse::into_response(error::ApiError(helix_core::Error::internal(
+                        "the gateway failed on this request",
+                    )))
+                }))
+                .layer(DefaultBodyLimit::max(max_body_bytes)),
+        )
+        .with_state(state)
+}
+
+/// Serves the REST API on `listener` until `shutdown`; requests in flight finish first.
+pub async fn serve_http(listener: TcpListener, http: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, http).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+/// Runs the gateway alone in this process: REST on `gateway.addr`, gRPC on `grpc.addr`.
+pub async fn serve(config: HelixConfig, shutdown: CancellationToken) -> helix_runtime::Result<()> {
+    let http_listener = TcpListener::bind(config.gateway.addr).await?;
+    let rest = shutdown.clone();
+    helix_runtime::serve_alone(config, shutdown, GRPC_SERVICE, |ctx| async move {
+        let gateway = start(&ctx).await?;
+        tracing::info!(addr = %http_listener.local_addr()?, "serving rest");
+        ctx.tasks.spawn(async move {
+            if let Err(error) = serve_http(http_listener, gateway.http, rest).await {
+                tracing::error!(%error, "rest server failed");
+            }
+        });
+        Ok(tonic::service::Routes::new(gateway.grpc))
+    })
+    .await
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Helix", description = "The Helix REST API, served by the gateway."),
+    paths(
+        health::health, health::ready,
+        nodes::create, nodes::bulk_create, nodes::get, nodes::update, nodes::delete, nodes::list, nodes::recall,
+        openapi_json,
+    ),
+    modifiers(&BearerAuth),
+    tags((name = "nodes", description = "knowledge nodes"), (name = "health"), (name = "meta"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// The OpenAPI 3.1 document of this API, generated from the handlers' types.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta",
+    responses((status = 200, description = "OpenAPI 3.1 document")), security(("bearer" = [])))]
+pub async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}
