@@ -71,10 +71,9 @@ impl Delivery {
     /// reached max_deliver.
     pub async fn nak(self) -> Result<()> {
         match self.acker {
-            Acker::Nats(acker) => acker
-                .ack_with(async_nats::jetstream::AckKind::Nak(None))
-                .await
-                .map_err(|err| Error::nats("nak", err)),
+            Acker::Nats(acker) => {
+                acker.ack_with(async_nats::jetstream::AckKind::Nak(None)).await.map_err(|err| Error::nats("nak", err))
+            }
             Acker::InProcess(acker) => acker.nak(),
         }
     }

@@ -74,7 +74,11 @@ impl Envelope {
     }
 
     /// A new event whose payload is `payload` serialized to JSON.
-    pub fn from_payload<T: Serialize>(subject: impl Into<String>, source: impl Into<String>, payload: &T) -> Result<Self> {
+    pub fn from_payload<T: Serialize>(
+        subject: impl Into<String>,
+        source: impl Into<String>,
+        payload: &T,
+    ) -> Result<Self> {
         Ok(Self::new(subject, source, serde_json::to_value(payload)?))
     }
 

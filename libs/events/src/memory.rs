@@ -383,5 +383,8 @@ impl Acker {
 }
 
 fn domain_index(domain: &subjects::Domain) -> usize {
-    DOMAINS.iter().position(|candidate| candidate == domain).expect("plan_filter and validate_subject return DOMAINS entries")
+    DOMAINS
+        .iter()
+        .position(|candidate| candidate == domain)
+        .expect("plan_filter and validate_subject return DOMAINS entries")
 }

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{self, PullConsumer};
 use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
+use async_nats::jetstream::consumer::{self, PullConsumer};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
@@ -145,10 +145,12 @@ impl EventBus for NatsBus {
             };
             // Opened now, so that the group exists (and sees every later event) once subscribe returns.
             member.messages = Some(member.open().await?);
-            members.push(futures::stream::unfold(member, |mut member| async move { Some((member.next().await, member)) }).boxed());
+            members.push(
+                futures::stream::unfold(member, |mut member| async move { Some((member.next().await, member)) })
+                    .boxed(),
+            );
         }
-        let merged =
-            if members.len() == 1 { members.remove(0) } else { futures::stream::select_all(members).boxed() };
+        let merged = if members.len() == 1 { members.remove(0) } else { futures::stream::select_all(members).boxed() };
         Ok(Subscription::new(merged))
     }
 
@@ -157,8 +159,14 @@ impl EventBus for NatsBus {
         if state != async_nats::connection::State::Connected {
             return Err(Error::nats("health check", format!("connection is {state}")));
         }
-        self.inner.jetstream.query_account().await.map_err(|err| Error::nats("health check", err))?;
-        Ok(())
+        // The account info request proves JetStream answers (read as plain JSON: the typed
+        // `query_account` expects fields that servers before 2.10 do not send).
+        let response: jetstream::response::Response<serde_json::Value> =
+            self.inner.jetstream.request("INFO", &()).await.map_err(|err| Error::nats("health check", err))?;
+        match response {
+            jetstream::response::Response::Ok(_) => Ok(()),
+            jetstream::response::Response::Err { error } => Err(Error::nats("health check", error)),
+        }
     }
 }
 
@@ -303,13 +311,7 @@ impl Member {
         if envelope.trace.is_none() {
             envelope.trace = trace_from_headers(message.headers.as_ref());
         }
-        Some(Delivery {
-            envelope,
-            subject,
-            redelivered: delivery_count > 1,
-            delivery_count,
-            acker: Acker::Nats(acker),
-        })
+        Some(Delivery { envelope, subject, redelivered: delivery_count > 1, delivery_count, acker: Acker::Nats(acker) })
     }
 }
 

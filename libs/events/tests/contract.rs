@@ -242,7 +242,9 @@ async fn filters_match_like_nats(h: Harness) -> Result<()> {
         let group = format!("filter{index}");
         let mut subscription = bus.subscribe(filter, &group).await?;
         recv_exactly(&mut subscription, expected).await.with_context(|| format!("filter {filter}"))?;
-        assert_quiet(&mut subscription, Duration::from_millis(300)).await.with_context(|| format!("filter {filter}"))?;
+        assert_quiet(&mut subscription, Duration::from_millis(300))
+            .await
+            .with_context(|| format!("filter {filter}"))?;
     }
     Ok(())
 }
@@ -446,9 +448,8 @@ mod nats_wire {
             let mut raw = client.subscribe(wire_subject.clone()).await?;
             client.flush().await?;
 
-            let published = event(subjects::NODE_DELETED, 1).with_trace(TraceContext::new(
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            ));
+            let published = event(subjects::NODE_DELETED, 1)
+                .with_trace(TraceContext::new("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
             let ack = bus.publish(&published).await?;
             ensure!(ack.stream == format!("{}_HELIX_NODE", h.prefix.to_uppercase()), "stream {}", ack.stream);
 
@@ -500,10 +501,7 @@ mod nats_wire {
             let bus = h.bus().await;
             let client = async_nats::connect(nats_url()).await?;
             let jetstream = async_nats::jetstream::new(client);
-            jetstream
-                .publish(format!("{}.{}", h.prefix, subjects::JOB_FAILED), "not json".into())
-                .await?
-                .await?;
+            jetstream.publish(format!("{}.{}", h.prefix, subjects::JOB_FAILED), "not json".into()).await?.await?;
             let valid = event(subjects::JOB_FAILED, 1);
             publish_all(&bus, std::slice::from_ref(&valid)).await?;
             let mut subscription = bus.subscribe(subjects::JOB_FAILED, "strict").await?;
