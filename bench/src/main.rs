@@ -64,14 +64,20 @@ async fn measure(op: Op, concurrency: usize, duration: Duration) -> anyhow::Resu
     let elapsed = start.elapsed().as_secs_f64();
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1e3;
-    Ok(Measured { ops: latencies.len(), throughput: latencies.len() as f64 / elapsed, p50_ms: pct(0.50), p99_ms: pct(0.99) })
+    Ok(Measured {
+        ops: latencies.len(),
+        throughput: latencies.len() as f64 / elapsed,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+    })
 }
 
 fn in_process_op(store: helix_storage::NodeStore) -> Op {
     Arc::new(move |i| {
         let store = store.clone();
         Box::pin(async move {
-            let draft = NodeDraft { content: format!("bench node {i}"), tags: vec!["bench".into()], ..Default::default() };
+            let draft =
+                NodeDraft { content: format!("bench node {i}"), tags: vec!["bench".into()], ..Default::default() };
             let node = store.create(draft).await?;
             store.get(node.id).await?;
             Ok(())
@@ -85,8 +91,15 @@ fn gateway_op(base: String, key: String) -> Op {
         let (http, base, key) = (http.clone(), base.clone(), key.clone());
         Box::pin(async move {
             let body = json!({"content": format!("bench node {i}"), "tags": ["bench"]});
-            let created: Value =
-                http.post(format!("{base}/api/v1/nodes")).bearer_auth(&key).json(&body).send().await?.error_for_status()?.json().await?;
+            let created: Value = http
+                .post(format!("{base}/api/v1/nodes"))
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
             let id = created["id"].as_str().context("created node has an id")?;
             http.get(format!("{base}/api/v1/nodes/{id}")).bearer_auth(&key).send().await?.error_for_status()?;
             Ok(())

@@ -150,7 +150,9 @@ async fn store(args: StoreArgs) -> anyhow::Result<ExitCode> {
         args.content.join(" ")
     };
     let mut body = json!({ "content": content, "tags": args.tags });
-    for (field, value) in [("title", args.title), ("namespace", args.namespace), ("kind", args.kind), ("source", args.source)] {
+    for (field, value) in
+        [("title", args.title), ("namespace", args.namespace), ("kind", args.kind), ("source", args.source)]
+    {
         if let Some(value) = value {
             body[field] = json!(value);
         }
@@ -162,7 +164,13 @@ async fn store(args: StoreArgs) -> anyhow::Result<ExitCode> {
     if args.remote.json {
         println!("{}", serde_json::to_string_pretty(&node)?);
     } else {
-        println!("stored {} ({}/{}, version {})", node["id"].as_str().unwrap_or("?"), node["namespace"].as_str().unwrap_or("?"), node["kind"].as_str().unwrap_or("?"), node["version"]);
+        println!(
+            "stored {} ({}/{}, version {})",
+            node["id"].as_str().unwrap_or("?"),
+            node["namespace"].as_str().unwrap_or("?"),
+            node["kind"].as_str().unwrap_or("?"),
+            node["version"]
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -184,7 +192,12 @@ async fn recall(args: RecallArgs) -> anyhow::Result<ExitCode> {
     for node in nodes {
         let content = node["content"].as_str().unwrap_or_default();
         let snippet: String = content.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(120).collect();
-        println!("{}  [{}] {}", node["id"].as_str().unwrap_or("?"), node["namespace"].as_str().unwrap_or("?"), node["title"].as_str().unwrap_or(""));
+        println!(
+            "{}  [{}] {}",
+            node["id"].as_str().unwrap_or("?"),
+            node["namespace"].as_str().unwrap_or("?"),
+            node["title"].as_str().unwrap_or("")
+        );
         println!("    {snippet}");
     }
     Ok(ExitCode::SUCCESS)

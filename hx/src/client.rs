@@ -34,7 +34,9 @@ impl GatewayClient {
             let code = detail["error"]["code"].as_str().unwrap_or("http_error");
             let message = detail["error"]["message"].as_str().unwrap_or(text.as_str());
             if status == StatusCode::UNAUTHORIZED {
-                bail!("{message} ({code}); set HELIX_API_KEY or --api-key, or run on the gateway's machine (HELIX_HOME/admin.key)");
+                bail!(
+                    "{message} ({code}); set HELIX_API_KEY or --api-key, or run on the gateway's machine (HELIX_HOME/admin.key)"
+                );
             }
             bail!("{message} ({code}, HTTP {})", status.as_u16());
         }

@@ -26,8 +26,24 @@ struct Case {
     code: &'static str,
 }
 
-fn case(name: &'static str, method: Method, path: impl Into<String>, body: Option<String>, status: u16, code: &'static str) -> Case {
-    Case { name, method, path: path.into(), body, content_type: Some("application/json"), auth: Auth::Admin, status, code }
+fn case(
+    name: &'static str,
+    method: Method,
+    path: impl Into<String>,
+    body: Option<String>,
+    status: u16,
+    code: &'static str,
+) -> Case {
+    Case {
+        name,
+        method,
+        path: path.into(),
+        body,
+        content_type: Some("application/json"),
+        auth: Auth::Admin,
+        status,
+        code,
+    }
 }
 
 fn json_body(value: Value) -> Option<String> {
@@ -36,7 +52,9 @@ fn json_body(value: Value) -> Option<String> {
 
 async fn bad_input_is_refused_and_changes_nothing(backend: Backend) -> anyhow::Result<()> {
     let helix = TestHelix::start(backend).await?;
-    let (_, seed) = read(helix.api(Method::POST, "/api/v1/nodes").json(&json!({"content": "seed", "tags": ["s"]})).send().await?).await;
+    let (_, seed) =
+        read(helix.api(Method::POST, "/api/v1/nodes").json(&json!({"content": "seed", "tags": ["s"]})).send().await?)
+            .await;
     let seed_id = seed["id"].as_str().unwrap().to_owned();
     let node = |id: &str| format!("/api/v1/nodes/{id}");
     let unknown = uuid::Uuid::now_v7().to_string();
@@ -45,34 +63,186 @@ async fn bad_input_is_refused_and_changes_nothing(backend: Backend) -> anyhow::R
     let cases = vec![
         case("truncated json", Method::POST, "/api/v1/nodes", Some("{\"content\": ".into()), 400, "malformed_json"),
         case("not json at all", Method::POST, "/api/v1/nodes", Some("content=hello".into()), 400, "malformed_json"),
-        Case { content_type: None, ..case("no content type", Method::POST, "/api/v1/nodes", json_body(json!({"content": "x"})), 415, "unsupported_media_type") },
-        Case { content_type: Some("text/plain"), ..case("text content type", Method::POST, "/api/v1/nodes", json_body(json!({"content": "x"})), 415, "unsupported_media_type") },
+        Case {
+            content_type: None,
+            ..case(
+                "no content type",
+                Method::POST,
+                "/api/v1/nodes",
+                json_body(json!({"content": "x"})),
+                415,
+                "unsupported_media_type",
+            )
+        },
+        Case {
+            content_type: Some("text/plain"),
+            ..case(
+                "text content type",
+                Method::POST,
+                "/api/v1/nodes",
+                json_body(json!({"content": "x"})),
+                415,
+                "unsupported_media_type",
+            )
+        },
         case("missing content", Method::POST, "/api/v1/nodes", json_body(json!({"title": "t"})), 422, "invalid_body"),
-        case("content of the wrong type", Method::POST, "/api/v1/nodes", json_body(json!({"content": 5})), 422, "invalid_body"),
-        case("tags of the wrong type", Method::POST, "/api/v1/nodes", json_body(json!({"content": "x", "tags": "a"})), 422, "invalid_body"),
-        case("metadata not an object", Method::POST, "/api/v1/nodes", json_body(json!({"content": "x", "metadata": [1]})), 422, "invalid_body"),
-        case("blank content", Method::POST, "/api/v1/nodes", json_body(json!({"content": "  \n"})), 400, "empty_content"),
-        case("namespace with a space", Method::POST, "/api/v1/nodes", json_body(json!({"content": "x", "namespace": "a b"})), 400, "invalid_namespace"),
-        case("upper-case kind", Method::POST, "/api/v1/nodes", json_body(json!({"content": "x", "kind": "Fact"})), 400, "invalid_kind"),
-        case("importance out of range", Method::POST, "/api/v1/nodes", json_body(json!({"content": "x", "importance": 2})), 400, "invalid_importance"),
-        case("empty tag", Method::POST, "/api/v1/nodes", json_body(json!({"content": "x", "tags": [""]})), 400, "invalid_tag"),
+        case(
+            "content of the wrong type",
+            Method::POST,
+            "/api/v1/nodes",
+            json_body(json!({"content": 5})),
+            422,
+            "invalid_body",
+        ),
+        case(
+            "tags of the wrong type",
+            Method::POST,
+            "/api/v1/nodes",
+            json_body(json!({"content": "x", "tags": "a"})),
+            422,
+            "invalid_body",
+        ),
+        case(
+            "metadata not an object",
+            Method::POST,
+            "/api/v1/nodes",
+            json_body(json!({"content": "x", "metadata": [1]})),
+            422,
+            "invalid_body",
+        ),
+        case(
+            "blank content",
+            Method::POST,
+            "/api/v1/nodes",
+            json_body(json!({"content": "  \n"})),
+            400,
+            "empty_content",
+        ),
+        case(
+            "namespace with a space",
+            Method::POST,
+            "/api/v1/nodes",
+            json_body(json!({"content": "x", "namespace": "a b"})),
+            400,
+            "invalid_namespace",
+        ),
+        case(
+            "upper-case kind",
+            Method::POST,
+            "/api/v1/nodes",
+            json_body(json!({"content": "x", "kind": "Fact"})),
+            400,
+            "invalid_kind",
+        ),
+        case(
+            "importance out of range",
+            Method::POST,
+            "/api/v1/nodes",
+            json_body(json!({"content": "x", "importance": 2})),
+            400,
+            "invalid_importance",
+        ),
+        case(
+            "empty tag",
+            Method::POST,
+            "/api/v1/nodes",
+            json_body(json!({"content": "x", "tags": [""]})),
+            400,
+            "invalid_tag",
+        ),
         case("body over the limit", Method::POST, "/api/v1/nodes", Some(too_big), 413, "payload_too_large"),
         case("id not a uuid", Method::GET, "/api/v1/nodes/not-a-uuid", None, 400, "invalid_id"),
         case("unknown id", Method::GET, node(&unknown), None, 404, "not_found"),
         case("delete unknown id", Method::DELETE, node(&unknown), None, 404, "not_found"),
-        case("update unknown id", Method::PUT, node(&unknown), json_body(json!({"version": 1, "content": "x"})), 404, "not_found"),
-        case("update without version", Method::PUT, node(&seed_id), json_body(json!({"content": "x"})), 422, "invalid_body"),
-        case("update at a stale version", Method::PUT, node(&seed_id), json_body(json!({"version": 9, "content": "x"})), 409, "version_conflict"),
-        case("update to blank content", Method::PUT, node(&seed_id), json_body(json!({"version": 1, "content": ""})), 400, "empty_content"),
+        case(
+            "update unknown id",
+            Method::PUT,
+            node(&unknown),
+            json_body(json!({"version": 1, "content": "x"})),
+            404,
+            "not_found",
+        ),
+        case(
+            "update without version",
+            Method::PUT,
+            node(&seed_id),
+            json_body(json!({"content": "x"})),
+            422,
+            "invalid_body",
+        ),
+        case(
+            "update at a stale version",
+            Method::PUT,
+            node(&seed_id),
+            json_body(json!({"version": 9, "content": "x"})),
+            409,
+            "version_conflict",
+        ),
+        case(
+            "update to blank content",
+            Method::PUT,
+            node(&seed_id),
+            json_body(json!({"version": 1, "content": ""})),
+            400,
+            "empty_content",
+        ),
         case("limit not a number", Method::GET, "/api/v1/nodes?limit=abc", None, 400, "invalid_query"),
         case("limit too large", Method::GET, "/api/v1/nodes?limit=5000", None, 400, "invalid_limit"),
         case("cursor not issued", Method::GET, "/api/v1/nodes?cursor=garbage", None, 400, "invalid_cursor"),
-        case("bulk with one bad node", Method::POST, "/api/v1/nodes/bulk", json_body(json!({"nodes": [{"content": "fine"}, {"content": ""}]})), 400, "empty_content"),
-        case("bulk with no nodes", Method::POST, "/api/v1/nodes/bulk", json_body(json!({"nodes": []})), 400, "empty_bulk"),
-        case("bulk without nodes field", Method::POST, "/api/v1/nodes/bulk", json_body(json!([{"content": "x"}])), 422, "invalid_body"),
-        Case { auth: Auth::None, ..case("no api key", Method::POST, "/api/v1/nodes", json_body(json!({"content": "x"})), 401, "unauthenticated") },
-        Case { auth: Auth::Wrong, ..case("wrong api key", Method::POST, "/api/v1/nodes", json_body(json!({"content": "x"})), 401, "unauthenticated") },
-        case("method not allowed", Method::PATCH, node(&seed_id), json_body(json!({"content": "x"})), 405, "method_not_allowed"),
+        case(
+            "bulk with one bad node",
+            Method::POST,
+            "/api/v1/nodes/bulk",
+            json_body(json!({"nodes": [{"content": "fine"}, {"content": ""}]})),
+            400,
+            "empty_content",
+        ),
+        case(
+            "bulk with no nodes",
+            Method::POST,
+            "/api/v1/nodes/bulk",
+            json_body(json!({"nodes": []})),
+            400,
+            "empty_bulk",
+        ),
+        case(
+            "bulk without nodes field",
+            Method::POST,
+            "/api/v1/nodes/bulk",
+            json_body(json!([{"content": "x"}])),
+            422,
+            "invalid_body",
+        ),
+        Case {
+            auth: Auth::None,
+            ..case(
+                "no api key",
+                Method::POST,
+                "/api/v1/nodes",
+                json_body(json!({"content": "x"})),
+                401,
+                "unauthenticated",
+            )
+        },
+        Case {
+            auth: Auth::Wrong,
+            ..case(
+                "wrong api key",
+                Method::POST,
+                "/api/v1/nodes",
+                json_body(json!({"content": "x"})),
+                401,
+                "unauthenticated",
+            )
+        },
+        case(
+            "method not allowed",
+            Method::PATCH,
+            node(&seed_id),
+            json_body(json!({"content": "x"})),
+            405,
+            "method_not_allowed",
+        ),
         case("unknown route", Method::GET, "/api/v1/nowhere", None, 404, "route_not_found"),
     ];
     assert!(cases.len() >= 15);

@@ -79,7 +79,12 @@ async fn hx_up_store_recall_and_restart(backend: Backend) -> anyhow::Result<()> 
     #[cfg(unix)]
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file)?.permissions()) & 0o777, 0o600);
 
-    let (ok, out) = hx(&env, &running.url, &["store", "The", "mitochondria", "is", "the", "powerhouse", "--tag", "bio", "-n", "science"]).await?;
+    let (ok, out) = hx(
+        &env,
+        &running.url,
+        &["store", "The", "mitochondria", "is", "the", "powerhouse", "--tag", "bio", "-n", "science"],
+    )
+    .await?;
     assert!(ok, "{out}");
     let id = out.split_whitespace().nth(1).unwrap().to_owned();
     hx(&env, &running.url, &["store", "Unrelated", "note", "about", "cooking"]).await?;
@@ -96,7 +101,8 @@ async fn hx_up_store_recall_and_restart(backend: Backend) -> anyhow::Result<()> 
 
     // curl's view: the printed key works on the REST API
     let http = reqwest::Client::new();
-    let node: Value = http.get(format!("{}/api/v1/nodes/{id}", running.url)).bearer_auth(&key).send().await?.json().await?;
+    let node: Value =
+        http.get(format!("{}/api/v1/nodes/{id}", running.url)).bearer_auth(&key).send().await?.json().await?;
     assert_eq!(node["tags"], json!(["bio"]));
 
     terminate(running).await?;

@@ -37,7 +37,11 @@ async fn events_follow_commits_only(backend: Backend) -> anyhow::Result<()> {
     let path = format!("/api/v1/nodes/{id}");
     // refused writes: they must announce nothing
     helix.api(Method::PUT, &path).json(&json!({"version": 7, "content": "stale"})).send().await?;
-    helix.api(Method::POST, "/api/v1/nodes/bulk").json(&json!({"nodes": [{"content": "a"}, {"content": ""}]})).send().await?;
+    helix
+        .api(Method::POST, "/api/v1/nodes/bulk")
+        .json(&json!({"nodes": [{"content": "a"}, {"content": ""}]}))
+        .send()
+        .await?;
     helix.api(Method::PUT, &path).json(&json!({"version": 1, "content": "two"})).send().await?;
     helix.api(Method::DELETE, &path).send().await?;
 
@@ -125,7 +129,8 @@ async fn exactly_once_across_storage_crashes() -> anyhow::Result<()> {
             anyhow::bail!("only {received} of {} events arrived", expected.len());
         };
         let e = &delivery.envelope;
-        let key = (e.r#type.clone(), e.payload["id"].as_str().unwrap().to_owned(), e.payload["version"].as_i64().unwrap());
+        let key =
+            (e.r#type.clone(), e.payload["id"].as_str().unwrap().to_owned(), e.payload["version"].as_i64().unwrap());
         *counts.entry(key).or_default() += 1;
         received += 1;
         delivery.ack().await?;

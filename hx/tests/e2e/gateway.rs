@@ -13,7 +13,8 @@ async fn health_ready_request_id_and_openapi(backend: Backend) -> anyhow::Result
     let (status, health) = read(helix.http.get(helix.url("/health")).send().await?).await;
     assert_eq!(status, 200, "{health}");
     assert_eq!(health["status"], "ok");
-    for dependency in ["storage", "search", "graph", "llm-router", "orchestrator", "jobs", "notifications", "database"] {
+    for dependency in ["storage", "search", "graph", "llm-router", "orchestrator", "jobs", "notifications", "database"]
+    {
         assert_eq!(health["checks"][dependency], "ok", "{dependency}: {health}");
     }
     let (status, ready) = read(helix.http.get(helix.url("/ready")).send().await?).await;

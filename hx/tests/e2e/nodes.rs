@@ -31,13 +31,15 @@ async fn lifecycle_survives_restart(backend: Backend) -> anyhow::Result<()> {
     assert_eq!(page["nodes"], json!([created]));
 
     let update = json!({ "version": 1, "content": "Rust has no GC", "tags": ["rust"], "namespace": "research" });
-    let (status, updated) = read(helix.api(Method::PUT, &format!("/api/v1/nodes/{id}")).json(&update).send().await?).await;
+    let (status, updated) =
+        read(helix.api(Method::PUT, &format!("/api/v1/nodes/{id}")).json(&update).send().await?).await;
     assert_eq!(status, 200, "{updated}");
     assert_eq!((updated["version"].as_i64(), updated["content"].as_str()), (Some(2), Some("Rust has no GC")));
     assert_eq!(updated["created_at"], created["created_at"]);
     assert_eq!(updated["tags"], json!(["rust"]));
 
-    let (status, stale) = read(helix.api(Method::PUT, &format!("/api/v1/nodes/{id}")).json(&update).send().await?).await;
+    let (status, stale) =
+        read(helix.api(Method::PUT, &format!("/api/v1/nodes/{id}")).json(&update).send().await?).await;
     assert_eq!((status, code(&stale)), (409, "version_conflict"));
 
     let (status, _) = read(helix.api(Method::DELETE, &format!("/api/v1/nodes/{id}")).send().await?).await;
@@ -45,9 +47,11 @@ async fn lifecycle_survives_restart(backend: Backend) -> anyhow::Result<()> {
     let (status, gone) = read(helix.api(Method::GET, &format!("/api/v1/nodes/{id}")).send().await?).await;
     assert_eq!((status, code(&gone)), (404, "not_found"));
 
-    let (_, kept) = read(helix.api(Method::POST, "/api/v1/nodes").json(&json!({"content": "kept"})).send().await?).await;
+    let (_, kept) =
+        read(helix.api(Method::POST, "/api/v1/nodes").json(&json!({"content": "kept"})).send().await?).await;
     helix.restart().await?;
-    let (status, after) = read(helix.api(Method::GET, &format!("/api/v1/nodes/{}", kept["id"].as_str().unwrap())).send().await?).await;
+    let (status, after) =
+        read(helix.api(Method::GET, &format!("/api/v1/nodes/{}", kept["id"].as_str().unwrap())).send().await?).await;
     assert_eq!((status, &after), (200, &kept));
     helix.stop().await;
     Ok(())
@@ -77,7 +81,8 @@ async fn list_filters_and_pages(backend: Backend) -> anyhow::Result<()> {
     for (query, expected) in cases {
         let (status, page) = read(helix.api(Method::GET, &format!("/api/v1/nodes?{query}")).send().await?).await;
         assert_eq!(status, 200);
-        let got: Vec<String> = page["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap().to_owned()).collect();
+        let got: Vec<String> =
+            page["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap().to_owned()).collect();
         assert_eq!(&got, expected, "{query}");
         assert_eq!(page["next_cursor"], Value::Null, "{query}");
     }
@@ -106,17 +111,22 @@ async fn list_filters_and_pages(backend: Backend) -> anyhow::Result<()> {
 async fn bulk_create_is_all_or_nothing(backend: Backend) -> anyhow::Result<()> {
     let helix = TestHelix::start(backend).await?;
     let nodes: Vec<Value> = (0..25).map(|i| json!({"content": format!("bulk {i}"), "tags": ["bulk"]})).collect();
-    let (status, created) = read(helix.api(Method::POST, "/api/v1/nodes/bulk").json(&json!({"nodes": nodes})).send().await?).await;
+    let (status, created) =
+        read(helix.api(Method::POST, "/api/v1/nodes/bulk").json(&json!({"nodes": nodes})).send().await?).await;
     assert_eq!(status, 201, "{created}");
     let ids: Vec<&str> = created["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(ids.len(), 25);
     for (i, node) in created["nodes"].as_array().unwrap().iter().enumerate() {
-        assert_eq!((node["id"].as_str().unwrap(), node["content"].as_str().unwrap()), (ids[i], format!("bulk {i}").as_str()));
+        assert_eq!(
+            (node["id"].as_str().unwrap(), node["content"].as_str().unwrap()),
+            (ids[i], format!("bulk {i}").as_str())
+        );
     }
 
     let mut broken: Vec<Value> = (0..5).map(|i| json!({"content": format!("never {i}")})).collect();
     broken.push(json!({"content": "bad", "importance": 7}));
-    let (status, error) = read(helix.api(Method::POST, "/api/v1/nodes/bulk").json(&json!({"nodes": broken})).send().await?).await;
+    let (status, error) =
+        read(helix.api(Method::POST, "/api/v1/nodes/bulk").json(&json!({"nodes": broken})).send().await?).await;
     assert_eq!((status, code(&error)), (400, "invalid_importance"));
     assert!(error["error"]["message"].as_str().unwrap().starts_with("nodes[5]"), "{error}");
     let (_, page) = read(helix.api(Method::GET, "/api/v1/nodes?limit=1000").send().await?).await;

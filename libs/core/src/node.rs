@@ -82,7 +82,10 @@ impl NodeDraft {
 
         let title = match self.title {
             Some(title) if title.chars().count() > MAX_TITLE_CHARS => {
-                return Err(Error::invalid("invalid_title", format!("title is longer than {MAX_TITLE_CHARS} characters")));
+                return Err(Error::invalid(
+                    "invalid_title",
+                    format!("title is longer than {MAX_TITLE_CHARS} characters"),
+                ));
             }
             Some(title) if !title.trim().is_empty() => title.trim().to_owned(),
             _ => derive_title(&self.content),
@@ -101,7 +104,10 @@ impl NodeDraft {
 
         let source = self.source.filter(|s| !s.is_empty());
         if source.as_ref().is_some_and(|s| s.chars().count() > MAX_SOURCE_CHARS) {
-            return Err(Error::invalid("invalid_source", format!("source is longer than {MAX_SOURCE_CHARS} characters")));
+            return Err(Error::invalid(
+                "invalid_source",
+                format!("source is longer than {MAX_SOURCE_CHARS} characters"),
+            ));
         }
 
         let importance = self.importance.unwrap_or(DEFAULT_IMPORTANCE);
@@ -119,7 +125,10 @@ pub fn validate_namespace(namespace: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid("invalid_namespace", "namespace must be 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':', '/' or '-'"))
+        Err(Error::invalid(
+            "invalid_namespace",
+            "namespace must be 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':', '/' or '-'",
+        ))
     }
 }
 
@@ -153,7 +162,9 @@ fn derive_title(content: &str) -> String {
 }
 
 pub fn parse_id(id: &str) -> Result<Uuid> {
-    Uuid::try_parse(id).map_err(|_| Error::invalid("invalid_id", format!("'{}' is not a node id (a UUID)", id.chars().take(64).collect::<String>())))
+    Uuid::try_parse(id).map_err(|_| {
+        Error::invalid("invalid_id", format!("'{}' is not a node id (a UUID)", id.chars().take(64).collect::<String>()))
+    })
 }
 
 /// Which nodes a listing returns, newest first.
@@ -187,7 +198,10 @@ impl NodeFilter {
             n => n,
         };
         let after = match cursor.filter(|c| !c.is_empty()) {
-            Some(c) => Some(Uuid::try_parse(c).map_err(|_| Error::invalid("invalid_cursor", "cursor is not one this server issued"))?),
+            Some(c) => Some(
+                Uuid::try_parse(c)
+                    .map_err(|_| Error::invalid("invalid_cursor", "cursor is not one this server issued"))?,
+            ),
             None => None,
         };
         Ok(Self { namespace, kind, tag, limit, after })

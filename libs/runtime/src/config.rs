@@ -184,8 +184,8 @@ impl HelixConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
         toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
@@ -257,7 +257,11 @@ mod tests {
     fn environment_overrides_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("helix.toml");
-        std::fs::write(&file, "database_url = \"sqlite://x.db\"\n[gateway]\naddr = \"0.0.0.0:1\"\nmax_body_bytes = 2048\n").unwrap();
+        std::fs::write(
+            &file,
+            "database_url = \"sqlite://x.db\"\n[gateway]\naddr = \"0.0.0.0:1\"\nmax_body_bytes = 2048\n",
+        )
+        .unwrap();
         let vars = [
             ("HELIX_CONFIG", file.to_str().unwrap().to_owned()),
             ("HELIX_GATEWAY_ADDR", "127.0.0.1:2".to_owned()),
@@ -272,7 +276,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_values() {
-        for (name, value) in [("HELIX_GATEWAY_ADDR", "nowhere"), ("HELIX_DATABASE_URL", "mysql://x"), ("HELIX_MAX_BODY_BYTES", "-1")] {
+        for (name, value) in
+            [("HELIX_GATEWAY_ADDR", "nowhere"), ("HELIX_DATABASE_URL", "mysql://x"), ("HELIX_MAX_BODY_BYTES", "-1")]
+        {
             let err = HelixConfig::load_from(|n| (n == name).then(|| value.to_owned())).unwrap_err();
             assert!(err.to_string().contains("database_url") || err.to_string().contains(name), "{err}");
         }

@@ -45,7 +45,8 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(code = self.0.code(), message = self.0.message(), "request failed");
         }
-        let body = ErrorBody { error: ErrorDetail { code: self.0.code().to_owned(), message: self.0.message().to_owned() } };
+        let body =
+            ErrorBody { error: ErrorDetail { code: self.0.code().to_owned(), message: self.0.message().to_owned() } };
         let mut response = (status, axum::Json(body)).into_response();
         if status == http::StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
@@ -86,9 +87,11 @@ fn json_rejection(rejection: JsonRejection) -> Error {
         ),
         JsonRejection::JsonSyntaxError(_) => Error::invalid("malformed_json", message),
         JsonRejection::JsonDataError(_) => Error::new(ErrorKind::Unprocessable, "invalid_body", message),
-        JsonRejection::BytesRejection(_) if message.contains("length limit") => {
-            Error::new(ErrorKind::PayloadTooLarge, "payload_too_large", "the request body is larger than this server accepts")
-        }
+        JsonRejection::BytesRejection(_) if message.contains("length limit") => Error::new(
+            ErrorKind::PayloadTooLarge,
+            "payload_too_large",
+            "the request body is larger than this server accepts",
+        ),
         _ => Error::invalid("invalid_body", message),
     }
 }

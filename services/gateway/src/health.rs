@@ -52,7 +52,8 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
     checks.push(database);
     let checks: BTreeMap<_, _> = checks.into_iter().collect();
     let failing: Vec<_> = checks.iter().filter(|(_, v)| *v != "ok").map(|(k, _)| *k).collect();
-    let (code, status) = if failing.is_empty() { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "degraded") };
+    let (code, status) =
+        if failing.is_empty() { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "degraded") };
     (code, Json(Health { status, checks, failing }))
 }
 

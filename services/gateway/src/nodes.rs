@@ -99,7 +99,10 @@ pub struct RecallParams {
 #[utoipa::path(post, path = "/api/v1/nodes", tag = "nodes", request_body = NodeInput,
     responses((status = 201, body = NodeBody), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn create(State(state): State<AppState>, Json(input): Json<NodeInput>) -> ApiResult<(StatusCode, Json<NodeBody>)> {
+pub async fn create(
+    State(state): State<AppState>,
+    Json(input): Json<NodeInput>,
+) -> ApiResult<(StatusCode, Json<NodeBody>)> {
     let request = pb::CreateNodeRequest { node: Some(draft(input)) };
     let node = state.storage().create_node(request).await?.into_inner();
     Ok((StatusCode::CREATED, Json(node_body(node)?)))
@@ -108,7 +111,10 @@ pub async fn create(State(state): State<AppState>, Json(input): Json<NodeInput>)
 #[utoipa::path(post, path = "/api/v1/nodes/bulk", tag = "nodes", request_body = BulkInput,
     responses((status = 201, body = BulkCreated), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn bulk_create(State(state): State<AppState>, Json(input): Json<BulkInput>) -> ApiResult<(StatusCode, Json<BulkCreated>)> {
+pub async fn bulk_create(
+    State(state): State<AppState>,
+    Json(input): Json<BulkInput>,
+) -> ApiResult<(StatusCode, Json<BulkCreated>)> {
     let request = pb::BulkCreateNodesRequest { nodes: input.nodes.into_iter().map(draft).collect() };
     let nodes = state.storage().bulk_create_nodes(request).await?.into_inner().nodes;
     let nodes = nodes.into_iter().map(node_body).collect::<Result<Vec<_>, _>>()?;

@@ -15,7 +15,9 @@ pub struct NotificationsServiceApi;
 impl NotificationsService for NotificationsServiceApi {}
 
 /// The notifications gRPC service, ready to be served.
-pub async fn start(_ctx: &ServiceContext) -> helix_runtime::Result<NotificationsServiceServer<NotificationsServiceApi>> {
+pub async fn start(
+    _ctx: &ServiceContext,
+) -> helix_runtime::Result<NotificationsServiceServer<NotificationsServiceApi>> {
     Ok(NotificationsServiceServer::new(NotificationsServiceApi))
 }
 

@@ -33,7 +33,10 @@ impl StorageService for StorageApi {
         reply(async { self.store.create(draft?).await.map(node_to_pb) }.await)
     }
 
-    async fn bulk_create_nodes(&self, request: Request<pb::BulkCreateNodesRequest>) -> Reply<pb::BulkCreateNodesResponse> {
+    async fn bulk_create_nodes(
+        &self,
+        request: Request<pb::BulkCreateNodesRequest>,
+    ) -> Reply<pb::BulkCreateNodesResponse> {
         let drafts = request.into_inner().nodes.into_iter().map(draft_from_pb).collect::<Result<Vec<_>>>();
         let created = async { self.store.bulk_create(drafts?).await }.await;
         reply(created.map(|nodes| pb::BulkCreateNodesResponse { nodes: nodes.into_iter().map(node_to_pb).collect() }))

@@ -53,7 +53,9 @@ impl NodeStore {
             .into_iter()
             .enumerate()
             .map(|(i, draft)| {
-                draft.validate().map_err(|e| Error::new(e.kind(), e.code().to_owned(), format!("nodes[{i}]: {}", e.message())))
+                draft
+                    .validate()
+                    .map_err(|e| Error::new(e.kind(), e.code().to_owned(), format!("nodes[{i}]: {}", e.message())))
             })
             .collect::<Result<Vec<_>>>()?;
         self.create_all(fields).await
@@ -129,14 +131,13 @@ impl NodeStore {
     /// Deletes the node; with `expected_version`, only if that is still its version.
     pub async fn delete(&self, id: Uuid, expected_version: Option<i64>) -> Result<()> {
         let mut tx = self.begin().await?;
-        let row = sqlx::query(
-            "DELETE FROM nodes WHERE id = $1 AND ($2 = 0 OR version = $2) RETURNING namespace, version",
-        )
-        .bind(id.to_string())
-        .bind(expected_version.unwrap_or(0))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        let row =
+            sqlx::query("DELETE FROM nodes WHERE id = $1 AND ($2 = 0 OR version = $2) RETURNING namespace, version")
+                .bind(id.to_string())
+                .bind(expected_version.unwrap_or(0))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
         let Some(row) = row else {
             drop(tx);
             return Err(self.missing_or_stale(id, expected_version.unwrap_or(0)).await);
