@@ -9,6 +9,8 @@ use std::str::FromStr;
 use helix_proto::service_names;
 use helix_runtime::{HelixConfig, ServiceContext, grpc};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -95,6 +97,8 @@ pub struct Node {
     pub gateway_addr: Option<SocketAddr>,
     pub roles: Vec<Role>,
     ctx: ServiceContext,
+    /// The REST server drains before the gRPC services it calls stop.
+    rest: Option<(CancellationToken, JoinHandle<()>)>,
 }
 
 impl Node {
@@ -149,22 +153,28 @@ impl Node {
                 shutdown.cancel();
             }
         });
-        if let (Some(listener), Some(http)) = (gateway_listener, http) {
-            let shutdown = ctx.shutdown.clone();
-            ctx.tasks.spawn(async move {
-                if let Err(error) = helix_gateway::serve_http(listener, http, shutdown.clone()).await {
-                    tracing::error!(%error, "rest server failed, stopping");
-                    shutdown.cancel();
-                }
-            });
-        }
+        let rest = match (gateway_listener, http) {
+            (Some(listener), Some(http)) => {
+                let node_shutdown = ctx.shutdown.clone();
+                let rest_shutdown = ctx.shutdown.child_token();
+                let drain = rest_shutdown.clone();
+                let task = tokio::spawn(async move {
+                    if let Err(error) = helix_gateway::serve_http(listener, http, drain).await {
+                        tracing::error!(%error, "rest server failed, stopping");
+                        node_shutdown.cancel();
+                    }
+                });
+                Some((rest_shutdown, task))
+            }
+            _ => None,
+        };
         tracing::info!(
             grpc = %grpc_addr,
             rest = ?gateway_addr,
             services = ?roles.iter().map(|r| r.name()).collect::<Vec<_>>(),
             "helix node started"
         );
-        Ok(Node { grpc_addr, gateway_addr, roles, ctx })
+        Ok(Node { grpc_addr, gateway_addr, roles, ctx, rest })
     }
 
     /// The event bus of this node's services (the in-process one on the embedded default).
@@ -187,6 +197,10 @@ impl Node {
 
     /// Stops accepting work, finishes what is in flight and waits for every task.
     pub async fn stop(self) {
+        if let Some((shutdown, task)) = self.rest {
+            shutdown.cancel();
+            let _ = task.await;
+        }
         self.ctx.stop().await;
     }
 }

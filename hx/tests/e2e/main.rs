@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod events;
 mod gateway;
+mod grpc;
 mod nodes;
 mod support;
 

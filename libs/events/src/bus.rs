@@ -6,7 +6,6 @@ use futures::stream::{BoxStream, Stream, StreamExt};
 
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
-use crate::subjects;
 
 /// The event bus: durable publish and durable, load-balanced, at-least-once subscriptions.
 ///
@@ -124,21 +123,25 @@ impl fmt::Debug for Subscription {
     }
 }
 
-/// Checks a consumer group name.
+/// Checks a consumer group name: any non-empty name of at most 64 bytes (it is sanitized for NATS).
 pub(crate) fn validate_group(group: &str) -> Result<()> {
     let invalid = |reason: &'static str| Err(Error::InvalidGroup { group: group.to_owned(), reason });
-    if !subjects::is_token(group) {
-        return invalid("use only A-Z a-z 0-9 _ - (and at least one)");
+    if group.trim().is_empty() {
+        return invalid("empty");
     }
     if group.len() > 64 {
-        return invalid("at most 64 characters");
+        return invalid("longer than 64 bytes");
     }
     Ok(())
 }
 
-/// The durable consumer name of a (group, filter) pair: readable, a valid NATS name, and distinct for
-/// distinct pairs (a stable hash of both is part of it, so `*` and `>` filters never share a consumer).
+/// The durable consumer name of a (group, filter) pair: readable, a valid NATS name (characters other than
+/// A-Z a-z 0-9 _ - become `_`), and distinct for distinct pairs (a stable hash of both is part of it, so
+/// `*` and `>` filters, or groups differing only in replaced characters, never share a consumer).
 pub(crate) fn durable_name(group: &str, filter: &str) -> String {
+    let sanitize = |text: &str| -> String {
+        text.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect()
+    };
     let mut readable: String = filter
         .split('.')
         .map(|token| match token {
@@ -150,7 +153,7 @@ pub(crate) fn durable_name(group: &str, filter: &str) -> String {
         .join("-");
     readable.truncate(64);
     let key = format!("{group}\n{filter}");
-    format!("{group}_{readable}_{:016x}", fnv1a64(key.as_bytes()))
+    format!("{}_{}_{:016x}", sanitize(group), sanitize(&readable), fnv1a64(key.as_bytes()))
 }
 
 /// FNV-1a: tiny and stable across Rust releases (durable names must not change between builds).

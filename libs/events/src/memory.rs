@@ -141,6 +141,7 @@ impl EventBus for InProcessBus {
             let index = domain_index(domain);
             {
                 let mut state = core.streams[index].lock();
+                state.trim(Instant::now(), &core.config);
                 let first_seq = state.first_seq();
                 state.consumers.entry(name.clone()).or_insert_with(|| ConsumerState {
                     filter: narrowed,
@@ -231,7 +232,7 @@ impl StreamState {
         }
     }
 
-    /// Applies the retention limits (as a JetStream limits-policy stream does).
+    /// Applies the retention limits (as a JetStream limits-policy stream does), on publish and subscribe.
     fn trim(&mut self, now: Instant, config: &EventsConfig) {
         let max_messages = usize::try_from(config.max_messages).unwrap_or(usize::MAX);
         while self.log.len() > max_messages {
@@ -287,7 +288,12 @@ impl ConsumerState {
     fn requeue(&mut self, seq: u64, attempt: Attempt, max_deliver: i64) {
         let exhausted = u64::try_from(max_deliver).is_ok_and(|max| attempt.deliveries >= max);
         if exhausted {
-            tracing::warn!(seq, subject = %attempt.message.subject, deliveries = attempt.deliveries, "event reached max_deliver, not redelivered");
+            tracing::warn!(
+                seq,
+                subject = %attempt.message.subject,
+                deliveries = attempt.deliveries,
+                "event reached max_deliver, not redelivered"
+            );
         } else {
             self.redeliver.insert(seq, attempt);
         }

@@ -24,8 +24,9 @@ use crate::subjects::{self, DOMAINS, Domain};
 const PULL_BATCH: usize = 16;
 /// Lifetime of a pull request; a dropped subscription's request lingers on the server this long at most.
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
-/// Idle heartbeat of a pull request, to notice a dead connection.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(3);
+/// Idle heartbeat of a pull request. Two missed heartbeats re-open the subscription: that is how a consumer
+/// lost with its stream (which servers before 2.10 do not report) is noticed and re-created.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 /// Longest wait between two attempts to re-open a broken subscription.
 const MAX_REOPEN_DELAY: Duration = Duration::from_secs(5);
 
@@ -65,7 +66,8 @@ impl NatsBus {
             match options.connect(servers.as_slice()).await {
                 Ok(client) => break client,
                 Err(err) if Instant::now() + delay < deadline => {
-                    tracing::warn!(url, error = %err, retry_in_ms = delay.as_millis(), "cannot connect to nats, retrying");
+                    let retry_in_ms = delay.as_millis();
+                    tracing::warn!(url, error = %err, retry_in_ms, "cannot connect to nats, retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
@@ -263,7 +265,8 @@ impl Member {
                 Some(Err(err)) => {
                     let fatal = matches!(
                         err.kind(),
-                        MessagesErrorKind::ConsumerDeleted
+                        MessagesErrorKind::MissingHeartbeat
+                            | MessagesErrorKind::ConsumerDeleted
                             | MessagesErrorKind::NoResponders
                             | MessagesErrorKind::PushBasedConsumer
                             | MessagesErrorKind::RequestLimitExceeded

@@ -24,7 +24,7 @@ use tonic::transport::Channel;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::OpenApi;
 
 pub use auth::KeyStore;
@@ -126,7 +126,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
                 .layer(TraceLayer::new_for_http().make_span_with(|request: &http::Request<_>| {
                     let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
                     tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = id)
-                }))
+                })
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)))
                 .layer(PropagateRequestIdLayer::new(request_id))
                 .layer(CatchPanicLayer::custom(|_| {
                     axum::response::IntoResponse::into_response(error::ApiError(helix_core::Error::internal(
