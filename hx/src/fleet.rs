@@ -1,7 +1,7 @@
 //! Runs any set of the eight services in this process. `hx up` runs all of them;
 //! `hx serve <service>` runs one. The gRPC services of a process share one server
-//! (and the gateway also serves REST); a service's clients reach a local peer over
-//! loopback exactly as they would reach a remote one.
+//! (and the gateway also serves REST); a service's clients reach a local peer through
+//! the in-process link — the same gRPC calls as to a remote one, without sockets.
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -115,17 +115,15 @@ impl Node {
         };
         let gateway_addr = gateway_listener.as_ref().map(TcpListener::local_addr).transpose()?;
 
-        // Local peers are reached over loopback, whatever address the server listens on.
-        let local = SocketAddr::new(
-            if grpc_addr.ip().is_unspecified() { [127, 0, 0, 1].into() } else { grpc_addr.ip() },
-            grpc_addr.port(),
-        );
+        // Local peers are reached through the in-process link, not the network.
         for role in &roles {
-            role.set_endpoint(&mut config, format!("http://{local}"));
+            role.set_endpoint(&mut config, grpc::IN_PROCESS.to_owned());
         }
+        let (link, local_incoming) = grpc::local_link();
 
         let bus = helix_events::connect(&config.events, "hx").await?;
-        let ctx = ServiceContext::new(config, bus);
+        let mut ctx = ServiceContext::new(config, bus);
+        ctx.local = Some(link);
         let mut routes = RoutesBuilder::default();
         let mut http = None;
         for role in &roles {
@@ -148,7 +146,7 @@ impl Node {
         let names: Vec<&'static str> = roles.iter().map(|r| r.grpc_service()).collect();
         let shutdown = ctx.shutdown.clone();
         ctx.tasks.spawn(async move {
-            if let Err(error) = grpc::serve(grpc_listener, routes.routes(), &names, shutdown.clone()).await {
+            if let Err(error) = grpc::serve(grpc_listener, Some(local_incoming), routes.routes(), &names, shutdown.clone()).await {
                 tracing::error!(%error, "grpc server failed, stopping");
                 shutdown.cancel();
             }

@@ -40,12 +40,13 @@ fn nats_url() -> String {
     std::env::var("HELIX_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }
 
-/// `t` + a UUIDv7: unique, and its timestamp tells how old a leftover stream is.
+/// `ct` + a UUIDv7: unique, marks the streams as this suite's, and its timestamp tells how old a leftover
+/// stream is.
 fn unique_prefix() -> String {
-    format!("t{}", Uuid::now_v7().simple())
+    format!("ct{}", Uuid::now_v7().simple())
 }
 
-/// Deletes the streams of test prefixes older than ten minutes: those of runs killed before their cleanup.
+/// Deletes this suite's streams older than ten minutes: those of runs killed before their cleanup.
 async fn sweep_stale_test_streams() -> Result<()> {
     use futures::TryStreamExt as _;
     let client = async_nats::connect(nats_url()).await?;
@@ -54,7 +55,7 @@ async fn sweep_stale_test_streams() -> Result<()> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     for name in names {
         let Some((prefix, _)) = name.split_once("_HELIX_") else { continue };
-        let Some(Ok(id)) = prefix.strip_prefix('T').map(Uuid::parse_str) else { continue };
+        let Some(Ok(id)) = prefix.strip_prefix("CT").map(Uuid::parse_str) else { continue };
         let Some((created, _)) = id.get_timestamp().map(|timestamp| timestamp.to_unix()) else { continue };
         if created + 600 < now {
             // Another test may sweep the same stream at the same time: its deletion is as good as ours.

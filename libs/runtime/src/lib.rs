@@ -48,11 +48,18 @@ pub struct ServiceContext {
     pub bus: Arc<dyn EventBus>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
+    /// How services of this process reach each other without sockets, when several run here.
+    pub local: Option<grpc::LocalLink>,
 }
 
 impl ServiceContext {
     pub fn new(config: HelixConfig, bus: Arc<dyn EventBus>) -> Self {
-        Self { config: Arc::new(config), bus, shutdown: CancellationToken::new(), tasks: TaskTracker::new() }
+        Self { config: Arc::new(config), bus, shutdown: CancellationToken::new(), tasks: TaskTracker::new(), local: None }
+    }
+
+    /// A gRPC channel to the service at `endpoint` (a URL, or [`grpc::IN_PROCESS`]).
+    pub fn channel(&self, endpoint: &str, request_timeout: std::time::Duration) -> Result<tonic::transport::Channel> {
+        grpc::channel(endpoint, self.local.as_ref(), request_timeout)
     }
 
     /// Cancels every task of this context and waits for them to end.
@@ -81,7 +88,7 @@ where
     let ctx = ServiceContext::new(config, bus);
     let routes = start(ctx.clone()).await?;
     tracing::info!(service = grpc_service, addr = %listener.local_addr()?, "serving grpc");
-    let served = grpc::serve(listener, routes, &[grpc_service], shutdown).await;
+    let served = grpc::serve(listener, None, routes, &[grpc_service], shutdown).await;
     ctx.stop().await;
     served
 }

@@ -99,12 +99,18 @@ impl TestEnv {
 }
 
 impl Drop for TestEnv {
+    /// Removes what the fleet backends kept for this environment: its database and its
+    /// NATS streams, so repeated runs do not pile them up on the shared servers.
     fn drop(&mut self) {
         let Some(name) = self.database.take() else { return };
+        let events = self.config.events.clone();
         // Drop runs inside the test's runtime: a thread of its own may block.
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             runtime.block_on(async {
+                if let Ok(bus) = helix_events::NatsBus::connect(&events, "testkit-cleanup").await {
+                    let _ = bus.delete_streams().await;
+                }
                 let mut admin = sqlx::PgConnection::connect(&postgres_url()).await.ok()?;
                 sqlx::Executor::execute(&mut admin, format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
                     .await

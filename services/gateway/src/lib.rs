@@ -16,7 +16,7 @@ use helix_proto::service_names;
 use helix_proto::v1::gateway_service_server::{GatewayService, GatewayServiceServer};
 use helix_proto::v1::storage_service_client::StorageServiceClient;
 use helix_runtime::db::Database;
-use helix_runtime::{HelixConfig, ServiceContext, grpc};
+use helix_runtime::{HelixConfig, ServiceContext};
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -83,7 +83,7 @@ pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<Gateway> {
     }
 
     let timeout = Duration::from_secs(config.gateway.request_timeout_secs);
-    let connect = |url: &str| grpc::channel(url, timeout);
+    let connect = |url: &str| ctx.channel(url, timeout);
     let e = &config.endpoints;
     let storage = connect(&e.storage)?;
     let services = vec![
@@ -141,6 +141,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
 
 /// Serves the REST API on `listener` until `shutdown`; requests in flight finish first.
 pub async fn serve_http(listener: TcpListener, http: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // small responses must not wait for a delayed ACK (Nagle)
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, http).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
