@@ -146,7 +146,9 @@ impl Node {
         let names: Vec<&'static str> = roles.iter().map(|r| r.grpc_service()).collect();
         let shutdown = ctx.shutdown.clone();
         ctx.tasks.spawn(async move {
-            if let Err(error) = grpc::serve(grpc_listener, Some(local_incoming), routes.routes(), &names, shutdown.clone()).await {
+            if let Err(error) =
+                grpc::serve(grpc_listener, Some(local_incoming), routes.routes(), &names, shutdown.clone()).await
+            {
                 tracing::error!(%error, "grpc server failed, stopping");
                 shutdown.cancel();
             }

@@ -95,7 +95,8 @@ pub async fn serve(
         None => tcp.await?,
         Some(local) => {
             let pipes = UnboundedReceiverStream::new(local.connections).map(Ok::<_, std::io::Error>);
-            let in_process = Server::builder().add_routes(routes).serve_with_incoming_shutdown(pipes, shutdown.cancelled());
+            let in_process =
+                Server::builder().add_routes(routes).serve_with_incoming_shutdown(pipes, shutdown.cancelled());
             tokio::try_join!(tcp, in_process)?;
         }
     }

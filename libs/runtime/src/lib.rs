@@ -54,7 +54,13 @@ pub struct ServiceContext {
 
 impl ServiceContext {
     pub fn new(config: HelixConfig, bus: Arc<dyn EventBus>) -> Self {
-        Self { config: Arc::new(config), bus, shutdown: CancellationToken::new(), tasks: TaskTracker::new(), local: None }
+        Self {
+            config: Arc::new(config),
+            bus,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            local: None,
+        }
     }
 
     /// A gRPC channel to the service at `endpoint` (a URL, or [`grpc::IN_PROCESS`]).
