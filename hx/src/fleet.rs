@@ -119,11 +119,11 @@ impl Node {
         for role in &roles {
             role.set_endpoint(&mut config, grpc::IN_PROCESS.to_owned());
         }
-        let (link, local_incoming) = grpc::local_link();
+        let link = grpc::LocalLink::default();
 
         let bus = helix_events::connect(&config.events, "hx").await?;
         let mut ctx = ServiceContext::new(config, bus);
-        ctx.local = Some(link);
+        ctx.local = Some(link.clone());
         let mut routes = RoutesBuilder::default();
         let mut http = None;
         for role in &roles {
@@ -144,11 +144,11 @@ impl Node {
         }
 
         let names: Vec<&'static str> = roles.iter().map(|r| r.grpc_service()).collect();
+        let router = grpc::GrpcRouter::new(routes.routes(), &names).await?;
+        link.bind(router.routes());
         let shutdown = ctx.shutdown.clone();
         ctx.tasks.spawn(async move {
-            if let Err(error) =
-                grpc::serve(grpc_listener, Some(local_incoming), routes.routes(), &names, shutdown.clone()).await
-            {
+            if let Err(error) = router.serve(grpc_listener, shutdown.clone()).await {
                 tracing::error!(%error, "grpc server failed, stopping");
                 shutdown.cancel();
             }

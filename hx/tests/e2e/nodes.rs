@@ -134,3 +134,57 @@ async fn bulk_create_is_all_or_nothing(backend: Backend) -> anyhow::Result<()> {
     helix.stop().await;
     Ok(())
 }
+
+crate::on_both_backends!(gateway_and_storage_in_separate_nodes);
+
+/// The gateway in one node, the other services in another: the calls cross real gRPC
+/// over TCP, as in the fleet.
+async fn gateway_and_storage_in_separate_nodes(backend: Backend) -> anyhow::Result<()> {
+    use hx::fleet::Role;
+    let mut env = helix_testkit::TestEnv::new(backend).await?;
+    let backends: Vec<Role> = Role::ALL.into_iter().filter(|r| *r != Role::Gateway).collect();
+    let services = env.start(&backends).await?;
+    let url = services.grpc_url();
+    let e = &mut env.config.endpoints;
+    for endpoint in [
+        &mut e.storage,
+        &mut e.search,
+        &mut e.graph,
+        &mut e.llm_router,
+        &mut e.orchestrator,
+        &mut e.jobs,
+        &mut e.notifications,
+    ] {
+        *endpoint = url.clone();
+    }
+    let gateway = env.start(&[Role::Gateway]).await?;
+    let base = gateway.gateway_url().unwrap();
+    let http = reqwest::Client::new();
+    let (status, created) = read(
+        http.post(format!("{base}/api/v1/nodes"))
+            .bearer_auth(&env.admin_key)
+            .json(&json!({"content": "far away"}))
+            .send()
+            .await?,
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let (status, got) = read(
+        http.get(format!("{base}/api/v1/nodes/{}", created["id"].as_str().unwrap()))
+            .bearer_auth(&env.admin_key)
+            .send()
+            .await?,
+    )
+    .await;
+    assert_eq!((status, &got), (200, &created));
+    let (status, missing) = read(
+        http.get(format!("{base}/api/v1/nodes/{}", uuid::Uuid::now_v7())).bearer_auth(&env.admin_key).send().await?,
+    )
+    .await;
+    assert_eq!((status, code(&missing)), (404, "not_found"), "error codes cross the network");
+    let (status, health) = read(http.get(format!("{base}/health")).send().await?).await;
+    assert_eq!(status, 200, "{health}");
+    gateway.stop().await;
+    services.stop().await;
+    Ok(())
+}

@@ -1,125 +1,161 @@
 //! gRPC serving and connecting, the same for every service: health
 //! (`grpc.health.v1`) and reflection come with every server.
 //!
-//! Services in one process also reach each other through an in-process link: real gRPC
-//! (HTTP/2 frames, protobuf) over in-memory pipes instead of loopback TCP, which spares
-//! every call two sockets and the cross-thread wake-ups they cost.
+//! Services in one process reach each other through the in-process link: the caller's
+//! tonic client hands its gRPC request (protobuf body, gRPC framing and status) straight
+//! to this process's tonic router, without a socket or an HTTP/2 connection.
 
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use tokio::io::DuplexStream;
+use futures::future::BoxFuture;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
 use tonic::service::Routes;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Endpoint, Server};
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, Service, ServiceExt};
 
 use crate::{Error, Result};
 
+/// A connection to a service's gRPC API, over the network or in-process; what every
+/// generated client is built on (`StorageServiceClient<GrpcChannel>`).
+/// Failures to reach the service are already gRPC statuses (UNAVAILABLE, DEADLINE_EXCEEDED).
+pub type GrpcChannel = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, tonic::Status>;
+
 /// The endpoint value meaning "the service runs in this process": see [`LocalLink`].
 pub const IN_PROCESS: &str = "in-process";
-const PIPE_BYTES: usize = 256 * 1024;
 
-/// The client side of the in-process link: every connection is a new in-memory pipe
-/// whose other end goes to this process's gRPC server.
-#[derive(Clone, Debug)]
+/// The in-process link: the gRPC router of this process, bound once it is built.
+#[derive(Clone, Debug, Default)]
 pub struct LocalLink {
-    connections: mpsc::UnboundedSender<DuplexStream>,
-}
-
-/// The server side of the in-process link, handed to [`serve`].
-pub struct LocalIncoming {
-    connections: mpsc::UnboundedReceiver<DuplexStream>,
-}
-
-pub fn local_link() -> (LocalLink, LocalIncoming) {
-    let (connections, incoming) = mpsc::unbounded_channel();
-    (LocalLink { connections }, LocalIncoming { connections: incoming })
+    router: Arc<OnceLock<Routes>>,
 }
 
 impl LocalLink {
-    fn channel(&self, endpoint: Endpoint) -> Channel {
-        let connections = self.connections.clone();
-        endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
-            let (client, server) = tokio::io::duplex(PIPE_BYTES);
-            let sent = connections.send(server).map_err(|_| std::io::Error::other("the local grpc server stopped"));
-            std::future::ready(sent.map(|()| TokioIo::new(client)))
+    /// Makes `router` the target of every channel of this link, made before or after.
+    pub fn bind(&self, router: Routes) {
+        let _ = self.router.set(router);
+    }
+
+    fn channel(&self, request_timeout: Duration) -> GrpcChannel {
+        let local = LocalService { router: self.router.clone() };
+        BoxCloneSyncService::new(tower::timeout::Timeout::new(local, request_timeout).map_err(|error: BoxError| {
+            match error.downcast::<tonic::Status>() {
+                Ok(status) => *status,
+                Err(error) if error.is::<tower::timeout::error::Elapsed>() => {
+                    tonic::Status::deadline_exceeded("the call took longer than the request timeout")
+                }
+                Err(error) => tonic::Status::from_error(error),
+            }
         }))
     }
 }
 
-/// Serves `routes` on `listener` (and on the in-process link, when given) until
-/// `shutdown` is cancelled, then finishes the calls in flight. `services` are the fully
-/// qualified names reported SERVING by health.
-pub async fn serve(
-    listener: TcpListener,
-    local: Option<LocalIncoming>,
-    routes: Routes,
-    services: &[&'static str],
-    shutdown: CancellationToken,
-) -> Result<()> {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    for name in services {
-        reporter.set_service_status(*name, ServingStatus::Serving).await;
-    }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(helix_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Config(format!("grpc reflection: {e}")))?;
-    let routes = routes.add_service(health).add_service(reflection);
+#[derive(Clone)]
+struct LocalService {
+    router: Arc<OnceLock<Routes>>,
+}
 
-    // Nagle's algorithm would hold small responses back for a delayed ACK.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|stream| {
-            let _ = stream.set_nodelay(true);
-        })
-    });
-    let names = services.to_vec();
-    let drained = shutdown.clone();
-    let tcp = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_routes(routes.clone())
-        .serve_with_incoming_shutdown(incoming, async move {
-            drained.cancelled().await;
-            // tell health checkers first, so balancers stop sending while calls drain
-            for name in names {
-                reporter.set_service_status(name, ServingStatus::NotServing).await;
-            }
-        });
-    match local {
-        None => tcp.await?,
-        Some(local) => {
-            let pipes = UnboundedReceiverStream::new(local.connections).map(Ok::<_, std::io::Error>);
-            let in_process =
-                Server::builder().add_routes(routes).serve_with_incoming_shutdown(pipes, shutdown.cancelled());
-            tokio::try_join!(tcp, in_process)?;
-        }
+impl Service<http::Request<Body>> for LocalService {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
     }
-    Ok(())
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let router = self.router.get().cloned();
+        Box::pin(async move {
+            let router =
+                router.ok_or_else(|| Box::new(tonic::Status::unavailable("the local grpc server is not up yet")))?;
+            let response = router.oneshot(request).await.map_err(|never: Infallible| match never {})?;
+            Ok(response)
+        })
+    }
+}
+
+/// A process's gRPC router: its services plus health and reflection.
+pub struct GrpcRouter {
+    routes: Routes,
+    reporter: HealthReporter,
+    services: Vec<&'static str>,
+}
+
+impl GrpcRouter {
+    /// Adds health (reporting `services` SERVING) and reflection to `routes`.
+    pub async fn new(routes: Routes, services: &[&'static str]) -> Result<Self> {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        for name in services {
+            reporter.set_service_status(*name, ServingStatus::Serving).await;
+        }
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(helix_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| Error::Config(format!("grpc reflection: {e}")))?;
+        let routes = routes.add_service(health).add_service(reflection);
+        Ok(Self { routes, reporter, services: services.to_vec() })
+    }
+
+    /// The router, for the in-process link.
+    pub fn routes(&self) -> Routes {
+        self.routes.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled, then finishes the calls in
+    /// flight.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+        // Nagle's algorithm would hold small responses back for a delayed ACK.
+        let incoming = TcpListenerStream::new(listener).map(|conn| {
+            conn.inspect(|stream| {
+                let _ = stream.set_nodelay(true);
+            })
+        });
+        let Self { routes, reporter, services } = self;
+        Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, async move {
+                shutdown.cancelled().await;
+                // tell health checkers first, so balancers stop sending while calls drain
+                for name in services {
+                    reporter.set_service_status(name, ServingStatus::NotServing).await;
+                }
+            })
+            .await?;
+        Ok(())
+    }
 }
 
 /// A channel to a service's gRPC endpoint: a URL, or [`IN_PROCESS`] with the link of
 /// this process. It connects on first use and reconnects by itself, so a caller may be
 /// created before the service it calls is up. A call that takes longer than
 /// `request_timeout` fails DEADLINE_EXCEEDED.
-pub fn channel(url: &str, local: Option<&LocalLink>, request_timeout: Duration) -> Result<Channel> {
-    let target = if url == IN_PROCESS { "http://in-process.invalid" } else { url };
-    let endpoint = Endpoint::from_shared(target.to_owned())
-        .map_err(|e| Error::Config(format!("invalid endpoint {url:?}: {e}")))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(request_timeout)
-        .http2_keep_alive_interval(Duration::from_secs(30));
+pub fn channel(url: &str, local: Option<&LocalLink>, request_timeout: Duration) -> Result<GrpcChannel> {
     match (url, local) {
-        (IN_PROCESS, Some(link)) => Ok(link.channel(endpoint)),
+        (IN_PROCESS, Some(link)) => Ok(link.channel(request_timeout)),
         (IN_PROCESS, None) => {
             Err(Error::Config(format!("endpoint {IN_PROCESS:?} names this process, which does not run that service")))
         }
-        _ => Ok(endpoint.connect_lazy()),
+        _ => {
+            let endpoint = Endpoint::from_shared(url.to_owned())
+                .map_err(|e| Error::Config(format!("invalid endpoint {url:?}: {e}")))?
+                .tcp_nodelay(true)
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(request_timeout)
+                .http2_keep_alive_interval(Duration::from_secs(30));
+            let channel = endpoint.connect_lazy().map_err(|error| tonic::Status::from_error(Box::new(error)));
+            Ok(BoxCloneSyncService::new(channel))
+        }
     }
 }

@@ -64,7 +64,7 @@ impl ServiceContext {
     }
 
     /// A gRPC channel to the service at `endpoint` (a URL, or [`grpc::IN_PROCESS`]).
-    pub fn channel(&self, endpoint: &str, request_timeout: std::time::Duration) -> Result<tonic::transport::Channel> {
+    pub fn channel(&self, endpoint: &str, request_timeout: std::time::Duration) -> Result<grpc::GrpcChannel> {
         grpc::channel(endpoint, self.local.as_ref(), request_timeout)
     }
 
@@ -94,7 +94,10 @@ where
     let ctx = ServiceContext::new(config, bus);
     let routes = start(ctx.clone()).await?;
     tracing::info!(service = grpc_service, addr = %listener.local_addr()?, "serving grpc");
-    let served = grpc::serve(listener, None, routes, &[grpc_service], shutdown).await;
+    let served = match grpc::GrpcRouter::new(routes, &[grpc_service]).await {
+        Ok(router) => router.serve(listener, shutdown).await,
+        Err(error) => Err(error),
+    };
     ctx.stop().await;
     served
 }

@@ -16,11 +16,11 @@ use helix_proto::service_names;
 use helix_proto::v1::gateway_service_server::{GatewayService, GatewayServiceServer};
 use helix_proto::v1::storage_service_client::StorageServiceClient;
 use helix_runtime::db::Database;
+use helix_runtime::grpc::GrpcChannel;
 use helix_runtime::{HelixConfig, ServiceContext};
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -41,13 +41,13 @@ static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
 #[derive(Clone)]
 pub struct AppState {
     keys: KeyStore,
-    storage: Channel,
+    storage: GrpcChannel,
     /// (name in /health, gRPC service name, channel) of every service the gateway calls
-    services: Vec<(&'static str, &'static str, Channel)>,
+    services: Vec<(&'static str, &'static str, GrpcChannel)>,
 }
 
 impl AppState {
-    fn storage(&self) -> StorageServiceClient<Channel> {
+    fn storage(&self) -> StorageServiceClient<GrpcChannel> {
         StorageServiceClient::new(self.storage.clone()).max_decoding_message_size(64 * 1024 * 1024)
     }
 }
