@@ -12,7 +12,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
-use crate::{Error, HelixConfig, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Error, HelixConfig, Result, ServiceContext};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -28,8 +30,10 @@ pub struct Database {
 }
 
 impl Database {
-    /// Opens `service`'s database and runs the migrations for its backend.
-    pub async fn open(config: &HelixConfig, service: &str, sqlite: &Migrator, postgres: &Migrator) -> Result<Self> {
+    /// Opens `service`'s database and runs the migrations for its backend. On SQLite it
+    /// also starts the WAL checkpointer on the context's tasks.
+    pub async fn open(ctx: &ServiceContext, service: &str, sqlite: &Migrator, postgres: &Migrator) -> Result<Self> {
+        let config: &HelixConfig = &ctx.config;
         sqlx::any::install_default_drivers();
         let (url, backend) = match &config.database_url {
             Some(url) if url.starts_with("sqlite:") => (url.clone(), Backend::Sqlite),
@@ -50,7 +54,8 @@ impl Database {
                         Box::pin(async move {
                             conn.execute(
                                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+                                 PRAGMA wal_autocheckpoint = 10000;",
                             )
                             .await?;
                             Ok(())
@@ -81,6 +86,9 @@ impl Database {
             Backend::Postgres => postgres,
         };
         migrator.run(&pool).await?;
+        if backend == Backend::Sqlite {
+            ctx.tasks.spawn(checkpoint_wal(pool.clone(), ctx.shutdown.clone()));
+        }
         Ok(Self { pool, backend })
     }
 
@@ -88,6 +96,24 @@ impl Database {
     pub async fn check(&self) -> Result<()> {
         self.pool.execute("SELECT 1").await?;
         Ok(())
+    }
+}
+
+/// SQLite folds its write-ahead log back into the database file in the connection that
+/// commits when the log passes `wal_autocheckpoint` pages: that request then waits
+/// milliseconds. Checkpointing here, off the request path, keeps the log short; the
+/// high autocheckpoint (10000 pages) remains only as a backstop.
+async fn checkpoint_wal(pool: AnyPool, shutdown: CancellationToken) {
+    const EVERY: Duration = Duration::from_millis(250);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(EVERY) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        // PASSIVE: copies what it can without waiting for, or blocking, readers and writers
+        if let Err(error) = pool.execute("PRAGMA wal_checkpoint(PASSIVE)").await {
+            tracing::debug!(%error, "wal checkpoint skipped");
+        }
     }
 }
 

@@ -67,7 +67,7 @@ pub struct Gateway {
 /// Opens the key store (creating the admin key on first start) and builds the router.
 pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<Gateway> {
     let config = &ctx.config;
-    let db = Database::open(config, SERVICE, &SQLITE, &POSTGRES).await?;
+    let db = Database::open(ctx, SERVICE, &SQLITE, &POSTGRES).await?;
     let keys = KeyStore::new(db);
     let preset = config.gateway.admin_key.as_ref().map(|k| k.expose());
     match keys.bootstrap(preset).await? {

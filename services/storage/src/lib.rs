@@ -30,7 +30,7 @@ static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// Opens the node store and starts its outbox relay on the context's task tracker.
 pub async fn open(ctx: &ServiceContext) -> helix_runtime::Result<NodeStore> {
-    let db = Database::open(&ctx.config, SERVICE, &SQLITE, &POSTGRES).await?;
+    let db = Database::open(ctx, SERVICE, &SQLITE, &POSTGRES).await?;
     let ready = Arc::new(Notify::new());
     ctx.tasks.spawn(outbox::run_relay(db.clone(), ctx.bus.clone(), ready.clone(), ctx.shutdown.clone()));
     Ok(NodeStore::new(db, ready))
