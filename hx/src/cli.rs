@@ -36,6 +36,14 @@ pub enum Command {
     Recall(RecallArgs),
     /// Show the gateway's health and its dependencies'
     Health(Remote),
+    /// Run every service's database migrations, then exit (once per release)
+    Migrate,
+    /// Exit 0 when this machine's Helix process is ready (container health checks)
+    Probe {
+        /// default: /readyz on HELIX_METRICS_ADDR's port
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -87,17 +95,43 @@ pub struct RecallArgs {
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Up => run_node(&Role::ALL).await,
-        Command::Serve { service } => run_node(&[service]).await,
+        Command::Up => run_node(&Role::ALL, "helix").await,
+        Command::Serve { service } => run_node(&[service], &format!("helix-{}", service.name())).await,
         Command::Store(args) => store(args).await,
         Command::Recall(args) => recall(args).await,
         Command::Health(remote) => health(remote).await,
+        Command::Migrate => migrate().await,
+        Command::Probe { url } => probe(url).await,
     }
 }
 
-async fn run_node(roles: &[Role]) -> anyhow::Result<ExitCode> {
+async fn migrate() -> anyhow::Result<ExitCode> {
     let config = HelixConfig::load()?;
-    helix_telemetry::init(&config.log);
+    let _telemetry = helix_telemetry::init(&config.log, "helix-migrate");
+    helix_storage::migrate(&config).await.context("storage migrations")?;
+    helix_gateway::migrate(&config).await.context("gateway migrations")?;
+    println!("migrations applied");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn probe(url: Option<String>) -> anyhow::Result<ExitCode> {
+    let url = match url {
+        Some(url) => url,
+        None => {
+            let config = HelixConfig::load()?;
+            format!("http://127.0.0.1:{}/readyz", config.metrics.addr.port())
+        }
+    };
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build()?;
+    let response = client.get(&url).send().await.with_context(|| format!("nothing answers at {url}"))?;
+    let status = response.status();
+    print!("{}", response.text().await.unwrap_or_default());
+    Ok(if status.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn run_node(roles: &[Role], service_name: &str) -> anyhow::Result<ExitCode> {
+    let config = HelixConfig::load()?;
+    let _telemetry = helix_telemetry::init(&config.log, service_name);
     let home = config.home.clone();
     let node = Node::start(config, roles).await.context("cannot start")?;
     if let Some(url) = node.gateway_url() {

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use helix_proto::service_names;
-use helix_runtime::{HelixConfig, ServiceContext, grpc};
+use helix_runtime::{HelixConfig, ServiceContext, admin, grpc};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -94,6 +94,8 @@ impl FromStr for Role {
 /// Services running in this process. Dropping it does not stop them: call [`Node::stop`].
 pub struct Node {
     pub grpc_addr: SocketAddr,
+    /// `/metrics`, `/livez`, `/readyz`
+    pub metrics_addr: SocketAddr,
     pub gateway_addr: Option<SocketAddr>,
     pub roles: Vec<Role>,
     ctx: ServiceContext,
@@ -114,6 +116,8 @@ impl Node {
             false => None,
         };
         let gateway_addr = gateway_listener.as_ref().map(TcpListener::local_addr).transpose()?;
+        let admin_listener = TcpListener::bind(config.metrics.addr).await?;
+        let metrics_addr = admin_listener.local_addr()?;
 
         // Local peers are reached through the in-process link, not the network.
         for role in &roles {
@@ -144,7 +148,8 @@ impl Node {
         }
 
         let names: Vec<&'static str> = roles.iter().map(|r| r.grpc_service()).collect();
-        let router = grpc::GrpcRouter::new(routes.routes(), &names).await?;
+        let router = grpc::GrpcRouter::new(routes.routes(), &names, ctx.metrics.clone()).await?;
+        admin::spawn(&ctx, admin_listener);
         link.bind(router.routes());
         let shutdown = ctx.shutdown.clone();
         ctx.tasks.spawn(async move {
@@ -174,7 +179,7 @@ impl Node {
             services = ?roles.iter().map(|r| r.name()).collect::<Vec<_>>(),
             "helix node started"
         );
-        Ok(Node { grpc_addr, gateway_addr, roles, ctx, rest })
+        Ok(Node { grpc_addr, metrics_addr, gateway_addr, roles, ctx, rest })
     }
 
     /// The event bus of this node's services (the in-process one on the embedded default).
@@ -184,6 +189,10 @@ impl Node {
 
     pub fn gateway_url(&self) -> Option<String> {
         self.gateway_addr.map(|addr| format!("http://{addr}"))
+    }
+
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}", self.metrics_addr)
     }
 
     pub fn grpc_url(&self) -> String {

@@ -99,7 +99,7 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub(crate) fn new(inner: BoxStream<'static, Result<Delivery>>) -> Self {
+    pub fn new(inner: BoxStream<'static, Result<Delivery>>) -> Self {
         Self { inner }
     }
 

@@ -19,6 +19,12 @@ pub struct HelixConfig {
     pub home: PathBuf,
     /// `postgres://...` for the fleet; unset means one SQLite file per service under `home`.
     pub database_url: Option<String>,
+    /// Run each service's migrations when it starts. A deployment that runs `hx migrate`
+    /// once per release (the Helm hook) turns this off.
+    pub migrate: bool,
+    /// Qdrant's gRPC URL for the search service's vectors; unset means the embedded index.
+    pub qdrant_url: Option<String>,
+    pub metrics: MetricsConfig,
     pub events: EventsConfig,
     pub log: LogConfig,
     pub grpc: GrpcConfig,
@@ -26,6 +32,19 @@ pub struct HelixConfig {
     /// Where each service's gRPC API is reached. Services running in this process
     /// override these with their own bound address.
     pub endpoints: Endpoints,
+}
+
+/// The admin HTTP listener every process has: `/metrics`, `/livez`, `/readyz`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub addr: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { addr: DEFAULT_METRICS_ADDR.parse().expect("valid default address") }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -82,12 +101,16 @@ impl fmt::Debug for Secret {
 
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
 pub const DEFAULT_GATEWAY_ADDR: &str = "127.0.0.1:9470";
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 
 impl Default for HelixConfig {
     fn default() -> Self {
         Self {
             home: default_home(),
             database_url: None,
+            migrate: true,
+            qdrant_url: None,
+            metrics: MetricsConfig::default(),
             events: EventsConfig::default(),
             log: LogConfig::default(),
             grpc: GrpcConfig::default(),
@@ -139,6 +162,9 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("HELIX_HOME", "home"),
     ("HELIX_CONFIG", "path of the TOML file"),
     ("HELIX_DATABASE_URL", "database_url"),
+    ("HELIX_MIGRATE", "migrate"),
+    ("HELIX_QDRANT_URL", "qdrant_url"),
+    ("HELIX_METRICS_ADDR", "metrics.addr"),
     ("HELIX_NATS_URL", "events.nats_url"),
     ("HELIX_EVENTS_PREFIX", "events.prefix"),
     ("HELIX_LOG", "log.level"),
@@ -200,6 +226,9 @@ impl HelixConfig {
             let Some(value) = env(name) else { continue };
             match name {
                 "HELIX_DATABASE_URL" => self.database_url = Some(value).filter(|v| !v.is_empty()),
+                "HELIX_MIGRATE" => self.migrate = parse(name, &value)?,
+                "HELIX_QDRANT_URL" => self.qdrant_url = Some(value).filter(|v| !v.is_empty()),
+                "HELIX_METRICS_ADDR" => self.metrics.addr = parse(name, &value)?,
                 "HELIX_NATS_URL" => self.events.nats_url = Some(value).filter(|v| !v.is_empty()),
                 "HELIX_EVENTS_PREFIX" => self.events.prefix = value,
                 "HELIX_LOG" => self.log.level = value,

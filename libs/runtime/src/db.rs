@@ -30,10 +30,22 @@ pub struct Database {
 }
 
 impl Database {
-    /// Opens `service`'s database and runs the migrations for its backend. On SQLite it
-    /// also starts the WAL checkpointer on the context's tasks.
+    /// Opens `service`'s database and, unless `config.migrate` is off, runs the
+    /// migrations for its backend. On SQLite it also starts the WAL checkpointer on the
+    /// context's tasks.
     pub async fn open(ctx: &ServiceContext, service: &str, sqlite: &Migrator, postgres: &Migrator) -> Result<Self> {
-        let config: &HelixConfig = &ctx.config;
+        let db = Self::connect(&ctx.config, service).await?;
+        if ctx.config.migrate {
+            db.migrate(sqlite, postgres).await?;
+        }
+        if db.backend == Backend::Sqlite {
+            ctx.tasks.spawn(checkpoint_wal(db.pool.clone(), ctx.shutdown.clone()));
+        }
+        Ok(db)
+    }
+
+    /// Connects to `service`'s database, creating its SQLite file or PostgreSQL schema.
+    pub async fn connect(config: &HelixConfig, service: &str) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let (url, backend) = match &config.database_url {
             Some(url) if url.starts_with("sqlite:") => (url.clone(), Backend::Sqlite),
@@ -81,15 +93,17 @@ impl Database {
                     .await?
             }
         };
-        let migrator = match backend {
+        Ok(Self { pool, backend })
+    }
+
+    /// Brings the schema up to date with the migrations of this backend.
+    pub async fn migrate(&self, sqlite: &Migrator, postgres: &Migrator) -> Result<()> {
+        let migrator = match self.backend {
             Backend::Sqlite => sqlite,
             Backend::Postgres => postgres,
         };
-        migrator.run(&pool).await?;
-        if backend == Backend::Sqlite {
-            ctx.tasks.spawn(checkpoint_wal(pool.clone(), ctx.shutdown.clone()));
-        }
-        Ok(Self { pool, backend })
+        migrator.run(&self.pool).await?;
+        Ok(())
     }
 
     /// Whether the database answers; for health checks.

@@ -23,6 +23,7 @@ use tonic_health::server::HealthReporter;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceExt};
 
+use crate::metrics::{GrpcLabels, Metrics, code_name, observe_grpc};
 use crate::{Error, Result};
 
 /// A connection to a service's gRPC API, over the network or in-process; what every
@@ -92,8 +93,9 @@ pub struct GrpcRouter {
 }
 
 impl GrpcRouter {
-    /// Adds health (reporting `services` SERVING) and reflection to `routes`.
-    pub async fn new(routes: Routes, services: &[&'static str]) -> Result<Self> {
+    /// Adds health (reporting `services` SERVING), reflection, and per-call spans and
+    /// metrics to `routes`.
+    pub async fn new(routes: Routes, services: &[&'static str], metrics: Arc<Metrics>) -> Result<Self> {
         let (reporter, health) = tonic_health::server::health_reporter();
         for name in services {
             reporter.set_service_status(*name, ServingStatus::Serving).await;
@@ -104,7 +106,8 @@ impl GrpcRouter {
             .build_v1()
             .map_err(|e| Error::Config(format!("grpc reflection: {e}")))?;
         let routes = routes.add_service(health).add_service(reflection);
-        Ok(Self { routes, reporter, services: services.to_vec() })
+        let observed = routes.into_axum_router().layer(axum::middleware::from_fn_with_state(metrics, observe_grpc));
+        Ok(Self { routes: Routes::from(observed), reporter, services: services.to_vec() })
     }
 
     /// The router, for the in-process link.
@@ -141,11 +144,18 @@ impl GrpcRouter {
 /// this process. It connects on first use and reconnects by itself, so a caller may be
 /// created before the service it calls is up. A call that takes longer than
 /// `request_timeout` fails DEADLINE_EXCEEDED.
-pub fn channel(url: &str, local: Option<&LocalLink>, request_timeout: Duration) -> Result<GrpcChannel> {
-    match (url, local) {
-        (IN_PROCESS, Some(link)) => Ok(link.channel(request_timeout)),
+pub fn channel(
+    url: &str,
+    local: Option<&LocalLink>,
+    request_timeout: Duration,
+    metrics: Arc<Metrics>,
+) -> Result<GrpcChannel> {
+    let inner = match (url, local) {
+        (IN_PROCESS, Some(link)) => link.channel(request_timeout),
         (IN_PROCESS, None) => {
-            Err(Error::Config(format!("endpoint {IN_PROCESS:?} names this process, which does not run that service")))
+            return Err(Error::Config(format!(
+                "endpoint {IN_PROCESS:?} names this process, which does not run that service"
+            )));
         }
         _ => {
             let endpoint = Endpoint::from_shared(url.to_owned())
@@ -155,7 +165,46 @@ pub fn channel(url: &str, local: Option<&LocalLink>, request_timeout: Duration) 
                 .timeout(request_timeout)
                 .http2_keep_alive_interval(Duration::from_secs(30));
             let channel = endpoint.connect_lazy().map_err(|error| tonic::Status::from_error(Box::new(error)));
-            Ok(BoxCloneSyncService::new(channel))
+            BoxCloneSyncService::new(channel)
         }
+    };
+    Ok(BoxCloneSyncService::new(ObservedChannel { inner, metrics }))
+}
+
+/// Carries the caller's trace context in the call's metadata and counts failed calls.
+#[derive(Clone)]
+struct ObservedChannel {
+    inner: GrpcChannel,
+    metrics: Arc<Metrics>,
+}
+
+impl Service<http::Request<Body>> for ObservedChannel {
+    type Response = http::Response<Body>;
+    type Error = tonic::Status;
+    type Future = BoxFuture<'static, Result<Self::Response, tonic::Status>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), tonic::Status>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        helix_telemetry::inject_headers(request.headers_mut());
+        let method = request.uri().path().to_owned();
+        let metrics = self.metrics.clone();
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let result = call.await;
+            let code = match &result {
+                Ok(response) => response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok()),
+                Err(status) => Some(status.code() as i32),
+            };
+            if let Some(code) = code.filter(|c| *c != 0) {
+                metrics
+                    .grpc_client_errors
+                    .get_or_create(&GrpcLabels { method, code: code_name(code).to_owned() })
+                    .inc();
+            }
+            result
+        })
     }
 }

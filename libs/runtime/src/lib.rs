@@ -6,9 +6,11 @@
 //! returns its tonic routes, so the same code runs alone (`hx serve storage`) or beside
 //! the other seven (`hx up`).
 
+pub mod admin;
 pub mod config;
 pub mod db;
 pub mod grpc;
+pub mod metrics;
 
 use std::sync::Arc;
 
@@ -50,22 +52,37 @@ pub struct ServiceContext {
     pub tasks: TaskTracker,
     /// How services of this process reach each other without sockets, when several run here.
     pub local: Option<grpc::LocalLink>,
+    /// One registry for every service of the process, served on the admin listener.
+    pub metrics: Arc<metrics::Metrics>,
+    /// What `/readyz` checks.
+    pub readiness: admin::Readiness,
 }
 
 impl ServiceContext {
+    /// A context whose bus is observed (metrics, spans) and checked by `/readyz`.
     pub fn new(config: HelixConfig, bus: Arc<dyn EventBus>) -> Self {
+        let metrics = metrics::Metrics::new();
+        let bus = metrics::ObservedBus::wrap(bus, metrics.clone());
+        let readiness = admin::Readiness::default();
+        let checked = bus.clone();
+        readiness.add("event bus", move || {
+            let bus = checked.clone();
+            Box::pin(async move { bus.check().await.map_err(|e| e.to_string()) })
+        });
         Self {
             config: Arc::new(config),
             bus,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             local: None,
+            metrics,
+            readiness,
         }
     }
 
     /// A gRPC channel to the service at `endpoint` (a URL, or [`grpc::IN_PROCESS`]).
     pub fn channel(&self, endpoint: &str, request_timeout: std::time::Duration) -> Result<grpc::GrpcChannel> {
-        grpc::channel(endpoint, self.local.as_ref(), request_timeout)
+        grpc::channel(endpoint, self.local.as_ref(), request_timeout, self.metrics.clone())
     }
 
     /// Cancels every task of this context and waits for them to end.
@@ -91,10 +108,12 @@ where
 {
     let bus = helix_events::connect(&config.events, grpc_service).await?;
     let listener = tokio::net::TcpListener::bind(config.grpc.addr).await?;
+    let admin_listener = tokio::net::TcpListener::bind(config.metrics.addr).await?;
     let ctx = ServiceContext::new(config, bus);
     let routes = start(ctx.clone()).await?;
+    admin::spawn(&ctx, admin_listener);
     tracing::info!(service = grpc_service, addr = %listener.local_addr()?, "serving grpc");
-    let served = match grpc::GrpcRouter::new(routes, &[grpc_service]).await {
+    let served = match grpc::GrpcRouter::new(routes, &[grpc_service], ctx.metrics.clone()).await {
         Ok(router) => router.serve(listener, shutdown).await,
         Err(error) => Err(error),
     };

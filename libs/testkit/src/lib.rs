@@ -49,6 +49,7 @@ impl TestEnv {
         let mut config = HelixConfig { home: home.path().to_owned(), ..HelixConfig::default() };
         config.grpc.addr = "127.0.0.1:0".parse()?;
         config.gateway.addr = "127.0.0.1:0".parse()?;
+        config.metrics.addr = "127.0.0.1:0".parse()?;
         config.gateway.admin_key = Some(Secret::new(admin_key.clone()));
         config.log.level = "warn".to_owned();
         let mut database = None;
@@ -86,6 +87,7 @@ impl TestEnv {
             ("HELIX_HOME", self.home.path().display().to_string()),
             ("HELIX_ADMIN_KEY", self.admin_key.clone()),
             ("HELIX_LOG", "warn".to_owned()),
+            ("HELIX_METRICS_ADDR", "127.0.0.1:0".to_owned()),
         ];
         if let Some(url) = &self.config.database_url {
             env.push(("HELIX_DATABASE_URL", url.clone()));

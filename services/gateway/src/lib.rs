@@ -7,6 +7,7 @@ mod error;
 mod health;
 mod nodes;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -17,6 +18,7 @@ use helix_proto::v1::gateway_service_server::{GatewayService, GatewayServiceServ
 use helix_proto::v1::storage_service_client::StorageServiceClient;
 use helix_runtime::db::Database;
 use helix_runtime::grpc::GrpcChannel;
+use helix_runtime::metrics::{Metrics, observe_http};
 use helix_runtime::{HelixConfig, ServiceContext};
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -36,6 +38,11 @@ pub const GRPC_SERVICE: &str = service_names::GATEWAY;
 
 static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Brings this service's database schema up to date (`hx migrate`).
+pub async fn migrate(config: &HelixConfig) -> helix_runtime::Result<()> {
+    Database::connect(config, SERVICE).await?.migrate(&SQLITE, &POSTGRES).await
+}
 
 /// What every handler can reach: the key store and a channel to each service.
 #[derive(Clone)]
@@ -68,6 +75,11 @@ pub struct Gateway {
 pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<Gateway> {
     let config = &ctx.config;
     let db = Database::open(ctx, SERVICE, &SQLITE, &POSTGRES).await?;
+    let checked = db.clone();
+    ctx.readiness.add("gateway database", move || {
+        let db = checked.clone();
+        Box::pin(async move { db.check().await.map_err(|e| e.to_string()) })
+    });
     let keys = KeyStore::new(db);
     let preset = config.gateway.admin_key.as_ref().map(|k| k.expose());
     match keys.bootstrap(preset).await? {
@@ -96,16 +108,19 @@ pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<Gateway> {
         ("notifications", service_names::NOTIFICATIONS, connect(&e.notifications)?),
     ];
     let state = AppState { keys, storage, services };
-    Ok(Gateway { http: router(state, config.gateway.max_body_bytes), grpc: GatewayServiceServer::new(GatewayApi) })
+    let http = router(state, config.gateway.max_body_bytes, ctx.metrics.clone());
+    Ok(Gateway { http, grpc: GatewayServiceServer::new(GatewayApi) })
 }
 
 /// The REST API. Middleware, outermost first:
 /// - request id: set before anything logs, so every line of a request carries it;
-/// - trace: one span per request with method, path and request id;
+/// - trace: one span per request with method, path and request id, continuing the
+///   caller's trace when it sends `traceparent`;
+/// - metrics: counts and latency by route pattern and status, errors included;
 /// - propagate request id: echo `x-request-id` on every response, errors included;
 /// - catch panic: a bug answers 500 JSON instead of dropping the connection;
 /// - body limit: enforced while reading, so an oversized body is never buffered whole.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+pub fn router(state: AppState, max_body_bytes: usize, metrics: Arc<Metrics>) -> Router {
     let api = Router::new()
         .route("/api/v1/nodes", post(nodes::create).get(nodes::list))
         .route("/api/v1/nodes/bulk", post(nodes::bulk_create))
@@ -125,9 +140,12 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
                 .layer(TraceLayer::new_for_http().make_span_with(|request: &http::Request<_>| {
                     let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-                    tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = id)
+                    let span = tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = id, otel.kind = "server");
+                    helix_telemetry::follow_headers(&span, request.headers());
+                    span
                 })
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)))
+                .layer(axum::middleware::from_fn_with_state(metrics, observe_http))
                 .layer(PropagateRequestIdLayer::new(request_id))
                 .layer(CatchPanicLayer::custom(|_| {
                     axum::response::IntoResponse::into_response(error::ApiError(helix_core::Error::internal(

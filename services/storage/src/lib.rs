@@ -28,9 +28,19 @@ pub const GRPC_SERVICE: &str = helix_proto::service_names::STORAGE;
 static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
 
+/// Brings this service's database schema up to date (`hx migrate`).
+pub async fn migrate(config: &HelixConfig) -> helix_runtime::Result<()> {
+    Database::connect(config, SERVICE).await?.migrate(&SQLITE, &POSTGRES).await
+}
+
 /// Opens the node store and starts its outbox relay on the context's task tracker.
 pub async fn open(ctx: &ServiceContext) -> helix_runtime::Result<NodeStore> {
     let db = Database::open(ctx, SERVICE, &SQLITE, &POSTGRES).await?;
+    let checked = db.clone();
+    ctx.readiness.add("storage database", move || {
+        let db = checked.clone();
+        Box::pin(async move { db.check().await.map_err(|e| e.to_string()) })
+    });
     let ready = Arc::new(Notify::new());
     ctx.tasks.spawn(outbox::run_relay(db.clone(), ctx.bus.clone(), ready.clone(), ctx.shutdown.clone()));
     Ok(NodeStore::new(db, ready))

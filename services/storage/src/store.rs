@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeZone, Utc};
 use helix_core::node::{MAX_BULK, Node, NodeDraft, NodeFields, NodeFilter, NodePage};
 use helix_core::{Error, Result};
-use helix_events::{Envelope, subjects};
+use helix_events::{Envelope, TraceContext, subjects};
 use helix_runtime::db::Database;
 use serde_json::json;
 use sqlx::any::AnyRow;
@@ -273,7 +273,11 @@ async fn insert_tags(tx: &mut Transaction<'static, Any>, node: &Node) -> Result<
 
 /// Puts an event in the outbox; it reaches the bus only if the transaction commits.
 async fn enqueue(tx: &mut Transaction<'static, Any>, subject: &str, payload: serde_json::Value) -> Result<()> {
-    let envelope = Envelope::new(subject, SERVICE, payload);
+    let mut envelope = Envelope::new(subject, SERVICE, payload);
+    // the request's trace goes with its event, through the outbox, to every subscriber
+    if let Some((traceparent, tracestate)) = helix_telemetry::current_trace() {
+        envelope = envelope.with_trace(TraceContext { traceparent, tracestate });
+    }
     sqlx::query("INSERT INTO outbox (subject, envelope) VALUES ($1, $2)")
         .bind(subject)
         .bind(json_text(&envelope))

@@ -1,0 +1,229 @@
+//! Prometheus metrics of a process, one registry for all the services it runs, served
+//! as text on the admin listener's `/metrics`. The families are fixed here, so every
+//! service reports requests, latencies and events under the same names.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use helix_events::{Envelope, EventBus, PublishAck, Subscription};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use tracing::Instrument;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    /// the route pattern (`/api/v1/nodes/{id}`), never the raw path: bounded cardinality
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    /// `/helix.v1.StorageService/CreateNode`
+    pub method: String,
+    /// gRPC status code name: `OK`, `NOT_FOUND`, ...
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub subject: String,
+    /// `ok`, `duplicate` or `error`
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumeLabels {
+    pub subject: String,
+    pub group: String,
+}
+
+type Latency = Family<GrpcLabels, Histogram, fn() -> Histogram>;
+type HttpLatency = Family<HttpLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms to ~8 s
+    Histogram::new(exponential_buckets(0.00025, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: HttpLatency,
+    pub grpc_requests: Family<GrpcLabels, Counter>,
+    pub grpc_duration: Latency,
+    pub grpc_client_errors: Family<GrpcLabels, Counter>,
+    pub events_published: Family<EventLabels, Counter>,
+    pub events_consumed: Family<ConsumeLabels, Counter>,
+    pub events_redelivered: Family<ConsumeLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("helix");
+        let info = Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]);
+        registry.register("build", "Helix build", info);
+        let metrics = Self {
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(latency_histogram),
+            grpc_requests: Family::default(),
+            grpc_duration: Family::new_with_constructor(latency_histogram),
+            grpc_client_errors: Family::default(),
+            events_published: Family::default(),
+            events_consumed: Family::default(),
+            events_redelivered: Family::default(),
+            registry,
+        };
+        let mut metrics = metrics;
+        let r = &mut metrics.registry;
+        r.register("http_requests", "REST requests answered", metrics.http_requests.clone());
+        r.register("http_request_duration_seconds", "REST request latency", metrics.http_duration.clone());
+        r.register("grpc_server_requests", "gRPC calls answered", metrics.grpc_requests.clone());
+        r.register("grpc_server_duration_seconds", "gRPC call latency", metrics.grpc_duration.clone());
+        r.register(
+            "grpc_client_errors",
+            "gRPC calls to other services that failed",
+            metrics.grpc_client_errors.clone(),
+        );
+        r.register("events_published", "events handed to the bus", metrics.events_published.clone());
+        r.register("events_consumed", "events delivered to subscribers", metrics.events_consumed.clone());
+        r.register("events_redelivered", "events delivered again after no ack", metrics.events_redelivered.clone());
+        Arc::new(metrics)
+    }
+
+    /// The Prometheus (OpenMetrics) text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+
+    pub const CONTENT_TYPE: &'static str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+}
+
+/// axum middleware: counts and times REST requests by route pattern and status.
+pub async fn observe_http(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let method = request.method().to_string();
+    let start = Instant::now();
+    let response = next.run(request).await;
+    let labels = HttpLabels { method, route, status: response.status().as_u16() };
+    metrics.http_duration.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
+    metrics.http_requests.get_or_create(&labels).inc();
+    response
+}
+
+/// axum middleware on a gRPC router: one span per call, child of the caller's trace
+/// context in the metadata, and counts and latency by method and status code.
+pub async fn observe_grpc(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let method = request.uri().path().to_owned();
+    let span = tracing::info_span!("grpc.server", rpc.method = %method, otel.kind = "server");
+    helix_telemetry::follow_headers(&span, request.headers());
+    let start = Instant::now();
+    let response = next.run(request).instrument(span).await;
+    // errors come back trailers-only (status in the headers); success puts it in trailers
+    let code = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let labels = GrpcLabels { method, code: code_name(code.unwrap_or(0)).to_owned() };
+    metrics.grpc_duration.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
+    metrics.grpc_requests.get_or_create(&labels).inc();
+    response
+}
+
+pub fn code_name(code: i32) -> &'static str {
+    match tonic::Code::from_i32(code) {
+        tonic::Code::Ok => "OK",
+        tonic::Code::Cancelled => "CANCELLED",
+        tonic::Code::Unknown => "UNKNOWN",
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        tonic::Code::NotFound => "NOT_FOUND",
+        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
+        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+        tonic::Code::Aborted => "ABORTED",
+        tonic::Code::OutOfRange => "OUT_OF_RANGE",
+        tonic::Code::Unimplemented => "UNIMPLEMENTED",
+        tonic::Code::Internal => "INTERNAL",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        tonic::Code::DataLoss => "DATA_LOSS",
+        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The bus with metrics and spans: publishes are counted by subject and outcome and
+/// traced as children of the event's own trace context; deliveries are counted by
+/// subject and group, redeliveries apart.
+pub struct ObservedBus {
+    inner: Arc<dyn EventBus>,
+    metrics: Arc<Metrics>,
+}
+
+impl ObservedBus {
+    pub fn wrap(inner: Arc<dyn EventBus>, metrics: Arc<Metrics>) -> Arc<dyn EventBus> {
+        Arc::new(Self { inner, metrics })
+    }
+}
+
+#[async_trait::async_trait]
+impl EventBus for ObservedBus {
+    async fn publish(&self, event: &Envelope) -> helix_events::Result<PublishAck> {
+        let span =
+            tracing::info_span!("event.publish", subject = %event.r#type, event.id = %event.id, otel.kind = "producer");
+        if let Some(trace) = &event.trace {
+            helix_telemetry::follow_trace(&span, &trace.traceparent, trace.tracestate.as_deref());
+        }
+        let result = self.inner.publish(event).instrument(span).await;
+        let outcome = match &result {
+            Ok(ack) if ack.duplicate => "duplicate",
+            Ok(_) => "ok",
+            Err(_) => "error",
+        };
+        let labels = EventLabels { subject: event.r#type.clone(), outcome: outcome.to_owned() };
+        self.metrics.events_published.get_or_create(&labels).inc();
+        result
+    }
+
+    async fn subscribe(&self, filter: &str, group: &str) -> helix_events::Result<Subscription> {
+        use futures::StreamExt;
+        let inner = self.inner.subscribe(filter, group).await?;
+        let metrics = self.metrics.clone();
+        let group = group.to_owned();
+        let counted = inner.inspect(move |delivery| {
+            if let Ok(delivery) = delivery {
+                let labels = ConsumeLabels { subject: delivery.subject.clone(), group: group.clone() };
+                metrics.events_consumed.get_or_create(&labels).inc();
+                if delivery.redelivered {
+                    metrics.events_redelivered.get_or_create(&labels).inc();
+                }
+            }
+        });
+        Ok(Subscription::new(Box::pin(counted)))
+    }
+
+    async fn check(&self) -> helix_events::Result<()> {
+        self.inner.check().await
+    }
+}
+
+/// A span for handling `delivery`, a child of the trace that published it.
+pub fn consume_span(delivery: &helix_events::Delivery, group: &str) -> tracing::Span {
+    let span = tracing::info_span!("event.consume", subject = %delivery.subject, group, otel.kind = "consumer");
+    if let Some(trace) = &delivery.envelope.trace {
+        helix_telemetry::follow_trace(&span, &trace.traceparent, trace.tracestate.as_deref());
+    }
+    span
+}
+
+/// Waits up to `timeout` for `check`; for readiness probes that must answer quickly.
+pub async fn within<T>(timeout: Duration, check: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(timeout, check).await.ok()
+}
