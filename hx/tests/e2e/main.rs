@@ -8,6 +8,7 @@ mod events;
 mod gateway;
 mod grpc;
 mod nodes;
+mod observability;
 mod support;
 
 /// Generates `<name>::embedded` and `<name>::fleet` tests calling `<name>(Backend)`.

@@ -181,7 +181,12 @@ impl EventBus for ObservedBus {
         if let Some(trace) = &event.trace {
             helix_telemetry::follow_trace(&span, &trace.traceparent, trace.tracestate.as_deref());
         }
-        let result = self.inner.publish(event).instrument(span).await;
+        // subscribers continue from the publish span: gateway → storage → publish → consume
+        let mut traced = event.clone();
+        if let Some((traceparent, tracestate)) = span.in_scope(helix_telemetry::current_trace) {
+            traced.trace = Some(helix_events::TraceContext { traceparent, tracestate });
+        }
+        let result = self.inner.publish(&traced).instrument(span).await;
         let outcome = match &result {
             Ok(ack) if ack.duplicate => "duplicate",
             Ok(_) => "ok",
