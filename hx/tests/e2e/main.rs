@@ -5,6 +5,7 @@
 mod bad_input;
 mod cli;
 mod events;
+mod fleet;
 mod gateway;
 mod grpc;
 mod nodes;
