@@ -86,7 +86,7 @@ impl Fleet {
         env.push(("HELIX_EVENTS_PREFIX".into(), config.events.prefix.clone()));
         env.push(("HELIX_ADMIN_KEY".into(), self.env.admin_key.clone()));
         env.push(("HELIX_LOG".into(), "warn".into()));
-        anyhow::ensure!(wiring.command.first().is_some(), "{service} has no command");
+        anyhow::ensure!(!wiring.command.is_empty(), "{service} has no command");
         Ok(env)
     }
 
