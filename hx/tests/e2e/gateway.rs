@@ -55,3 +55,40 @@ async fn health_names_the_failing_dependency() -> anyhow::Result<()> {
     node.stop().await;
     Ok(())
 }
+
+crate::on_both_backends!(tower_and_board_show_recent_activity);
+
+async fn tower_and_board_show_recent_activity(backend: Backend) -> anyhow::Result<()> {
+    let helix = TestHelix::start(backend).await?;
+    let (status, _) = read(helix.http.get(helix.url("/tower")).send().await?).await;
+    assert_eq!(status, 401, "events carry content: the tower needs a key");
+    let (_, node) =
+        read(helix.api(Method::POST, "/api/v1/nodes").json(&serde_json::json!({"content": "watched"})).send().await?)
+            .await;
+    let id = node["id"].clone();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let tower = loop {
+        let (status, tower) = read(helix.api(Method::GET, "/tower?limit=10").send().await?).await;
+        assert_eq!(status, 200, "{tower}");
+        if tower["events"].as_array().is_some_and(|e| !e.is_empty()) {
+            break tower;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the tower never showed the event");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let event = &tower["events"][0];
+    assert_eq!(
+        (event["type"].as_str(), &event["payload"]["id"], event["source"].as_str()),
+        (Some("helix.node.created"), &id, Some("storage"))
+    );
+
+    let (status, board) = read(helix.api(Method::GET, "/api/board").send().await?).await;
+    assert_eq!(status, 200, "{board}");
+    assert_eq!(board["status"], "ok");
+    assert_eq!(board["services"]["storage"], "ok");
+    assert!(board["events_seen"].as_u64() >= Some(1));
+    assert_eq!(board["events_by_type"]["helix.node.created"], 1);
+    assert_eq!(board["recent"][0]["payload"]["id"], id);
+    helix.stop().await;
+    Ok(())
+}

@@ -7,7 +7,7 @@ use futures::stream::{BoxStream, Stream, StreamExt};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 
-/// The event bus: durable publish and durable, load-balanced, at-least-once subscriptions.
+/// The event bus: durable publish, durable, load-balanced, at-least-once subscriptions, and live tails.
 ///
 /// Two implementations keep the same contract (tests/contract.rs runs one suite against both):
 /// [`NatsBus`](crate::NatsBus) on NATS JetStream and [`InProcessBus`](crate::InProcessBus) inside one process.
@@ -22,6 +22,18 @@ pub trait EventBus: Send + Sync + 'static {
     /// (starting from the oldest retained event when the group is new, resuming where it left when it exists);
     /// an event not acked within ack_wait (or nak'd) is redelivered, marked redelivered, up to max_deliver.
     async fn subscribe(&self, filter: &str, group: &str) -> Result<Subscription>;
+
+    /// A live view of the events matching `filter` (same patterns as [`subscribe`](Self::subscribe)) published
+    /// from now on, for this subscriber alone: no group, no acks needed (ack and nak are no-ops), nothing left
+    /// behind on the server when it is dropped. Every delivery has `redelivered == false` and
+    /// `delivery_count == 1`.
+    ///
+    /// For dashboards and tails, not for work that must not miss an event: a tail that falls behind skips
+    /// events, with a warning in the log (in process its oldest buffered events beyond 1024; on NATS the
+    /// newest, once the client holds 65,536 for it), and on NATS it misses what is published while the
+    /// connection is down. Events of one subject arrive in publish order. On NATS a tail sees the wire, not
+    /// the stream: an envelope published again within the de-duplication window reaches it again.
+    async fn tail(&self, filter: &str) -> Result<Subscription>;
 
     /// Health for /health checks.
     async fn check(&self) -> Result<()>;
@@ -39,7 +51,8 @@ pub struct PublishAck {
 }
 
 /// One delivery of an event to a member of a group. Ack it once handled, or nak it to have it redelivered
-/// now; a delivery neither acked nor nak'd within ack_wait is redelivered as well.
+/// now; a delivery neither acked nor nak'd within ack_wait is redelivered as well. A delivery of a
+/// [tail](EventBus::tail) needs neither: its ack and nak do nothing.
 pub struct Delivery {
     /// The event.
     pub envelope: Envelope,
@@ -55,25 +68,29 @@ pub struct Delivery {
 pub(crate) enum Acker {
     Nats(async_nats::jetstream::message::Acker),
     InProcess(crate::memory::Acker),
+    /// A tail's delivery: nothing to acknowledge.
+    Tail,
 }
 
 impl Delivery {
-    /// Marks the event handled: it is not delivered to this group again.
+    /// Marks the event handled: it is not delivered to this group again. A no-op for a tail's delivery.
     pub async fn ack(self) -> Result<()> {
         match self.acker {
             Acker::Nats(acker) => acker.ack().await.map_err(|err| Error::nats("ack", err)),
             Acker::InProcess(acker) => acker.ack(),
+            Acker::Tail => Ok(()),
         }
     }
 
     /// Gives the event back: it is redelivered now (to any member of the group), unless it has
-    /// reached max_deliver.
+    /// reached max_deliver. A no-op for a tail's delivery.
     pub async fn nak(self) -> Result<()> {
         match self.acker {
             Acker::Nats(acker) => {
                 acker.ack_with(async_nats::jetstream::AckKind::Nak(None)).await.map_err(|err| Error::nats("nak", err))
             }
             Acker::InProcess(acker) => acker.nak(),
+            Acker::Tail => Ok(()),
         }
     }
 }
@@ -89,11 +106,11 @@ impl fmt::Debug for Delivery {
     }
 }
 
-/// A member of a consumer group: a stream of deliveries.
+/// A member of a consumer group, or a tail: a stream of deliveries.
 ///
 /// An `Err` item reports a problem (a lost connection, say) and the subscription goes on; `None` means
 /// the bus was closed. Dropping the subscription leaves the group: events it received but did not ack are
-/// redelivered to the group after ack_wait.
+/// redelivered to the group after ack_wait. Dropping a tail ends it and leaves nothing behind.
 pub struct Subscription {
     inner: BoxStream<'static, Result<Delivery>>,
 }

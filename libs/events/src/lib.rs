@@ -2,9 +2,9 @@
 //!
 //! - [`subjects`]: every event subject `helix.<domain>.<event>` of the system, and the domain streams.
 //! - [`Envelope`]: the versioned JSON envelope every event travels in (UUIDv7 id = de-duplication key).
-//! - [`EventBus`]: publish and durable group subscriptions, at-least-once. [`NatsBus`] runs it on NATS
-//!   JetStream (the fleet), [`InProcessBus`] inside one process (the embedded `hx up`); [`connect`]
-//!   picks one from [`EventsConfig`].
+//! - [`EventBus`]: publish and durable group subscriptions, at-least-once, plus live tails (no group, no
+//!   acks, may skip events) for dashboards. [`NatsBus`] runs it on NATS JetStream (the fleet),
+//!   [`InProcessBus`] inside one process (the embedded `hx up`); [`connect`] picks one from [`EventsConfig`].
 //!
 //! ```ignore
 //! let bus = helix_events::connect(&config.events, "storage").await?;

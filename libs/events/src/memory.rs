@@ -5,8 +5,11 @@
 //! their deadline) and the events waiting to be redelivered. Subscribers pull under the stream's lock
 //! and, when there is nothing to take, sleep on the stream's `Notify` (woken by publish, nak and close)
 //! or until the earliest ack deadline of their consumer. The bus spawns no task at all.
+//!
+//! A tail is registered with the streams its filter covers; publish copies each matching event into the
+//! tail's bounded buffer (dropping the oldest when it is full) and wakes it. Dropping the tail unregisters it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -20,6 +23,9 @@ use crate::config::EventsConfig;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::subjects::{self, DOMAINS};
+
+/// Events a tail holds for its reader; when it is full, publishing drops the oldest.
+const TAIL_CAPACITY: usize = 1024;
 
 /// The event bus inside one process. Clones share the bus; create one per process and hand it to every
 /// service, since two `InProcessBus::new` are two separate buses.
@@ -63,6 +69,8 @@ struct StreamState {
     dedup: HashMap<Uuid, u64>,
     dedup_order: VecDeque<(Instant, Uuid)>,
     consumers: HashMap<String, ConsumerState>,
+    /// The live tails whose filter covers this stream.
+    tails: Vec<TailEntry>,
 }
 
 struct Stored {
@@ -91,6 +99,29 @@ struct Attempt {
     token: u64,
 }
 
+/// A tail's registration with one stream.
+struct TailEntry {
+    /// The tail's filter narrowed to this stream's domain.
+    filter: String,
+    tail: Arc<TailShared>,
+}
+
+/// What a tail's reader and the streams share: the buffered events and the wake-up of the reader.
+struct TailShared {
+    /// The filter the tail was opened with (for the log).
+    filter: String,
+    buffer: Mutex<TailBuffer>,
+    /// Woken on publish (of an event for the tail) and close. One permit is kept when the reader is not
+    /// waiting, so a wake-up between its look and its wait is not lost.
+    ready: Notify,
+}
+
+struct TailBuffer {
+    events: VecDeque<Arc<Stored>>,
+    /// Events dropped since the reader last took one.
+    skipped: u64,
+}
+
 enum Next {
     Deliver { message: Arc<Stored>, deliveries: u64, token: u64 },
     Wait(Option<Instant>),
@@ -110,6 +141,7 @@ impl InProcessBus {
                     dedup: HashMap::new(),
                     dedup_order: VecDeque::new(),
                     consumers: HashMap::new(),
+                    tails: Vec::new(),
                 }),
                 changed: Notify::new(),
             })
@@ -121,6 +153,16 @@ impl InProcessBus {
     /// Closes the bus: publishing fails from now on and every subscription ends.
     pub fn close(&self) {
         self.handle.core.close();
+    }
+
+    /// How many tails are open (made by [`tail`](EventBus::tail) and not dropped yet); for diagnostics
+    /// and tests.
+    pub fn live_tails(&self) -> usize {
+        let mut tails = HashSet::new();
+        for stream in &self.handle.core.streams {
+            tails.extend(stream.lock().tails.iter().map(|entry| Arc::as_ptr(&entry.tail)));
+        }
+        tails.len()
     }
 }
 
@@ -164,6 +206,31 @@ impl EventBus for InProcessBus {
         Ok(Subscription::new(merged))
     }
 
+    async fn tail(&self, filter: &str) -> Result<Subscription> {
+        let core = &self.handle.core;
+        core.ensure_open()?;
+        let plan = subjects::plan_filter(filter)?;
+        let tail = Arc::new(TailShared {
+            filter: filter.to_owned(),
+            buffer: Mutex::new(TailBuffer { events: VecDeque::new(), skipped: 0 }),
+            ready: Notify::new(),
+        });
+        let mut streams = Vec::with_capacity(plan.len());
+        for (domain, narrowed) in plan {
+            let index = domain_index(domain);
+            core.streams[index].lock().tails.push(TailEntry { filter: narrowed, tail: tail.clone() });
+            streams.push(index);
+        }
+        let reader = TailReader { core: core.clone(), tail, streams };
+        Ok(Subscription::new(
+            stream::unfold(reader, |reader| async move {
+                let delivery = reader.next().await?;
+                Some((Ok(delivery), reader))
+            })
+            .boxed(),
+        ))
+    }
+
     async fn check(&self) -> Result<()> {
         self.handle.core.ensure_open()
     }
@@ -174,6 +241,9 @@ impl Core {
         self.closed.store(true, Ordering::SeqCst);
         for stream in &self.streams {
             stream.changed.notify_waiters();
+            for entry in &stream.lock().tails {
+                entry.tail.ready.notify_one();
+            }
         }
     }
 
@@ -194,12 +264,18 @@ impl Core {
             }
             let sequence = state.next_seq;
             state.next_seq += 1;
-            state.log.push_back(Arc::new(Stored {
+            let stored = Arc::new(Stored {
                 seq: sequence,
                 subject: event.r#type.clone(),
                 envelope: event.clone(),
                 stored_at: now,
-            }));
+            });
+            for entry in &state.tails {
+                if subjects::matches(&entry.filter, &stored.subject) {
+                    entry.tail.push(stored.clone());
+                }
+            }
+            state.log.push_back(stored);
             state.dedup.insert(event.id, sequence);
             state.dedup_order.push_back((now, event.id));
             state.trim(now, &self.config);
@@ -343,6 +419,79 @@ impl Member {
                 }
                 Next::Wait(None) => changed.await,
             }
+        }
+    }
+}
+
+impl TailShared {
+    fn lock(&self) -> MutexGuard<'_, TailBuffer> {
+        // A buffer stays consistent even if a holder panicked: every mutation is one queue operation.
+        self.buffer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Buffers a published event for the reader, dropping the oldest buffered one when the buffer is full.
+    fn push(&self, message: Arc<Stored>) {
+        {
+            let mut buffer = self.lock();
+            if buffer.events.len() >= TAIL_CAPACITY {
+                buffer.events.pop_front();
+                if buffer.skipped == 0 {
+                    tracing::warn!(
+                        filter = %self.filter,
+                        capacity = TAIL_CAPACITY,
+                        "tail is falling behind, dropping its oldest events"
+                    );
+                }
+                buffer.skipped += 1;
+            }
+            buffer.events.push_back(message);
+        }
+        self.ready.notify_one();
+    }
+
+    fn pop(&self) -> Option<Arc<Stored>> {
+        let mut buffer = self.lock();
+        let message = buffer.events.pop_front()?;
+        if buffer.skipped > 0 {
+            tracing::warn!(filter = %self.filter, skipped = buffer.skipped, "tail skipped events it could not keep up with");
+            buffer.skipped = 0;
+        }
+        Some(message)
+    }
+}
+
+/// The reading end of a tail; dropping it unregisters the tail from its streams.
+struct TailReader {
+    core: Arc<Core>,
+    tail: Arc<TailShared>,
+    /// The streams the tail is registered with.
+    streams: Vec<usize>,
+}
+
+impl TailReader {
+    async fn next(&self) -> Option<Delivery> {
+        loop {
+            if self.core.ensure_open().is_err() {
+                return None;
+            }
+            if let Some(message) = self.tail.pop() {
+                return Some(Delivery {
+                    envelope: message.envelope.clone(),
+                    subject: message.subject.clone(),
+                    redelivered: false,
+                    delivery_count: 1,
+                    acker: DeliveryAcker::Tail,
+                });
+            }
+            self.tail.ready.notified().await;
+        }
+    }
+}
+
+impl Drop for TailReader {
+    fn drop(&mut self) {
+        for &index in &self.streams {
+            self.core.streams[index].lock().tails.retain(|entry| !Arc::ptr_eq(&entry.tail, &self.tail));
         }
     }
 }

@@ -1,15 +1,18 @@
 //! The bus on NATS JetStream: one stream per domain, one durable pull consumer per (group, filter).
+//! A tail is a plain core NATS subscription per domain: JetStream publishes are ordinary publishes, so core
+//! subscribers see them, and no consumer state is kept on the server.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::client::RequestErrorKind;
 use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
 use async_nats::jetstream::consumer::{self, PullConsumer};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, AckKind};
-use async_nats::{ConnectOptions, HeaderMap, ServerAddr};
+use async_nats::{ConnectOptions, Event, HeaderMap, ServerAddr};
 use futures::stream::{BoxStream, StreamExt};
 use tokio::time::Instant;
 
@@ -62,7 +65,17 @@ impl NatsBus {
             let options = ConnectOptions::new()
                 .name(source)
                 .connection_timeout(remaining.clamp(Duration::from_millis(100), Duration::from_secs(5)))
-                .max_reconnects(None);
+                .max_reconnects(None)
+                .event_callback(|event| async move {
+                    match event {
+                        // A core subscription (a tail) whose client buffer is full: the server's newest
+                        // messages for it are dropped until it catches up.
+                        Event::SlowConsumer(sid) => {
+                            tracing::warn!(sid, "nats subscription is a slow consumer, events dropped");
+                        }
+                        event => tracing::debug!(%event, "nats connection event"),
+                    }
+                });
             match options.connect(servers.as_slice()).await {
                 Ok(client) => break client,
                 Err(err) if Instant::now() + delay < deadline => {
@@ -156,6 +169,27 @@ impl EventBus for NatsBus {
         Ok(Subscription::new(merged))
     }
 
+    async fn tail(&self, filter: &str) -> Result<Subscription> {
+        let plan = subjects::plan_filter(filter)?;
+        let client = &self.inner.client;
+        let mut subscribers = Vec::with_capacity(plan.len());
+        for (_, narrowed) in plan {
+            let wire = self.inner.config.wire_subject(&narrowed);
+            subscribers.push(client.subscribe(wire).await.map_err(|err| Error::nats("tail", err))?);
+        }
+        // One round trip: the server handles a connection's commands in order, so its answer (no responders,
+        // on a fresh inbox) proves the subscriptions are registered and every later publish reaches them.
+        match client.request(client.new_inbox(), bytes::Bytes::new()).await {
+            Ok(_) => {}
+            Err(err) if err.kind() == RequestErrorKind::NoResponders => {}
+            Err(err) => return Err(Error::nats("tail", err)),
+        }
+        let inner = self.inner.clone();
+        let deliveries = futures::stream::select_all(subscribers)
+            .filter_map(move |message| futures::future::ready(inner.tail_delivery(message).map(Ok)));
+        Ok(Subscription::new(deliveries.boxed()))
+    }
+
     async fn check(&self) -> Result<()> {
         let state = self.inner.client.connection_state();
         if state != async_nats::connection::State::Connected {
@@ -173,6 +207,22 @@ impl EventBus for NatsBus {
 }
 
 impl Inner {
+    /// `None` for a message that is not an envelope: it is logged and skipped.
+    fn tail_delivery(&self, message: async_nats::Message) -> Option<Delivery> {
+        let subject = self.config.api_subject(message.subject.as_str()).to_owned();
+        let mut envelope = match Envelope::from_json(&message.payload) {
+            Ok(envelope) => envelope,
+            Err(err) => {
+                tracing::warn!(%subject, error = %err, "message is not a helix event envelope, skipped by tail");
+                return None;
+            }
+        };
+        if envelope.trace.is_none() {
+            envelope.trace = trace_from_headers(message.headers.as_ref());
+        }
+        Some(Delivery { envelope, subject, redelivered: false, delivery_count: 1, acker: Acker::Tail })
+    }
+
     async fn publish_once(
         &self,
         subject: &str,

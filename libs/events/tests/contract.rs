@@ -170,6 +170,11 @@ contract! {
     rejects_invalid_subjects_filters_and_groups,
     group_names_need_not_be_nats_names,
     health_check_passes,
+    tail_sees_only_events_published_after_it_starts,
+    tail_filters_match_like_nats,
+    every_tail_sees_every_event_in_order,
+    tails_do_not_affect_groups,
+    dropping_a_tail_leaves_nothing_behind,
 }
 
 fn event(subject: &str, n: u64) -> Envelope {
@@ -445,6 +450,10 @@ async fn rejects_invalid_subjects_filters_and_groups(h: Harness) -> Result<()> {
         let result = bus.subscribe(filter, "group").await;
         ensure!(matches!(result, Err(Error::InvalidFilter { .. })), "filter {filter:?}: {result:?}");
     }
+    for filter in ["", "helix.node.>.x", "helix.node", "other.>", "helix.unknown.>"] {
+        let result = bus.tail(filter).await;
+        ensure!(matches!(result, Err(Error::InvalidFilter { .. })), "tail filter {filter:?}: {result:?}");
+    }
     let long = "g".repeat(65);
     for group in ["", " ", long.as_str()] {
         let result = bus.subscribe("helix.node.>", group).await;
@@ -468,6 +477,150 @@ async fn group_names_need_not_be_nats_names(h: Harness) -> Result<()> {
 async fn health_check_passes(h: Harness) -> Result<()> {
     let bus = h.bus().await;
     bus.check().await?;
+    Ok(())
+}
+
+async fn tail_sees_only_events_published_after_it_starts(h: Harness) -> Result<()> {
+    let bus = h.bus().await;
+    // On NATS the events come from another connection: once `tail` returns, the server knows the tail.
+    let publisher = match h.kind {
+        Kind::InProcess => bus.clone(),
+        Kind::Nats => h.bus().await,
+    };
+    let before = event(subjects::NODE_CREATED, 1);
+    publish_all(&publisher, std::slice::from_ref(&before)).await?;
+    let mut tail = bus.tail(subjects::NODE_CREATED).await?;
+    let after = event(subjects::NODE_CREATED, 2)
+        .with_trace(TraceContext::new("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+    publish_all(&publisher, std::slice::from_ref(&after)).await?;
+
+    let delivery = recv(&mut tail).await?;
+    ensure!(delivery.envelope == after, "the event published after the tail started: {delivery:?}");
+    ensure!(delivery.subject == subjects::NODE_CREATED, "subject without prefix: {}", delivery.subject);
+    ensure!(!delivery.redelivered && delivery.delivery_count == 1, "a tail never redelivers: {delivery:?}");
+    // Nak is a no-op: nothing comes back.
+    delivery.nak().await?;
+    assert_quiet(&mut tail, ACK_WAIT * 2).await.context("nothing before the tail, no redelivery")
+}
+
+async fn tail_filters_match_like_nats(h: Harness) -> Result<()> {
+    let bus = h.bus().await;
+    let node_created = event(subjects::NODE_CREATED, 1);
+    let node_updated = event(subjects::NODE_UPDATED, 2);
+    let edge_created = event(subjects::GRAPH_EDGE_CREATED, 3);
+    let job_completed = event(subjects::JOB_COMPLETED, 4);
+    let all = [&node_created, &node_updated, &edge_created, &job_completed];
+
+    let table: &[(&str, Vec<&Envelope>)] = &[
+        ("helix.node.created", vec![&node_created]),
+        ("helix.node.*", vec![&node_created, &node_updated]),
+        ("helix.node.>", vec![&node_created, &node_updated]),
+        ("helix.graph.*", vec![]),
+        ("helix.graph.>", vec![&edge_created]),
+        ("helix.*.created", vec![&node_created]),
+        ("helix.*.edge.created", vec![&edge_created]),
+        ("helix.*.*", vec![&node_created, &node_updated, &job_completed]),
+        ("helix.>", all.to_vec()),
+        (">", all.to_vec()),
+    ];
+    let mut tails = Vec::with_capacity(table.len());
+    for (filter, _) in table {
+        tails.push(bus.tail(filter).await?);
+    }
+    publish_all(&bus, &[node_created.clone(), node_updated.clone(), edge_created.clone(), job_completed.clone()])
+        .await?;
+    for ((filter, expected), tail) in table.iter().zip(&mut tails) {
+        recv_exactly(tail, expected).await.with_context(|| format!("tail {filter}"))?;
+    }
+    let quiet = tails.iter_mut().zip(table).map(|(tail, (filter, _))| async move {
+        assert_quiet(tail, Duration::from_millis(300)).await.with_context(|| format!("tail {filter}"))
+    });
+    futures::future::try_join_all(quiet).await?;
+    Ok(())
+}
+
+async fn every_tail_sees_every_event_in_order(h: Harness) -> Result<()> {
+    let bus = h.bus().await;
+    let events: Vec<Envelope> = (0..20).map(|n| event(subjects::JOB_ENQUEUED, n)).collect();
+    let mut first = bus.tail("helix.job.>").await?;
+    let mut second = bus.tail("helix.job.enqueued").await?;
+    publish_all(&bus, &events).await?;
+    for (name, tail) in [("first", &mut first), ("second", &mut second)] {
+        for expected in &events {
+            let delivery = recv(tail).await.with_context(|| format!("tail {name}"))?;
+            ensure!(
+                delivery.envelope.id == expected.id,
+                "tail {name}: expected n={}, got {}",
+                expected.payload["n"],
+                delivery.envelope.payload["n"]
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn tails_do_not_affect_groups(h: Harness) -> Result<()> {
+    let bus = h.bus().await;
+    let events: Vec<Envelope> = (0..10).map(|n| event(subjects::WORKFLOW_STEP_COMPLETED, n)).collect();
+    let mut group = bus.subscribe("helix.workflow.>", "durable").await?;
+    let mut tail = bus.tail("helix.workflow.>").await?;
+    publish_all(&bus, &events).await?;
+    let expected: Vec<&Envelope> = events.iter().collect();
+    // The tail reads everything first (and acks nothing): the group still gets every event, once.
+    recv_exactly(&mut tail, &expected).await.context("tail")?;
+    recv_exactly(&mut group, &expected).await.context("group")?;
+    let mut late = bus.subscribe("helix.workflow.>", "late").await?;
+    recv_exactly(&mut late, &expected).await.context("a group created after the tail")?;
+    let quiet = ACK_WAIT + Duration::from_millis(500);
+    tokio::try_join!(assert_quiet(&mut group, quiet), assert_quiet(&mut late, quiet), assert_quiet(&mut tail, quiet))?;
+    Ok(())
+}
+
+/// What a bus keeps for its subscribers: the open tails of an in-process bus; on NATS, the number of
+/// consumers of each domain stream.
+async fn footprint(h: &Harness, in_process: Option<&InProcessBus>) -> Result<Vec<usize>> {
+    if let Some(bus) = in_process {
+        return Ok(vec![bus.live_tails()]);
+    }
+    let jetstream = async_nats::jetstream::new(async_nats::connect(nats_url()).await?);
+    let mut counts = Vec::with_capacity(DOMAINS.len());
+    for domain in DOMAINS {
+        let name = format!("{}_{}", h.prefix.to_uppercase(), domain.stream);
+        let mut stream = jetstream.get_stream(&name).await.with_context(|| format!("stream {name}"))?;
+        counts.push(stream.info().await?.state.consumer_count);
+    }
+    Ok(counts)
+}
+
+async fn dropping_a_tail_leaves_nothing_behind(h: Harness) -> Result<()> {
+    let in_process = match h.kind {
+        Kind::InProcess => Some(InProcessBus::new(&h.config())?),
+        Kind::Nats => None,
+    };
+    let bus: Arc<dyn EventBus> = match &in_process {
+        Some(bus) => Arc::new(bus.clone()),
+        None => h.bus().await,
+    };
+    let mut group = bus.subscribe("helix.>", "steady").await?;
+    let before = footprint(&h, in_process.as_ref()).await?;
+
+    let mut tail = bus.tail("helix.>").await?;
+    let first = event(subjects::GATEWAY_KEY_CREATED, 1);
+    publish_all(&bus, std::slice::from_ref(&first)).await?;
+    recv_exactly(&mut tail, &[&first]).await.context("tail")?;
+    recv_exactly(&mut group, &[&first]).await.context("group")?;
+    let open = footprint(&h, in_process.as_ref()).await?;
+    match h.kind {
+        Kind::InProcess => ensure!(open == [1], "the open tail is registered: {open:?}"),
+        Kind::Nats => ensure!(open == before, "a tail creates no consumer: {before:?} then {open:?}"),
+    }
+
+    drop(tail);
+    let after = footprint(&h, in_process.as_ref()).await?;
+    ensure!(after == before, "a dropped tail leaves nothing: {before:?} then {after:?}");
+    let second = event(subjects::GATEWAY_KEY_REVOKED, 2);
+    publish_all(&bus, std::slice::from_ref(&second)).await?;
+    recv_exactly(&mut group, &[&second]).await.context("group after the tail was dropped")?;
     Ok(())
 }
 
@@ -553,17 +706,48 @@ mod nats_wire {
     }
 
     #[tokio::test]
+    async fn a_tail_skips_non_envelopes_and_reads_trace_from_headers() {
+        run(Kind::Nats, |h| async move {
+            let bus = h.bus().await;
+            let mut tail = bus.tail("helix.job.>").await?;
+            // Core publishes from another connection: the stream captures them, and the tail sees them.
+            let client = async_nats::connect(nats_url()).await?;
+            let wire_subject = format!("{}.{}", h.prefix, subjects::JOB_FAILED);
+            client.publish(wire_subject.clone(), "not json".into()).await?;
+            let envelope = event(subjects::JOB_FAILED, 1);
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(helix_events::HEADER_TRACEPARENT, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+            client.publish_with_headers(wire_subject, headers, envelope.to_json()?.into()).await?;
+            client.flush().await?;
+
+            let delivery = recv(&mut tail).await?;
+            ensure!(delivery.envelope.id == envelope.id, "the envelope after the skipped message: {delivery:?}");
+            ensure!(delivery.subject == subjects::JOB_FAILED, "subject without prefix: {}", delivery.subject);
+            let trace = delivery.envelope.trace.clone().context("trace from headers")?;
+            ensure!(trace.traceparent == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+            delivery.ack().await?;
+            assert_quiet(&mut tail, Duration::from_millis(500)).await
+        })
+        .await
+    }
+
+    #[tokio::test]
     async fn prefixes_isolate_tenants() {
         run(Kind::Nats, |h| async move {
             let tenant = h.bus().await;
             let other = Harness { kind: Kind::Nats, prefix: unique_prefix(), created: h.created.clone() };
             let other_bus = other.bus().await;
             let mut other_subscription = other_bus.subscribe("helix.>", "all").await?;
+            let mut other_tail = other_bus.tail(">").await?;
             let published = event(subjects::NODE_CREATED, 1);
             publish_all(&tenant, std::slice::from_ref(&published)).await?;
             let mut subscription = tenant.subscribe("helix.>", "all").await?;
             recv_exactly(&mut subscription, &[&published]).await?;
-            assert_quiet(&mut other_subscription, Duration::from_millis(500)).await
+            tokio::try_join!(
+                assert_quiet(&mut other_subscription, Duration::from_millis(500)),
+                assert_quiet(&mut other_tail, Duration::from_millis(500)),
+            )?;
+            Ok(())
         })
         .await
     }
@@ -641,11 +825,15 @@ mod in_process_lifecycle {
     async fn close_ends_subscriptions_and_refuses_publishing() -> Result<()> {
         let bus = InProcessBus::new(&config())?;
         let mut subscription = bus.subscribe("helix.>", "closing").await?;
+        let mut tail = bus.tail("helix.>").await?;
         let waiter = tokio::spawn(async move { subscription.next().await.is_none() });
+        let tail_waiter = tokio::spawn(async move { tail.next().await.is_none() });
         bus.close();
         ensure!(timeout(WAIT, waiter).await??, "subscription ends on close");
+        ensure!(timeout(WAIT, tail_waiter).await??, "tail ends on close");
         ensure!(matches!(bus.publish(&event(subjects::NODE_CREATED, 1)).await, Err(Error::Closed)));
         ensure!(matches!(bus.check().await, Err(Error::Closed)));
+        ensure!(matches!(bus.tail("helix.>").await, Err(Error::Closed)), "no tail on a closed bus");
         Ok(())
     }
 
@@ -653,12 +841,15 @@ mod in_process_lifecycle {
     async fn dropping_the_bus_ends_subscriptions() -> Result<()> {
         let bus = InProcessBus::new(&config())?;
         let mut subscription = bus.subscribe(subjects::NODE_CREATED, "dropping").await?;
+        let mut tail = bus.tail(subjects::NODE_CREATED).await?;
         let clone = bus.clone();
         drop(bus);
         clone.publish(&event(subjects::NODE_CREATED, 1)).await?;
         recv(&mut subscription).await?.ack().await?;
+        recv(&mut tail).await?;
         drop(clone);
         ensure!(timeout(WAIT, subscription.next()).await?.is_none(), "subscription ends with the last handle");
+        ensure!(timeout(WAIT, tail.next()).await?.is_none(), "tail ends with the last handle");
         Ok(())
     }
 
@@ -666,12 +857,41 @@ mod in_process_lifecycle {
     async fn spawns_no_tasks() -> Result<()> {
         let bus = helix_events::connect(&config(), "contract-test").await?;
         let mut subscription = bus.subscribe("helix.>", "counted").await?;
+        let mut tail = bus.tail("helix.>").await?;
         bus.publish(&event(subjects::JOB_STARTED, 1)).await?;
         let delivery = recv(&mut subscription).await?;
         delivery.nak().await?;
         recv(&mut subscription).await?.ack().await?;
+        recv(&mut tail).await?.ack().await?;
         let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
         ensure!(tasks == 0, "{tasks} tasks alive");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_slow_tail_drops_its_oldest_events() -> Result<()> {
+        // The buffer of an in-process tail holds 1024 events.
+        const CAPACITY: u64 = 1024;
+        let bus = InProcessBus::new(&config())?;
+        let mut tail = bus.tail("helix.job.*").await?;
+        let events: Vec<Envelope> = (0..CAPACITY + 100).map(|n| event(subjects::JOB_ENQUEUED, n)).collect();
+        for event in &events {
+            bus.publish(event).await?;
+        }
+        for expected in &events[100..] {
+            let delivery = recv(&mut tail).await?;
+            ensure!(
+                delivery.envelope.id == expected.id,
+                "the newest {CAPACITY} events, in order: expected n={}, got {}",
+                expected.payload["n"],
+                delivery.envelope.payload["n"]
+            );
+        }
+        assert_quiet(&mut tail, Duration::from_millis(100)).await?;
+        // Caught up: nothing is dropped any more.
+        let next = event(subjects::JOB_ENQUEUED, 9999);
+        bus.publish(&next).await?;
+        ensure!(recv(&mut tail).await?.envelope.id == next.id);
         Ok(())
     }
 

@@ -214,6 +214,20 @@ impl EventBus for ObservedBus {
         Ok(Subscription::new(Box::pin(counted)))
     }
 
+    async fn tail(&self, filter: &str) -> helix_events::Result<Subscription> {
+        use futures::StreamExt;
+        let inner = self.inner.tail(filter).await?;
+        let metrics = self.metrics.clone();
+        // a tail's deliveries are never redeliveries: only consumption is counted
+        let counted = inner.inspect(move |delivery| {
+            if let Ok(delivery) = delivery {
+                let labels = ConsumeLabels { subject: delivery.subject.clone(), group: "tail".to_owned() };
+                metrics.events_consumed.get_or_create(&labels).inc();
+            }
+        });
+        Ok(Subscription::new(Box::pin(counted)))
+    }
+
     async fn check(&self) -> helix_events::Result<()> {
         self.inner.check().await
     }

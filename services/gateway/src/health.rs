@@ -31,6 +31,16 @@ pub struct Health {
 #[utoipa::path(get, path = "/health", tag = "health",
     responses((status = 200, body = Health), (status = 503, body = Health, description = "names the failing dependencies")))]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let checks = run_checks(&state).await;
+    let failing: Vec<_> = checks.iter().filter(|(_, v)| *v != "ok").map(|(k, _)| *k).collect();
+    let (code, status) =
+        if failing.is_empty() { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "degraded") };
+    (code, Json(Health { status, checks, failing }))
+}
+
+/// Asks every service's gRPC health and the gateway's database, all at once, each
+/// bounded by a timeout: dependency name → `ok` or why not.
+pub async fn run_checks(state: &AppState) -> BTreeMap<&'static str, String> {
     let services = state.services.iter().map(|(name, grpc_name, channel)| async move {
         let mut client = HealthClient::new(channel.clone());
         let request = HealthCheckRequest { service: (*grpc_name).to_owned() };
@@ -50,11 +60,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
     };
     let (mut checks, database) = tokio::join!(futures::future::join_all(services), database);
     checks.push(database);
-    let checks: BTreeMap<_, _> = checks.into_iter().collect();
-    let failing: Vec<_> = checks.iter().filter(|(_, v)| *v != "ok").map(|(k, _)| *k).collect();
-    let (code, status) =
-        if failing.is_empty() { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "degraded") };
-    (code, Json(Health { status, checks, failing }))
+    checks.into_iter().collect()
 }
 
 #[derive(Serialize, ToSchema)]

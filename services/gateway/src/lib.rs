@@ -6,6 +6,7 @@ mod auth;
 mod error;
 mod health;
 mod nodes;
+mod tower_log;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +52,8 @@ pub struct AppState {
     storage: GrpcChannel,
     /// (name in /health, gRPC service name, channel) of every service the gateway calls
     services: Vec<(&'static str, &'static str, GrpcChannel)>,
+    tower: Arc<tower_log::TowerLog>,
+    started_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl AppState {
@@ -107,7 +110,9 @@ pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<Gateway> {
         ("jobs", service_names::JOBS, connect(&e.jobs)?),
         ("notifications", service_names::NOTIFICATIONS, connect(&e.notifications)?),
     ];
-    let state = AppState { keys, storage, services };
+    let tower = Arc::new(tower_log::TowerLog::default());
+    ctx.tasks.spawn(tower_log::follow(ctx.bus.clone(), tower.clone(), ctx.shutdown.clone()));
+    let state = AppState { keys, storage, services, tower, started_at: chrono::Utc::now() };
     let http = router(state, config.gateway.max_body_bytes, ctx.metrics.clone());
     Ok(Gateway { http, grpc: GatewayServiceServer::new(GatewayApi) })
 }
@@ -127,6 +132,8 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics: Arc<Metrics>) -> 
         .route("/api/v1/nodes/{id}", get(nodes::get).put(nodes::update).delete(nodes::delete))
         .route("/api/v1/recall", get(nodes::recall))
         .route("/api/v1/openapi.json", get(openapi_json))
+        .route("/api/board", get(tower_log::board))
+        .route("/tower", get(tower_log::tower))
         .route_layer(axum::middleware::from_fn_with_state(state.keys.clone(), auth::require_key));
     let request_id = http::HeaderName::from_static("x-request-id");
     Router::new()
@@ -190,10 +197,11 @@ pub async fn serve(config: HelixConfig, shutdown: CancellationToken) -> helix_ru
     paths(
         health::health, health::ready,
         nodes::create, nodes::bulk_create, nodes::get, nodes::update, nodes::delete, nodes::list, nodes::recall,
+        tower_log::tower, tower_log::board,
         openapi_json,
     ),
     modifiers(&BearerAuth),
-    tags((name = "nodes", description = "knowledge nodes"), (name = "health"), (name = "meta"))
+    tags((name = "nodes", description = "knowledge nodes"), (name = "health"), (name = "observability"), (name = "meta"))
 )]
 pub struct ApiDoc;
 
