@@ -98,7 +98,7 @@ pub fn init(config: &LogConfig, service_name: &str) -> TelemetryGuard {
 }
 
 fn otlp_provider(service_name: &str) -> Option<SdkTracerProvider> {
-    std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT")?;
+    std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|v| !v.trim().is_empty())?;
     let exporter = match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {
         Ok(exporter) => exporter,
         Err(error) => {
