@@ -31,8 +31,8 @@ pub struct Database {
 
 impl Database {
     /// Opens `service`'s database and, unless `config.migrate` is off, runs the
-    /// migrations for its backend. On SQLite it also starts the WAL checkpointer on the
-    /// context's tasks.
+    /// migrations for its backend, and registers it with `/readyz`. On SQLite it also
+    /// starts the WAL checkpointer on the context's tasks.
     pub async fn open(ctx: &ServiceContext, service: &str, sqlite: &Migrator, postgres: &Migrator) -> Result<Self> {
         let db = Self::connect(&ctx.config, service).await?;
         if ctx.config.migrate {
@@ -41,6 +41,11 @@ impl Database {
         if db.backend == Backend::Sqlite {
             ctx.tasks.spawn(checkpoint_wal(db.pool.clone(), ctx.shutdown.clone()));
         }
+        let checked = db.clone();
+        ctx.readiness.add(format!("{service} database"), move || {
+            let db = checked.clone();
+            Box::pin(async move { db.check().await.map_err(|e| e.to_string()) })
+        });
         Ok(db)
     }
 

@@ -78,11 +78,6 @@ pub struct Gateway {
 pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<Gateway> {
     let config = &ctx.config;
     let db = Database::open(ctx, SERVICE, &SQLITE, &POSTGRES).await?;
-    let checked = db.clone();
-    ctx.readiness.add("gateway database", move || {
-        let db = checked.clone();
-        Box::pin(async move { db.check().await.map_err(|e| e.to_string()) })
-    });
     let keys = KeyStore::new(db);
     let preset = config.gateway.admin_key.as_ref().map(|k| k.expose());
     match keys.bootstrap(preset).await? {

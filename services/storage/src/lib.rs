@@ -36,11 +36,6 @@ pub async fn migrate(config: &HelixConfig) -> helix_runtime::Result<()> {
 /// Opens the node store and starts its outbox relay on the context's task tracker.
 pub async fn open(ctx: &ServiceContext) -> helix_runtime::Result<NodeStore> {
     let db = Database::open(ctx, SERVICE, &SQLITE, &POSTGRES).await?;
-    let checked = db.clone();
-    ctx.readiness.add("storage database", move || {
-        let db = checked.clone();
-        Box::pin(async move { db.check().await.map_err(|e| e.to_string()) })
-    });
     let ready = Arc::new(Notify::new());
     ctx.tasks.spawn(outbox::run_relay(db.clone(), ctx.bus.clone(), ready.clone(), ctx.shutdown.clone()));
     Ok(NodeStore::new(db, ready))
