@@ -34,6 +34,8 @@ pub enum Command {
     Store(StoreArgs),
     /// List the nodes whose title or content contain the words
     Recall(RecallArgs),
+    /// Search the nodes, ranked (full text today)
+    Search(SearchArgs),
     /// Show the gateway's health and its dependencies'
     Health(Remote),
     /// Run every service's database migrations, then exit (once per release)
@@ -93,12 +95,28 @@ pub struct RecallArgs {
     pub remote: Remote,
 }
 
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    #[arg(required = true, num_args = 1..)]
+    pub words: Vec<String>,
+    /// fulltext, semantic or hybrid; default: the search service's choice
+    #[arg(short, long)]
+    pub mode: Option<String>,
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    #[arg(short, long, default_value_t = 10)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up => run_node(&Role::ALL, "helix").await,
         Command::Serve { service } => run_node(&[service], &format!("helix-{}", service.name())).await,
         Command::Store(args) => store(args).await,
         Command::Recall(args) => recall(args).await,
+        Command::Search(args) => search(args).await,
         Command::Health(remote) => health(remote).await,
         Command::Migrate => migrate().await,
         Command::Probe { url } => probe(url).await,
@@ -109,6 +127,7 @@ async fn migrate() -> anyhow::Result<ExitCode> {
     let config = HelixConfig::load()?;
     let _telemetry = helix_telemetry::init(&config.log, "helix-migrate");
     helix_storage::migrate(&config).await.context("storage migrations")?;
+    helix_graph::migrate(&config).await.context("graph migrations")?;
     helix_gateway::migrate(&config).await.context("gateway migrations")?;
     println!("migrations applied");
     Ok(ExitCode::SUCCESS)
@@ -231,6 +250,37 @@ async fn recall(args: RecallArgs) -> anyhow::Result<ExitCode> {
             node["id"].as_str().unwrap_or("?"),
             node["namespace"].as_str().unwrap_or("?"),
             node["title"].as_str().unwrap_or("")
+        );
+        println!("    {snippet}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
+    let mut body = json!({ "query": args.words.join(" "), "limit": args.limit });
+    if let Some(mode) = args.mode {
+        body["mode"] = json!(mode);
+    }
+    if let Some(namespace) = args.namespace {
+        body["namespace"] = json!(namespace);
+    }
+    let found: Value = client(&args.remote)?.call(Method::POST, "/api/v1/search", &[], Some(&body)).await?;
+    if args.remote.json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let results = found["results"].as_array().cloned().unwrap_or_default();
+    if results.is_empty() {
+        println!("nothing found");
+    }
+    for hit in results {
+        let snippet = hit["snippet"].as_str().unwrap_or_default().replace("<mark>", "[").replace("</mark>", "]");
+        let snippet: String = snippet.split_whitespace().collect::<Vec<_>>().join(" ");
+        println!(
+            "{}  {:.3}  {}",
+            hit["id"].as_str().unwrap_or("?"),
+            hit["score"].as_f64().unwrap_or_default(),
+            hit["title"].as_str().unwrap_or("")
         );
         println!("    {snippet}");
     }

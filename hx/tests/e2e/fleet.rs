@@ -35,12 +35,13 @@ struct Ports {
     metrics: u16,
 }
 
+/// Fields drop in order: the processes die before their database and streams go.
 struct Fleet {
+    children: BTreeMap<String, Child>,
     env: TestEnv,
     wiring: Wiring,
     ports: BTreeMap<String, Ports>,
     gateway_port: u16,
-    children: BTreeMap<String, Child>,
 }
 
 fn free_port() -> u16 {

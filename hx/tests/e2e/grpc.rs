@@ -52,8 +52,8 @@ async fn every_service_serves_health_reflection_and_its_contract() -> anyhow::Re
     }
 
     // not built yet: answered UNIMPLEMENTED, never a hang or a fake answer
-    let mut search = pb::search_service_client::SearchServiceClient::new(channel.clone());
-    let status = search.search(pb::SearchRequest::default()).await.unwrap_err();
+    let mut llm = pb::llm_router_service_client::LlmRouterServiceClient::new(channel.clone());
+    let status = llm.generate(pb::GenerateRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented);
     let mut jobs = pb::jobs_service_client::JobsServiceClient::new(channel);
     let status = jobs.list_jobs(pb::ListJobsRequest::default()).await.unwrap_err();

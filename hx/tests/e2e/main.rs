@@ -7,9 +7,11 @@ mod cli;
 mod events;
 mod fleet;
 mod gateway;
+mod graph;
 mod grpc;
 mod nodes;
 mod observability;
+mod search;
 mod support;
 
 /// Generates `<name>::embedded` and `<name>::fleet` tests calling `<name>(Backend)`.

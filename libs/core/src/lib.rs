@@ -5,6 +5,7 @@
 //! agree on what a valid node is without calling each other.
 
 pub mod error;
+pub mod graph;
 pub mod node;
 
 pub use error::{Error, ErrorKind, Result};

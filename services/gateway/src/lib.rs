@@ -6,6 +6,7 @@ mod auth;
 mod error;
 mod health;
 mod nodes;
+mod search;
 mod tower_log;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use helix_proto::service_names;
 use helix_proto::v1::gateway_service_server::{GatewayService, GatewayServiceServer};
+use helix_proto::v1::search_service_client::SearchServiceClient;
 use helix_proto::v1::storage_service_client::StorageServiceClient;
 use helix_runtime::db::Database;
 use helix_runtime::grpc::GrpcChannel;
@@ -50,6 +52,7 @@ pub async fn migrate(config: &HelixConfig) -> helix_runtime::Result<()> {
 pub struct AppState {
     keys: KeyStore,
     storage: GrpcChannel,
+    search: GrpcChannel,
     /// (name in /health, gRPC service name, channel) of every service the gateway calls
     services: Vec<(&'static str, &'static str, GrpcChannel)>,
     tower: Arc<tower_log::TowerLog>,
@@ -59,6 +62,10 @@ pub struct AppState {
 impl AppState {
     fn storage(&self) -> StorageServiceClient<GrpcChannel> {
         StorageServiceClient::new(self.storage.clone()).max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    fn search(&self) -> SearchServiceClient<GrpcChannel> {
+        SearchServiceClient::new(self.search.clone()).max_decoding_message_size(64 * 1024 * 1024)
     }
 }
 
@@ -96,9 +103,10 @@ pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<Gateway> {
     let connect = |url: &str| ctx.channel(url, timeout);
     let e = &config.endpoints;
     let storage = connect(&e.storage)?;
+    let search = connect(&e.search)?;
     let services = vec![
         ("storage", service_names::STORAGE, storage.clone()),
-        ("search", service_names::SEARCH, connect(&e.search)?),
+        ("search", service_names::SEARCH, search.clone()),
         ("graph", service_names::GRAPH, connect(&e.graph)?),
         ("llm-router", service_names::LLM_ROUTER, connect(&e.llm_router)?),
         ("orchestrator", service_names::ORCHESTRATOR, connect(&e.orchestrator)?),
@@ -107,7 +115,7 @@ pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<Gateway> {
     ];
     let tower = Arc::new(tower_log::TowerLog::default());
     ctx.tasks.spawn(tower_log::follow(ctx.bus.clone(), tower.clone(), ctx.shutdown.clone()));
-    let state = AppState { keys, storage, services, tower, started_at: chrono::Utc::now() };
+    let state = AppState { keys, storage, search, services, tower, started_at: chrono::Utc::now() };
     let http = router(state, config.gateway.max_body_bytes, ctx.metrics.clone());
     Ok(Gateway { http, grpc: GatewayServiceServer::new(GatewayApi) })
 }
@@ -126,6 +134,8 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics: Arc<Metrics>) -> 
         .route("/api/v1/nodes/bulk", post(nodes::bulk_create))
         .route("/api/v1/nodes/{id}", get(nodes::get).put(nodes::update).delete(nodes::delete))
         .route("/api/v1/recall", get(nodes::recall))
+        .route("/api/v1/search", post(search::search).get(search::search_get))
+        .route("/api/search", post(search::search))
         .route("/api/v1/openapi.json", get(openapi_json))
         .route("/api/board", get(tower_log::board))
         .route("/tower", get(tower_log::tower))
@@ -192,11 +202,11 @@ pub async fn serve(config: HelixConfig, shutdown: CancellationToken) -> helix_ru
     paths(
         health::health, health::ready,
         nodes::create, nodes::bulk_create, nodes::get, nodes::update, nodes::delete, nodes::list, nodes::recall,
-        tower_log::tower, tower_log::board,
+        tower_log::tower, tower_log::board, search::search, search::search_get,
         openapi_json,
     ),
     modifiers(&BearerAuth),
-    tags((name = "nodes", description = "knowledge nodes"), (name = "health"), (name = "observability"), (name = "meta"))
+    tags((name = "nodes", description = "knowledge nodes"), (name = "health"), (name = "search"), (name = "observability"), (name = "meta"))
 )]
 pub struct ApiDoc;
 

@@ -206,7 +206,7 @@ fn draft(input: NodeInput) -> pb::NodeDraft {
     }
 }
 
-fn node_body(node: pb::Node) -> Result<NodeBody, Error> {
+pub(crate) fn node_body(node: pb::Node) -> Result<NodeBody, Error> {
     let time = |t: Option<helix_proto::Timestamp>| {
         t.and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos as u32))
             .ok_or_else(|| Error::internal("storage returned a node without its timestamps"))

@@ -1,22 +1,134 @@
-//! The search service: full-text and vector search over knowledge nodes, hybrid ranking, embeddings; fed by node events.
+//! The search service: full-text search over knowledge nodes, fed by node events.
 //!
-//! Its contract is `proto/helix/v1/search.proto`. Not built yet: the server is up,
-//! reports SERVING to health checks and answers every method UNIMPLEMENTED.
+//! Its contract is `proto/helix/v1/search.proto`. What is built is the **full-text**
+//! part: a tantivy index on disk under `HELIX_HOME/search/index`, ranked by BM25 with
+//! field boosts (title 2.0, tags 1.5, content 1.0); filters by namespace (any of),
+//! kind (any of), tag (every one) and update time that restrict without scoring;
+//! highlighted fragments (`<mark></mark>`) of title and content; pages of at most 100
+//! hits whose cursor is the offset of the next hit. The query language (words joined by
+//! AND, `"phrases"`, `word*` prefixes, `-not`, `OR`, `field:`) is described in
+//! the `query` module. Title and content use the `en_stem` tokenizer (lowercased, English
+//! stemming: "running" finds "runs"); tags, namespace and kind match exactly.
+//!
+//! **Semantic search is not built yet.** There is no embedder and no vector index: a
+//! search in mode `vector` or `hybrid`, and `FindSimilar`, answer FAILED_PRECONDITION
+//! with code `mode_unavailable`. An empty mode means fulltext for now (the contract's
+//! default, hybrid, falls back to fulltext without an embedder), and every response
+//! reports mode `fulltext` with no vector score. Embeddings pushed with documents are
+//! ignored, `re_embed` does nothing, and the stats report no vectors.
+//!
+//! # A replicated read model
+//!
+//! Every replica (process) of the service keeps a whole index of its own and builds it
+//! from the `helix.node.*` events: it subscribes as the durable group `search-<replica>`,
+//! where the replica is the `HOSTNAME` environment variable (a StatefulSet pod name,
+//! a container's host name) or `local` without one. A group of its own means every
+//! replica sees every event, so any replica can answer any search; storage remains the
+//! source of truth, and `Reindex` rebuilds a replica's index from it.
+//!
+//! Changes are idempotent and ordered per node by version: a document older than the
+//! indexed one is skipped, and a deleted node leaves a small tombstone (id and version)
+//! so an event redelivered late cannot revive it. The writer commits in small batches
+//! (what is waiting, at most every 200 ms) and reloads the reader, so a node is
+//! searchable well within a second of its commit in storage; an event is acked only
+//! after the commit that holds its change.
+//!
+//! Its limits:
+//! - Replicas converge independently: right after a write, one replica may have it and
+//!   another not yet (typically for less than a second): there is no read-your-writes
+//!   across replicas.
+//! - `IndexDocuments`, `RemoveDocuments` and `Reindex` change only the replica that
+//!   answers the call; only events reach every replica. An explicit removal leaves no
+//!   tombstone: a later event or reindex may index the node again.
+//! - The replica name must be stable (a StatefulSet's pod names are; a container's
+//!   generated host name is not): a new name is a new group, which starts from the
+//!   oldest event the stream retains (7 days by default), not from the beginning of
+//!   time. A new replica, or one whose index was lost, needs `Reindex` to hold older
+//!   nodes; the service does not run it by itself. A retired replica's durable group
+//!   stays on NATS until removed (`nats consumer rm`).
+//! - Tombstones (an id and a version each) stay until a full `Reindex`, which drops
+//!   those older than an hour.
+//! - `GetSearchStats` counts documents, bytes and the last commit of this replica only;
+//!   query metrics are not measured yet (zero).
 
-use helix_proto::v1::search_service_server::{SearchService, SearchServiceServer};
+mod document;
+mod grpc;
+mod index;
+mod indexer;
+mod query;
+mod reindex;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use helix_proto::v1::search_service_server::SearchServiceServer;
+use helix_proto::v1::storage_service_client::StorageServiceClient;
 use helix_runtime::{HelixConfig, ServiceContext};
 use tokio_util::sync::CancellationToken;
 
+pub use grpc::SearchApi;
+
 pub const SERVICE: &str = "search";
 pub const GRPC_SERVICE: &str = helix_proto::service_names::SEARCH;
+/// The events the index follows.
+const NODE_EVENTS: &str = "helix.node.*";
+/// How long one page of storage's listing may take during a reindex.
+const STORAGE_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub struct SearchServiceApi;
+/// Where this replica's index lives under the data directory.
+pub fn index_path(home: &Path) -> PathBuf {
+    home.join("search").join("index")
+}
 
-impl SearchService for SearchServiceApi {}
+/// The durable group of this replica: `search-` and the `HOSTNAME`, or `search-local`.
+pub fn consumer_group() -> String {
+    let replica = std::env::var("HOSTNAME").ok().filter(|name| !name.trim().is_empty());
+    group_of(replica.as_deref().unwrap_or("local"))
+}
 
-/// The search gRPC service, ready to be served.
-pub async fn start(_ctx: &ServiceContext) -> helix_runtime::Result<SearchServiceServer<SearchServiceApi>> {
-    Ok(SearchServiceServer::new(SearchServiceApi))
+/// Group names hold at most 64 bytes: a longer host name is cut and a hash of it kept,
+/// so two long names stay two groups.
+fn group_of(replica: &str) -> String {
+    let group = format!("search-{replica}");
+    if group.len() <= 64 {
+        return group;
+    }
+    let hash =
+        replica.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let mut cut = 40;
+    while !group.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}-{hash:016x}", &group[..cut])
+}
+
+/// The search gRPC service, ready to be served: the index is open, its writer runs and
+/// the event indexer follows `helix.node.*`.
+pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<SearchServiceServer<SearchApi>> {
+    let path = index_path(&ctx.config.home);
+    let tasks = ctx.tasks.clone();
+    let opening = path.clone();
+    let (index, created) = tokio::task::spawn_blocking(move || index::SearchIndex::open(&opening, tasks))
+        .await
+        .map_err(|e| helix_core::Error::internal(format!("opening the search index: {e}")))??;
+    if created {
+        tracing::info!(path = %path.display(), "created an empty search index; run Reindex if storage already holds nodes");
+    }
+
+    let checked = index.clone();
+    ctx.readiness.add("search index", move || {
+        let index = checked.clone();
+        Box::pin(async move { index.check() })
+    });
+
+    let group = consumer_group();
+    let events = ctx.bus.subscribe(NODE_EVENTS, &group).await?;
+    ctx.tasks.spawn(indexer::run(events, index.writer.clone(), group, ctx.shutdown.clone()));
+
+    let storage = StorageServiceClient::new(ctx.channel(&ctx.config.endpoints.storage, STORAGE_TIMEOUT)?);
+    let api = SearchApi::new(index, storage, ctx.tasks.clone(), ctx.shutdown.clone());
+    Ok(SearchServiceServer::new(api).max_decoding_message_size(64 * 1024 * 1024))
 }
 
 /// Runs the search service alone in this process until `shutdown` is cancelled.

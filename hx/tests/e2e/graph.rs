@@ -1,0 +1,622 @@
+//! The graph service over gRPC: edges, walks, paths, exports, statistics, its graph
+//! rebuilt after a restart, and edges leaving with a node deleted through the gateway.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use helix_events::Subscription;
+use helix_proto::v1 as pb;
+use helix_proto::v1::graph_service_client::GraphServiceClient;
+use helix_testkit::{Backend, TestHelix};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use crate::support::read;
+
+crate::on_both_backends!(
+    edges_crud_events_and_validation,
+    walks_by_depth_direction_and_relation,
+    shortest_paths,
+    stats_and_exports_survive_restart,
+    edges_go_with_a_deleted_node,
+);
+
+type Graph = GraphServiceClient<Channel>;
+/// (node id, depth) of every node of a result
+type Depths = BTreeSet<(String, u32)>;
+type EdgeIds = BTreeSet<String>;
+/// a path's node ids and total weight
+type PathShape = (Vec<String>, f64);
+
+async fn connect(helix: &TestHelix) -> anyhow::Result<Graph> {
+    Ok(GraphServiceClient::connect(helix.node.as_ref().expect("running").grpc_url()).await?)
+}
+
+fn ids(n: usize) -> Vec<Uuid> {
+    (0..n).map(|_| Uuid::now_v7()).collect()
+}
+
+async fn edge(graph: &mut Graph, source: Uuid, target: Uuid, relation: &str, weight: f64) -> pb::GraphEdge {
+    let request = pb::CreateEdgeRequest {
+        source_id: source.to_string(),
+        target_id: target.to_string(),
+        relation: relation.to_owned(),
+        weight: Some(weight),
+        metadata_json: None,
+    };
+    graph.create_edge(request).await.expect("edge created").into_inner()
+}
+
+/// The Helix error code a refused call carries.
+fn code<T>(result: Result<T, tonic::Status>) -> String {
+    match result {
+        Ok(_) => "<ok>".to_owned(),
+        Err(status) => helix_core::Error::from(status).code().to_owned(),
+    }
+}
+
+fn create(
+    source: &str,
+    target: &str,
+    relation: &str,
+    weight: Option<f64>,
+    metadata: Option<&str>,
+) -> pb::CreateEdgeRequest {
+    pb::CreateEdgeRequest {
+        source_id: source.to_owned(),
+        target_id: target.to_owned(),
+        relation: relation.to_owned(),
+        weight,
+        metadata_json: metadata.map(str::to_owned),
+    }
+}
+
+async fn graph_events(helix: &TestHelix) -> anyhow::Result<Subscription> {
+    let bus = match helix.env.backend {
+        Backend::Embedded => helix.node.as_ref().unwrap().bus(),
+        Backend::Fleet => helix.env.bus().await?,
+    };
+    Ok(bus.subscribe("helix.graph.edge.*", "e2e-graph-observer").await?)
+}
+
+async fn edges_crud_events_and_validation(backend: Backend) -> anyhow::Result<()> {
+    let helix = TestHelix::start(backend).await?;
+    let mut graph = connect(&helix).await?;
+    let mut events = graph_events(&helix).await?;
+    let [a, b] = [Uuid::now_v7(), Uuid::now_v7()];
+
+    let request = create(&a.to_string(), &b.to_string(), "", None, Some(r#"{"since": 2020, "note": "x"}"#));
+    let created = graph.create_edge(request.clone()).await?.into_inner();
+    assert_eq!(Uuid::parse_str(&created.id)?.get_version_num(), 7);
+    assert_eq!((created.relation.as_str(), created.weight), ("relates_to", 1.0));
+    let metadata: Value = serde_json::from_str(&created.metadata_json)?;
+    assert_eq!(metadata, json!({"since": 2020, "note": "x"}));
+    let again = graph.create_edge(request).await?.into_inner();
+    assert_eq!(again, created, "idempotent on (source, target, relation)");
+    let got = graph.get_edge(pb::GetEdgeRequest { id: created.id.clone() }).await?.into_inner();
+    assert_eq!(got, created);
+    let other = edge(&mut graph, a, b, "mentions", 0.5).await;
+    assert_ne!(other.id, created.id, "another relation is another edge");
+
+    graph.delete_edge(pb::DeleteEdgeRequest { id: created.id.clone() }).await?;
+    assert_eq!(code(graph.get_edge(pb::GetEdgeRequest { id: created.id.clone() }).await), "not_found");
+    assert_eq!(code(graph.delete_edge(pb::DeleteEdgeRequest { id: created.id.clone() }).await), "not_found");
+
+    // events: one per committed write, none for a repeat or a refusal
+    let (id, a, b) = (a.to_string(), a, b.to_string());
+    let cases: Vec<(pb::CreateEdgeRequest, &str)> = vec![
+        (create("nope", &b, "", None, None), "invalid_id"),
+        (create(&id, "", "", None, None), "invalid_id"),
+        (create(&id, &id, "", None, None), "self_loop"),
+        (create(&id, &b, "Mentions", None, None), "invalid_edge_type"),
+        (create(&id, &b, "has space", None, None), "invalid_edge_type"),
+        (create(&id, &b, &"r".repeat(65), None, None), "invalid_edge_type"),
+        (create(&id, &b, "", Some(f64::NAN), None), "invalid_weight"),
+        (create(&id, &b, "", Some(f64::INFINITY), None), "invalid_weight"),
+        (create(&id, &b, "", Some(-1.0), None), "invalid_weight"),
+        (create(&id, &b, "", None, Some("[1]")), "invalid_metadata"),
+        (create(&id, &b, "", None, Some("{")), "invalid_metadata"),
+    ];
+    for (request, expected) in cases {
+        let result = graph.create_edge(request.clone()).await;
+        if let Err(status) = &result {
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{request:?}");
+        }
+        assert_eq!(code(result), expected, "{request:?}");
+    }
+    let unknown = Uuid::now_v7().to_string();
+    let g = &mut graph;
+    let neighbourhood = |depth, direction: &str, relations: Vec<&str>, max_nodes| pb::GetNeighborhoodRequest {
+        id: id.clone(),
+        depth,
+        relations: relations.into_iter().map(str::to_owned).collect(),
+        direction: direction.to_owned(),
+        max_nodes,
+    };
+    let page = |limit, cursor: &str| pb::ListEdgesRequest {
+        page: Some(pb::PageRequest { limit, cursor: cursor.to_owned() }),
+        ..Default::default()
+    };
+    let paths = |max_depth, max_paths| pb::FindPathsRequest {
+        source_id: id.clone(),
+        target_id: b.clone(),
+        max_depth,
+        max_paths,
+        ..Default::default()
+    };
+    let checks: Vec<(&str, String, &str)> = vec![
+        ("get unknown", code(g.get_edge(pb::GetEdgeRequest { id: unknown.clone() }).await), "not_found"),
+        ("get bad id", code(g.get_edge(pb::GetEdgeRequest { id: "x".into() }).await), "invalid_id"),
+        ("delete unknown", code(g.delete_edge(pb::DeleteEdgeRequest { id: unknown.clone() }).await), "not_found"),
+        ("depth 11", code(g.get_neighborhood(neighbourhood(11, "", vec![], 0)).await), "invalid_depth"),
+        ("direction", code(g.get_neighborhood(neighbourhood(1, "up", vec![], 0)).await), "invalid_direction"),
+        ("relation", code(g.get_neighborhood(neighbourhood(1, "", vec!["BAD"], 0)).await), "invalid_edge_type"),
+        ("max_nodes", code(g.get_neighborhood(neighbourhood(1, "", vec![], 10_001)).await), "invalid_max_nodes"),
+        (
+            "algorithm",
+            code(
+                g.traverse(pb::TraverseRequest {
+                    start_ids: vec![id.clone()],
+                    algorithm: "astar".into(),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            "invalid_algorithm",
+        ),
+        ("no start", code(g.traverse(pb::TraverseRequest::default()).await), "invalid_start_ids"),
+        ("path depth", code(g.find_paths(paths(11, 0)).await), "invalid_depth"),
+        ("max_paths", code(g.find_paths(paths(0, 11)).await), "invalid_max_paths"),
+        (
+            "format",
+            code(g.export_graph(pb::ExportGraphRequest { format: "svg".into(), ..Default::default() }).await),
+            "invalid_format",
+        ),
+        ("limit", code(g.list_edges(page(1001, "")).await), "invalid_limit"),
+        ("cursor", code(g.list_edges(page(10, "zzz")).await), "invalid_cursor"),
+        ("top", code(g.get_graph_stats(pb::GetGraphStatsRequest { namespace: None, top: 101 }).await), "invalid_top"),
+    ];
+    for (what, got, expected) in checks {
+        assert_eq!(got, expected, "{what}");
+    }
+
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let delivery = tokio::time::timeout(Duration::from_secs(20), events.next()).await?.expect("an event")?;
+        let e = &delivery.envelope;
+        assert_eq!(e.source, "graph");
+        seen.push((e.r#type.clone(), e.payload["id"].as_str().unwrap().to_owned()));
+        delivery.ack().await?;
+    }
+    assert_eq!(
+        seen,
+        [
+            ("helix.graph.edge.created".to_owned(), created.id.clone()),
+            ("helix.graph.edge.created".to_owned(), other.id.clone()),
+            ("helix.graph.edge.deleted".to_owned(), created.id.clone()),
+        ]
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), events.next()).await.is_err(),
+        "no event for a repeat or a refused write"
+    );
+
+    // listing: by node and direction, by relation, in pages, newest first
+    let hub = a;
+    let spokes = ids(3);
+    let mut out = Vec::new();
+    for (i, spoke) in spokes.iter().enumerate() {
+        out.push(edge(&mut graph, hub, *spoke, if i == 0 { "part_of" } else { "mentions" }, 1.0).await.id);
+    }
+    let into = edge(&mut graph, spokes[0], hub, "relates_to", 1.0).await.id;
+    let newest_first = |ids: &[&String]| -> Vec<String> { ids.iter().rev().map(|s| s.to_string()).collect() };
+    let list = |direction: &str, relation: Option<&str>| pb::ListEdgesRequest {
+        node_id: Some(hub.to_string()),
+        relation: relation.map(str::to_owned),
+        direction: direction.to_owned(),
+        page: None,
+    };
+    let cases: Vec<(pb::ListEdgesRequest, Vec<String>)> = vec![
+        (list("out", None), newest_first(&[&other.id, &out[0], &out[1], &out[2]])),
+        (list("in", None), newest_first(&[&into])),
+        (list("", None), newest_first(&[&other.id, &out[0], &out[1], &out[2], &into])),
+        (list("both", Some("mentions")), newest_first(&[&other.id, &out[1], &out[2]])),
+        (list("out", Some("derived_from")), vec![]),
+    ];
+    for (request, expected) in cases {
+        let got = graph.list_edges(request.clone()).await?.into_inner();
+        let got: Vec<String> = got.edges.into_iter().map(|e| e.id).collect();
+        assert_eq!(got, expected, "{request:?}");
+    }
+    let mut paged = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let request = pb::ListEdgesRequest { page: Some(pb::PageRequest { limit: 2, cursor }), ..Default::default() };
+        let page = graph.list_edges(request).await?.into_inner();
+        paged.extend(page.edges.into_iter().map(|e| e.id));
+        if page.next_cursor.is_empty() {
+            break;
+        }
+        cursor = page.next_cursor;
+    }
+    assert_eq!(paged, newest_first(&[&other.id, &out[0], &out[1], &out[2], &into]));
+    helix.stop().await;
+    Ok(())
+}
+
+/// (id, depth) of every node of a result, sorted.
+fn depths(subgraph: &pb::Subgraph) -> Depths {
+    subgraph.nodes.iter().map(|n| (n.id.clone(), n.depth)).collect()
+}
+
+async fn walks_by_depth_direction_and_relation(backend: Backend) -> anyhow::Result<()> {
+    let helix = TestHelix::start(backend).await?;
+    let mut graph = connect(&helix).await?;
+    let n = ids(6);
+    //  4 -part_of-> 0 -mentions-> 1 -relates_to-> 2 -relates_to-> 3
+    //                              1 -derived_from-> 5
+    let e01 = edge(&mut graph, n[0], n[1], "mentions", 1.0).await.id;
+    let e12 = edge(&mut graph, n[1], n[2], "relates_to", 1.0).await.id;
+    let e23 = edge(&mut graph, n[2], n[3], "relates_to", 1.0).await.id;
+    let e40 = edge(&mut graph, n[4], n[0], "part_of", 1.0).await.id;
+    let e15 = edge(&mut graph, n[1], n[5], "derived_from", 1.0).await.id;
+
+    let at = |pairs: &[(usize, u32)]| -> BTreeSet<(String, u32)> {
+        pairs.iter().map(|(i, d)| (n[*i].to_string(), *d)).collect()
+    };
+    let edge_set = |ids: &[&String]| -> BTreeSet<String> { ids.iter().map(|s| s.to_string()).collect() };
+    let around = |root: usize, depth, direction: &str, relations: Vec<&str>, max_nodes| pb::GetNeighborhoodRequest {
+        id: n[root].to_string(),
+        depth,
+        relations: relations.into_iter().map(str::to_owned).collect(),
+        direction: direction.to_owned(),
+        max_nodes,
+    };
+    #[rustfmt::skip]
+    let cases: Vec<(pb::GetNeighborhoodRequest, Depths, EdgeIds, bool)> = vec![
+        (around(0, 0, "", vec![], 0), at(&[(0, 0), (1, 1), (4, 1)]), edge_set(&[&e01, &e40]), false),
+        (around(0, 2, "out", vec![], 0), at(&[(0, 0), (1, 1), (2, 2), (5, 2)]), edge_set(&[&e01, &e12, &e15]), false),
+        (around(0, 3, "out", vec![], 0), at(&[(0, 0), (1, 1), (2, 2), (3, 3), (5, 2)]), edge_set(&[&e01, &e12, &e23, &e15]), false),
+        (around(0, 10, "in", vec![], 0), at(&[(0, 0), (4, 1)]), edge_set(&[&e40]), false),
+        (around(0, 3, "out", vec!["mentions", "relates_to"], 0), at(&[(0, 0), (1, 1), (2, 2), (3, 3)]), edge_set(&[&e01, &e12, &e23]), false),
+        (around(0, 2, "both", vec!["part_of"], 0), at(&[(0, 0), (4, 1)]), edge_set(&[&e40]), false),
+        (around(2, 2, "both", vec![], 0), at(&[(2, 0), (1, 1), (3, 1), (0, 2), (5, 2)]), edge_set(&[&e12, &e23, &e01, &e15]), false),
+        (around(0, 3, "out", vec![], 2), at(&[(0, 0), (1, 1)]), edge_set(&[&e01]), true),
+        (around(3, 1, "out", vec![], 0), at(&[(3, 0)]), edge_set(&[]), false),
+    ];
+    for (request, nodes, edges, truncated) in cases {
+        let got = graph.get_neighborhood(request.clone()).await?.into_inner();
+        assert_eq!(depths(&got), nodes, "{request:?}");
+        assert_eq!(got.edges.iter().map(|e| e.id.clone()).collect::<BTreeSet<_>>(), edges, "{request:?}");
+        assert_eq!(got.truncated, truncated, "{request:?}");
+    }
+    let unknown = Uuid::now_v7();
+    let alone = graph
+        .get_neighborhood(pb::GetNeighborhoodRequest { id: unknown.to_string(), depth: 3, ..Default::default() })
+        .await?
+        .into_inner();
+    assert_eq!(depths(&alone), BTreeSet::from([(unknown.to_string(), 0)]), "a node without edges stands alone");
+    let hub = graph.get_neighborhood(pb::GetNeighborhoodRequest { id: n[1].to_string(), ..Default::default() }).await?;
+    assert_eq!(hub.into_inner().nodes[0].degree, 3);
+
+    // breadth- and depth-first reach the same nodes at the same depths, in their own order
+    let traverse = |algorithm: &str| pb::TraverseRequest {
+        start_ids: vec![n[0].to_string()],
+        algorithm: algorithm.to_owned(),
+        max_depth: 3,
+        ..Default::default()
+    };
+    let bfs = graph.traverse(traverse("bfs")).await?.into_inner();
+    let dfs = graph.traverse(traverse("dfs")).await?.into_inner();
+    assert_eq!(depths(&bfs), depths(&dfs));
+    let order = |s: &pb::Subgraph| -> Vec<String> { s.nodes.iter().map(|n| n.id.clone()).collect() };
+    let by_index = |idx: &[usize]| -> Vec<String> { idx.iter().map(|i| n[*i].to_string()).collect() };
+    assert_eq!(order(&bfs), by_index(&[0, 1, 2, 5, 3]));
+    assert_eq!(order(&dfs), by_index(&[0, 1, 2, 3, 5]));
+
+    // labels set by a caller, and a walk that keeps one namespace
+    let label = |i: usize, namespace: &str| pb::GraphNode {
+        id: n[i].to_string(),
+        namespace: namespace.to_owned(),
+        kind: "fact".to_owned(),
+        title: format!("node {i}"),
+        ..Default::default()
+    };
+    let nodes = vec![label(0, "kg"), label(1, "kg"), label(2, "other"), label(3, "kg")];
+    let upserted = graph.upsert_graph_nodes(pb::UpsertGraphNodesRequest { nodes }).await?.into_inner();
+    assert_eq!(upserted.upserted, 4);
+    let bad = pb::UpsertGraphNodesRequest {
+        nodes: vec![label(4, "kg"), pb::GraphNode { kind: "Bad".into(), ..label(5, "kg") }],
+    };
+    assert_eq!(code(graph.upsert_graph_nodes(bad).await), "invalid_kind");
+    let mut request = traverse("bfs");
+    request.namespaces = vec!["kg".to_owned()];
+    let kept = graph.traverse(request).await?.into_inner();
+    assert_eq!(order(&kept), by_index(&[0, 1, 3]), "the walk goes on through the nodes it drops");
+    assert_eq!(kept.edges.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), std::slice::from_ref(&e01));
+    assert_eq!((kept.nodes[0].title.as_str(), kept.nodes[0].namespace.as_str()), ("node 0", "kg"));
+    helix.stop().await;
+    Ok(())
+}
+
+async fn shortest_paths(backend: Backend) -> anyhow::Result<()> {
+    let helix = TestHelix::start(backend).await?;
+    let mut graph = connect(&helix).await?;
+    let n = ids(5);
+    let (a, b, c, d, e) = (n[0], n[1], n[2], n[3], n[4]);
+    //  a -10-> d;  a -1-> b -1-> c -1-> d (relates_to);  a -1-> e -1-> d (mentions)
+    edge(&mut graph, a, d, "relates_to", 10.0).await;
+    edge(&mut graph, a, b, "relates_to", 1.0).await;
+    edge(&mut graph, b, c, "relates_to", 1.0).await;
+    edge(&mut graph, c, d, "relates_to", 1.0).await;
+    edge(&mut graph, a, e, "mentions", 1.0).await;
+    edge(&mut graph, e, d, "mentions", 1.0).await;
+
+    let path = |nodes: &[Uuid], weight: f64| (nodes.iter().map(ToString::to_string).collect::<Vec<_>>(), weight);
+    struct Case {
+        from: Uuid,
+        to: Uuid,
+        weighted: bool,
+        relations: Vec<&'static str>,
+        max_depth: u32,
+        max_paths: u32,
+        undirected: bool,
+    }
+    let case =
+        |from, to| Case { from, to, weighted: false, relations: vec![], max_depth: 0, max_paths: 0, undirected: false };
+    let cases: Vec<(Case, Vec<PathShape>)> = vec![
+        (case(a, d), vec![path(&[a, d], 10.0)]),
+        (Case { weighted: true, ..case(a, d) }, vec![path(&[a, e, d], 2.0)]),
+        (Case { weighted: true, relations: vec!["relates_to"], ..case(a, d) }, vec![path(&[a, b, c, d], 3.0)]),
+        (Case { weighted: true, relations: vec!["relates_to"], max_depth: 2, ..case(a, d) }, vec![path(&[a, d], 10.0)]),
+        (
+            Case { max_paths: 3, ..case(a, d) },
+            vec![path(&[a, d], 10.0), path(&[a, e, d], 2.0), path(&[a, b, c, d], 3.0)],
+        ),
+        (
+            Case { weighted: true, max_paths: 5, ..case(a, d) },
+            vec![path(&[a, e, d], 2.0), path(&[a, b, c, d], 3.0), path(&[a, d], 10.0)],
+        ),
+        (Case { max_depth: 1, ..case(b, d) }, vec![]),
+        (case(d, a), vec![]),
+        (Case { undirected: true, ..case(d, a) }, vec![path(&[d, a], 10.0)]),
+        (Case { undirected: true, weighted: true, ..case(c, e) }, vec![path(&[c, d, e], 2.0)]),
+        (case(a, a), vec![path(&[a], 0.0)]),
+        (case(a, Uuid::now_v7()), vec![]),
+    ];
+    for (case, expected) in cases {
+        let request = pb::FindPathsRequest {
+            source_id: case.from.to_string(),
+            target_id: case.to.to_string(),
+            max_depth: case.max_depth,
+            relations: case.relations.iter().map(|r| r.to_string()).collect(),
+            weighted: case.weighted,
+            max_paths: case.max_paths,
+            undirected: case.undirected,
+        };
+        let got = graph.find_paths(request.clone()).await?.into_inner();
+        let paths: Vec<(Vec<String>, f64)> = got.paths.iter().map(|p| (p.node_ids.clone(), p.total_weight)).collect();
+        assert_eq!(paths, expected, "{request:?}");
+        for p in &got.paths {
+            assert_eq!(p.edges.len() + 1, p.node_ids.len().max(1), "{request:?}");
+            for (i, edge) in p.edges.iter().enumerate() {
+                let ends = [edge.source_id.clone(), edge.target_id.clone()];
+                assert!(ends.contains(&p.node_ids[i]) && ends.contains(&p.node_ids[i + 1]), "{request:?}");
+            }
+        }
+        let on_paths: BTreeSet<&String> = got.paths.iter().flat_map(|p| &p.node_ids).collect();
+        assert_eq!(got.nodes.iter().map(|n| &n.id).collect::<BTreeSet<_>>(), on_paths, "{request:?}");
+    }
+    helix.stop().await;
+    Ok(())
+}
+
+/// Checks that `text` is well-formed XML as far as tags go (every opened element is
+/// closed in order) and counts the elements by name.
+fn xml_elements(text: &str) -> anyhow::Result<std::collections::BTreeMap<String, usize>> {
+    let mut open: Vec<String> = Vec::new();
+    let mut counts = std::collections::BTreeMap::new();
+    let mut rest = text;
+    while let Some(start) = rest.find('<') {
+        let end = rest[start..].find('>').ok_or_else(|| anyhow::anyhow!("unclosed tag"))? + start;
+        let tag = &rest[start + 1..end];
+        rest = &rest[end + 1..];
+        if tag.starts_with('?') {
+            continue;
+        }
+        if let Some(name) = tag.strip_prefix('/') {
+            anyhow::ensure!(open.pop().as_deref() == Some(name), "</{name}> closes nothing open");
+            continue;
+        }
+        let name = tag.split_whitespace().next().unwrap_or_default().trim_end_matches('/').to_owned();
+        *counts.entry(name.clone()).or_default() += 1;
+        if !tag.ends_with('/') {
+            open.push(name);
+        }
+    }
+    anyhow::ensure!(open.is_empty(), "unclosed elements {open:?}");
+    Ok(counts)
+}
+
+async fn export(
+    graph: &mut Graph,
+    format: &str,
+    roots: &[Uuid],
+    depth: u32,
+) -> anyhow::Result<pb::ExportGraphResponse> {
+    let request = pb::ExportGraphRequest {
+        format: format.to_owned(),
+        root_ids: roots.iter().map(ToString::to_string).collect(),
+        depth,
+        ..Default::default()
+    };
+    Ok(graph.export_graph(request).await?.into_inner())
+}
+
+async fn stats_and_exports_survive_restart(backend: Backend) -> anyhow::Result<()> {
+    let mut helix = TestHelix::start(backend).await?;
+    let mut graph = connect(&helix).await?;
+    let n = ids(7);
+    // two components: a star 0 → 1, 2, 3 and 1 → 2; a pair 4 → 5; and node 6 labelled only
+    let mut edges = Vec::new();
+    for (s, t, relation) in
+        [(0, 1, "mentions"), (0, 2, "mentions"), (0, 3, "part_of"), (1, 2, "relates_to"), (4, 5, "x-custom")]
+    {
+        edges.push((n[s], n[t], edge(&mut graph, n[s], n[t], relation, 1.5).await));
+    }
+    let title = "Quotes \"<&>\" and \\ back";
+    let labels = vec![
+        pb::GraphNode {
+            id: n[0].to_string(),
+            namespace: "kg".into(),
+            kind: "fact".into(),
+            title: title.into(),
+            ..Default::default()
+        },
+        pb::GraphNode { id: n[6].to_string(), namespace: "kg".into(), kind: "note".into(), ..Default::default() },
+    ];
+    graph.upsert_graph_nodes(pb::UpsertGraphNodesRequest { nodes: labels }).await?;
+
+    let stats = graph.get_graph_stats(pb::GetGraphStatsRequest { namespace: None, top: 2 }).await?.into_inner();
+    assert_eq!((stats.nodes, stats.edges, stats.connected_components), (7, 5, 3));
+    let relations: Vec<(String, u64)> = stats.relations.iter().map(|r| (r.relation.clone(), r.edges)).collect();
+    let expected: Vec<(String, u64)> =
+        [("mentions", 2), ("part_of", 1), ("relates_to", 1), ("x-custom", 1)].map(|(r, c)| (r.to_owned(), c)).into();
+    assert_eq!(relations, expected);
+    assert_eq!(stats.max_degree, 3);
+    assert!((stats.mean_degree - 10.0 / 7.0).abs() < 1e-9, "{}", stats.mean_degree);
+    let top: Vec<(String, u32)> = stats.top_nodes.iter().map(|n| (n.id.clone(), n.degree)).collect();
+    assert_eq!(top, [(n[0].to_string(), 3), (n[1].to_string(), 2)]);
+    assert_eq!(stats.top_nodes[0].title, title);
+    let kg =
+        graph.get_graph_stats(pb::GetGraphStatsRequest { namespace: Some("kg".into()), top: 0 }).await?.into_inner();
+    assert_eq!((kg.nodes, kg.edges, kg.connected_components, kg.max_degree), (2, 0, 2, 0));
+
+    // the whole graph in each format
+    let json_export = export(&mut graph, "", &[], 0).await?;
+    assert_eq!((json_export.format.as_str(), json_export.content_type.as_str()), ("json", "application/json"));
+    let document: Value = serde_json::from_str(&json_export.document)?;
+    assert_eq!((document["nodes"].as_array().unwrap().len(), document["edges"].as_array().unwrap().len()), (7, 5));
+    assert_eq!(document["truncated"], json!(false));
+    let graphml = export(&mut graph, "graphml", &[], 0).await?;
+    assert_eq!(graphml.content_type, "application/graphml+xml");
+    assert!(graphml.document.starts_with("<?xml"));
+    let elements = xml_elements(&graphml.document)?;
+    assert_eq!((elements["graphml"], elements["graph"], elements["node"], elements["edge"]), (1, 1, 7, 5));
+    assert!(graphml.document.contains("Quotes &quot;&lt;&amp;&gt;&quot; and \\ back"));
+    let dot = export(&mut graph, "dot", &[], 0).await?;
+    assert_eq!(dot.content_type, "text/vnd.graphviz");
+    assert!(dot.document.starts_with("digraph helix {") && dot.document.trim_end().ends_with('}'));
+    for (s, t, e) in &edges {
+        assert!(dot.document.contains(&format!("\"{s}\" -> \"{t}\" [id=\"{}\"", e.id)), "{}", dot.document);
+    }
+    assert!(dot.document.contains(r#"label="Quotes \"<&>\" and \\ back""#), "{}", dot.document);
+    assert_eq!(dot.document.matches(" -> ").count(), 5);
+    // a neighbourhood
+    let around = export(&mut graph, "graphml", &[n[4]], 1).await?;
+    let elements = xml_elements(&around.document)?;
+    assert_eq!((elements["node"], elements["edge"]), (2, 1));
+    let truncated = graph
+        .export_graph(pb::ExportGraphRequest { format: "dot".into(), max_nodes: 3, ..Default::default() })
+        .await?
+        .into_inner();
+    assert!(truncated.truncated);
+
+    // rebuilt from the database at start: the same graph
+    let path_request = pb::FindPathsRequest {
+        source_id: n[0].to_string(),
+        target_id: n[2].to_string(),
+        max_paths: 2,
+        ..Default::default()
+    };
+    let paths_before = graph.find_paths(path_request.clone()).await?.into_inner();
+    helix.restart().await?;
+    let mut graph = connect(&helix).await?;
+    let after = graph.get_graph_stats(pb::GetGraphStatsRequest { namespace: None, top: 2 }).await?.into_inner();
+    assert_eq!(after, stats);
+    assert_eq!(export(&mut graph, "", &[], 0).await?, json_export);
+    assert_eq!(graph.find_paths(path_request).await?.into_inner(), paths_before);
+    let (_, _, first) = &edges[0];
+    assert_eq!(&graph.get_edge(pb::GetEdgeRequest { id: first.id.clone() }).await?.into_inner(), first);
+    helix.stop().await;
+    Ok(())
+}
+
+/// Polls `check` until it holds, for up to 20 seconds: the graph follows node events
+/// asynchronously.
+async fn eventually<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check().await? {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "{what}: not within 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+async fn edges_go_with_a_deleted_node(backend: Backend) -> anyhow::Result<()> {
+    let mut helix = TestHelix::start(backend).await?;
+    let mut graph = connect(&helix).await?;
+    let mut nodes = Vec::new();
+    for name in ["alpha", "beta", "gamma"] {
+        let body = json!({"content": format!("{name} content"), "title": name, "namespace": "kg", "kind": "fact"});
+        let (status, node) = read(helix.api(Method::POST, "/api/v1/nodes").json(&body).send().await?).await;
+        assert_eq!(status, 201, "{node}");
+        nodes.push(Uuid::parse_str(node["id"].as_str().unwrap())?);
+    }
+    let (a, b, c) = (nodes[0], nodes[1], nodes[2]);
+    edge(&mut graph, a, b, "mentions", 1.0).await;
+    edge(&mut graph, c, a, "derived_from", 1.0).await;
+    let kept = edge(&mut graph, b, c, "relates_to", 1.0).await;
+
+    // labels follow node events
+    let neighbourhood = |id: Uuid| pb::GetNeighborhoodRequest { id: id.to_string(), ..Default::default() };
+    let g = graph.clone();
+    eventually("labels from helix.node.created", || {
+        let mut g = g.clone();
+        async move {
+            let around = g.get_neighborhood(neighbourhood(a)).await?.into_inner();
+            let labels: BTreeSet<(&str, &str)> =
+                around.nodes.iter().map(|n| (n.title.as_str(), n.namespace.as_str())).collect();
+            Ok::<_, anyhow::Error>(labels == BTreeSet::from([("alpha", "kg"), ("beta", "kg"), ("gamma", "kg")]))
+        }
+    })
+    .await?;
+
+    let (status, _) = read(helix.api(Method::DELETE, &format!("/api/v1/nodes/{a}")).send().await?).await;
+    assert_eq!(status, 204);
+    eventually("edges of the deleted node removed", || {
+        let mut g = g.clone();
+        async move {
+            // the database, and memory (which follows it)
+            let request = pb::ListEdgesRequest { node_id: Some(a.to_string()), ..Default::default() };
+            let stored = g.list_edges(request).await?.into_inner().edges;
+            let held = g.get_neighborhood(neighbourhood(a)).await?.into_inner().edges;
+            Ok::<_, anyhow::Error>(stored.is_empty() && held.is_empty())
+        }
+    })
+    .await?;
+    let around = graph.get_neighborhood(neighbourhood(b)).await?.into_inner();
+    let expected = BTreeSet::from([(b.to_string(), 0), (c.to_string(), 1)]);
+    assert_eq!(depths(&around), expected);
+    assert_eq!(around.edges, std::slice::from_ref(&kept));
+    let stats = graph.get_graph_stats(pb::GetGraphStatsRequest::default()).await?.into_inner();
+    assert_eq!((stats.nodes, stats.edges), (2, 1));
+    assert_eq!(code(graph.create_edge(create(&c.to_string(), &a.to_string(), "", None, None)).await), "node_deleted");
+
+    // the deletion holds after a restart, and a node without edges is removed alone
+    helix.restart().await?;
+    let mut graph = connect(&helix).await?;
+    assert_eq!(code(graph.create_edge(create(&a.to_string(), &b.to_string(), "", None, None)).await), "node_deleted");
+    let removed = graph.remove_graph_node(pb::RemoveGraphNodeRequest { id: c.to_string() }).await?.into_inner();
+    assert_eq!(removed.edges_removed, 1);
+    let stats = graph.get_graph_stats(pb::GetGraphStatsRequest::default()).await?.into_inner();
+    assert_eq!((stats.nodes, stats.edges), (1, 0), "beta keeps its label");
+    helix.stop().await;
+    Ok(())
+}

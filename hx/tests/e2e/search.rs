@@ -1,0 +1,430 @@
+//! Full-text search: nodes written through the gateway become searchable through the
+//! search service's gRPC API within a second, by the rules of its query language, and
+//! its index survives restarts and is rebuilt from storage by Reindex.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use helix_proto::v1 as pb;
+use helix_proto::v1::search_service_client::SearchServiceClient;
+use helix_testkit::{Backend, TestHelix};
+use hx::fleet::Role;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use crate::support::read;
+
+crate::on_both_backends!(
+    writes_are_searchable_within_a_second,
+    query_language_filters_and_ranking,
+    semantic_modes_and_bad_requests_are_refused,
+    pushes_reindex_and_restarts,
+);
+
+type Search = SearchServiceClient<Channel>;
+
+/// Longer than any wait may take before a test gives up; the asserted bounds are tighter.
+const PATIENCE: Duration = Duration::from_secs(10);
+const WITHIN: Duration = Duration::from_secs(1);
+
+async fn search_client(helix: &TestHelix) -> anyhow::Result<Search> {
+    Ok(SearchServiceClient::connect(helix.node.as_ref().unwrap().grpc_url()).await?)
+}
+
+fn query(text: &str) -> pb::SearchRequest {
+    pb::SearchRequest { query: text.to_owned(), ..Default::default() }
+}
+
+fn ids(response: &pb::SearchResponse) -> Vec<String> {
+    response.hits.iter().map(|hit| hit.id.clone()).collect()
+}
+
+fn id_set(response: &pb::SearchResponse) -> BTreeSet<String> {
+    response.hits.iter().map(|hit| hit.id.clone()).collect()
+}
+
+async fn create(helix: &TestHelix, body: Value) -> anyhow::Result<String> {
+    let (status, node) = read(helix.api(Method::POST, "/api/v1/nodes").json(&body).send().await?).await;
+    anyhow::ensure!(status == 201, "create answered {status}: {node}");
+    Ok(node["id"].as_str().unwrap().to_owned())
+}
+
+/// Searches until `ready` holds for the answer; how long after `since` that was.
+async fn until(
+    search: &mut Search,
+    request: pb::SearchRequest,
+    since: Instant,
+    ready: impl Fn(&pb::SearchResponse) -> bool,
+) -> anyhow::Result<Duration> {
+    loop {
+        let response = search.search(request.clone()).await?.into_inner();
+        if ready(&response) {
+            return Ok(since.elapsed());
+        }
+        anyhow::ensure!(since.elapsed() < PATIENCE, "{:?} still answers {:?}", request.query, ids(&response));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn stats(search: &mut Search) -> anyhow::Result<pb::SearchStats> {
+    Ok(search.get_search_stats(pb::GetSearchStatsRequest::default()).await?.into_inner())
+}
+
+/// Waits until the index holds `count` documents.
+async fn until_indexed(search: &mut Search, count: u64) -> anyhow::Result<()> {
+    let since = Instant::now();
+    while stats(search).await?.documents != count {
+        anyhow::ensure!(since.elapsed() < PATIENCE, "the index never held {count} documents");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+async fn writes_are_searchable_within_a_second(backend: Backend) -> anyhow::Result<()> {
+    let helix = TestHelix::start(backend).await?;
+    let mut search = search_client(&helix).await?;
+    let ready = helix.http.get(format!("{}/readyz", helix.node.as_ref().unwrap().metrics_url())).send().await?;
+    assert_eq!(ready.status(), 200, "the open index is ready: {}", ready.text().await?);
+
+    let since = Instant::now();
+    let body = json!({
+        "title": "Marsupials", "content": "The quokka smiles at tourists", "namespace": "zoo", "kind": "fact",
+        "tags": ["animal"], "metadata": {"legs": 4}, "source": "notes", "importance": 0.7
+    });
+    let id = create(&helix, body).await?;
+    let took = until(&mut search, query("quokka"), since, |r| ids(r) == [id.clone()]).await?;
+    assert!(took < WITHIN, "a new node was searchable after {took:?}");
+
+    let response = search.search(query("quokka")).await?.into_inner();
+    assert_eq!((response.mode.as_str(), response.total_hits, response.next_cursor.as_str()), ("fulltext", 1, ""));
+    let hit = &response.hits[0];
+    assert_eq!(
+        (hit.namespace.as_str(), hit.kind.as_str(), hit.title.as_str(), hit.content.as_str()),
+        ("zoo", "fact", "Marsupials", "The quokka smiles at tourists")
+    );
+    assert_eq!(
+        (hit.tags.clone(), hit.source.as_str(), hit.importance, hit.version),
+        (vec!["animal".into()], "notes", 0.7, 1)
+    );
+    assert_eq!(serde_json::from_str::<Value>(&hit.metadata_json)?, json!({"legs": 4}));
+    assert!(hit.score > 0.0 && hit.fulltext_score == Some(hit.score) && hit.vector_score.is_none(), "{hit:?}");
+    assert!(hit.created_at.is_some() && hit.created_at == hit.updated_at);
+    assert!(hit.highlights.is_empty(), "highlights only when asked");
+
+    // an update replaces the old text
+    let since = Instant::now();
+    let update = json!({"version": 1, "title": "Marsupials", "content": "The wombat digs burrows", "namespace": "zoo"});
+    let (status, body) = read(helix.api(Method::PUT, &format!("/api/v1/nodes/{id}")).json(&update).send().await?).await;
+    assert_eq!(status, 200, "{body}");
+    let took = until(&mut search, query("wombat"), since, |r| ids(r) == [id.clone()]).await?;
+    assert!(took < WITHIN, "an update was searchable after {took:?}");
+    assert!(search.search(query("quokka")).await?.into_inner().hits.is_empty(), "the old text is gone");
+    assert_eq!(search.search(query("wombat")).await?.into_inner().hits[0].version, 2);
+
+    // a deletion removes it
+    let since = Instant::now();
+    let (status, _) = read(helix.api(Method::DELETE, &format!("/api/v1/nodes/{id}")).send().await?).await;
+    assert_eq!(status, 204);
+    let took = until(&mut search, query("wombat"), since, |r| r.hits.is_empty()).await?;
+    assert!(took < WITHIN, "a deleted node was found until {took:?}");
+    assert_eq!(stats(&mut search).await?.documents, 0);
+    helix.stop().await;
+    Ok(())
+}
+
+async fn query_language_filters_and_ranking(backend: Backend) -> anyhow::Result<()> {
+    let helix = TestHelix::start(backend).await?;
+    let mut search = search_client(&helix).await?;
+    let nodes = [
+        json!({"title": "Morning routine", "content": "She runs along the river before breakfast",
+               "tags": ["health"], "namespace": "life", "kind": "note"}),
+        json!({"title": "Garbage collection", "content": "Rust has no garbage collector; ownership frees memory",
+               "tags": ["rust", "lang"], "namespace": "tech", "kind": "fact"}),
+        json!({"title": "Collectors", "content": "A stamp collector keeps garbage too",
+               "tags": ["hobby"], "namespace": "life", "kind": "fact"}),
+        json!({"title": "Rustaceans", "content": "The community of Rust programmers",
+               "tags": ["rust"], "namespace": "tech", "kind": "note"}),
+        json!({"title": "Zebra", "content": "A striped animal of the savanna"}),
+        json!({"title": "Savanna notes", "content": "Lions hunt near the zebra herds at dusk while birds watch from the trees"}),
+    ];
+    let mut id = Vec::new();
+    for node in nodes {
+        id.push(create(&helix, node).await?);
+    }
+    until_indexed(&mut search, 6).await?;
+    let set = |picked: &[usize]| -> BTreeSet<String> { picked.iter().map(|&i| id[i].clone()).collect() };
+
+    let language: &[(&str, BTreeSet<String>)] = &[
+        ("running", set(&[0])),               // stemming: runs ~ running
+        ("RIVER", set(&[0])),                 // case does not matter
+        ("garbage collector", set(&[1, 2])),  // every word, anywhere
+        ("\"garbage collector\"", set(&[1])), // the words together, in order
+        ("rustac*", set(&[3])),               // a prefix
+        ("running*", set(&[0])),              // a whole word as a prefix finds what the word finds
+        ("collec*", set(&[1, 2])),            // a prefix, in title or content
+        ("rust -garbage", set(&[3])),         // excluded words
+        ("stamp OR ownership", set(&[1, 2])), // either word
+        ("tags:hobby", set(&[2])),            // one field
+        ("programmers of rust", set(&[3])),   // the words in any order
+        ("quokka", set(&[])),
+    ];
+    for (text, expected) in language {
+        let response = search.search(query(text)).await?.into_inner();
+        assert_eq!(&id_set(&response), expected, "{text}");
+        assert_eq!(response.total_hits, expected.len() as u64, "{text}");
+    }
+
+    let every = "runs OR garbage OR rust";
+    let filtered = |namespaces: &[&str], kinds: &[&str], tags: &[&str]| pb::SearchRequest {
+        namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+        kinds: kinds.iter().map(|s| s.to_string()).collect(),
+        tags: tags.iter().map(|s| s.to_string()).collect(),
+        ..query(every)
+    };
+    let filters: &[(pb::SearchRequest, BTreeSet<String>)] = &[
+        (filtered(&[], &[], &[]), set(&[0, 1, 2, 3])),
+        (filtered(&["tech"], &[], &[]), set(&[1, 3])),
+        (filtered(&["life", "tech"], &[], &[]), set(&[0, 1, 2, 3])),
+        (filtered(&[], &["fact"], &[]), set(&[1, 2])),
+        (filtered(&[], &[], &["rust"]), set(&[1, 3])),
+        (filtered(&[], &[], &["rust", "lang"]), set(&[1])),
+        (filtered(&["tech"], &["note"], &[]), set(&[3])),
+        (filtered(&["nobody"], &[], &[]), set(&[])),
+    ];
+    for (request, expected) in filters {
+        let response = search.search(request.clone()).await?.into_inner();
+        assert_eq!(&id_set(&response), expected, "{request:?}");
+    }
+
+    // a title match ranks above a content-only match
+    let response = search.search(query("zebra")).await?.into_inner();
+    assert_eq!(ids(&response), [id[4].clone(), id[5].clone()]);
+    assert!(response.hits[0].score > response.hits[1].score);
+
+    // highlights mark the matches of title and content
+    let request = pb::SearchRequest { highlight: true, ..query("garbage collector") };
+    let response = search.search(request).await?.into_inner();
+    assert_eq!(response.hits.len(), 2);
+    for hit in &response.hits {
+        assert!(!hit.highlights.is_empty() && hit.highlights.iter().all(|h| h.contains("<mark>")), "{hit:?}");
+    }
+    let gc = response.hits.iter().find(|hit| hit.id == id[1]).unwrap();
+    assert!(gc.highlights.contains(&"<mark>Garbage</mark> collection".to_owned()), "{:?}", gc.highlights);
+    assert!(
+        gc.highlights.iter().any(|h| h.contains("<mark>garbage</mark> <mark>collector</mark>")),
+        "{:?}",
+        gc.highlights
+    );
+
+    // pages: the cursor is where the next page starts
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let request =
+            pb::SearchRequest { page: Some(pb::PageRequest { limit: 3, cursor: cursor.clone() }), ..query(every) };
+        let response = search.search(request).await?.into_inner();
+        assert_eq!(response.total_hits, 4);
+        seen.extend(ids(&response));
+        if response.next_cursor.is_empty() {
+            break;
+        }
+        cursor = response.next_cursor;
+    }
+    assert_eq!((seen.len(), seen.iter().collect::<BTreeSet<_>>()), (4, set(&[0, 1, 2, 3]).iter().collect()));
+    let request = pb::SearchRequest { min_score: Some(1000.0), ..query(every) };
+    assert!(search.search(request).await?.into_inner().hits.is_empty(), "min_score drops weak hits");
+
+    let stats = stats(&mut search).await?;
+    assert_eq!(stats.documents, 6);
+    let namespaces: Vec<(String, u64)> = stats.namespaces.into_iter().map(|n| (n.namespace, n.documents)).collect();
+    assert_eq!(namespaces, [("default".into(), 2), ("life".into(), 2), ("tech".into(), 2)]);
+    assert!(stats.index_bytes > 0 && stats.last_indexed_at.is_some(), "size and last commit are measured");
+    assert_eq!(stats.vectors, 0);
+    helix.stop().await;
+    Ok(())
+}
+
+async fn semantic_modes_and_bad_requests_are_refused(backend: Backend) -> anyhow::Result<()> {
+    let helix = TestHelix::start(backend).await?;
+    let mut search = search_client(&helix).await?;
+    let with = |mode: &str, text: &str, cursor: &str| pb::SearchRequest {
+        mode: mode.to_owned(),
+        page: Some(pb::PageRequest { limit: 0, cursor: cursor.to_owned() }),
+        ..query(text)
+    };
+    let cases: &[(pb::SearchRequest, tonic::Code, &str)] = &[
+        (with("vector", "rust", ""), tonic::Code::FailedPrecondition, "mode_unavailable"),
+        (with("hybrid", "rust", ""), tonic::Code::FailedPrecondition, "mode_unavailable"),
+        (with("fuzzy", "rust", ""), tonic::Code::InvalidArgument, "invalid_mode"),
+        (with("", "   ", ""), tonic::Code::InvalidArgument, "empty_query"),
+        (with("fulltext", "rust", "page-2"), tonic::Code::InvalidArgument, "invalid_cursor"),
+        (
+            pb::SearchRequest { namespaces: vec!["a b".into()], ..query("rust") },
+            tonic::Code::InvalidArgument,
+            "invalid_namespace",
+        ),
+    ];
+    for (request, code, error_code) in cases {
+        let status = search.search(request.clone()).await.unwrap_err();
+        let got = status.metadata().get(helix_core::error::ERROR_CODE_METADATA).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!((status.code(), got.as_deref()), (*code, Some(*error_code)), "{request:?}: {status:?}");
+        if *code == tonic::Code::FailedPrecondition {
+            assert!(status.message().contains("not built yet"), "{}", status.message());
+        }
+    }
+    let status = search.find_similar(pb::FindSimilarRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+
+    // empty and fulltext modes search the words
+    let id = create(&helix, json!({"content": "ocelots hunt at night"})).await?;
+    until(&mut search, query("ocelot"), Instant::now(), |r| ids(r) == [id.clone()]).await?;
+    for mode in ["", "fulltext"] {
+        let response = search.search(with(mode, "ocelots", "")).await?.into_inner();
+        assert_eq!((ids(&response), response.mode.as_str()), (vec![id.clone()], "fulltext"), "{mode:?}");
+    }
+    helix.stop().await;
+    Ok(())
+}
+
+async fn reindex(search: &mut Search, namespace: Option<&str>) -> anyhow::Result<Vec<pb::ReindexProgress>> {
+    let request = pb::ReindexRequest { namespace: namespace.map(str::to_owned), re_embed: false };
+    let mut updates = search.reindex(request).await?.into_inner();
+    let mut all = Vec::new();
+    while let Some(update) = updates.message().await? {
+        all.push(update);
+    }
+    Ok(all)
+}
+
+fn document(id: &str, content: &str, version: i64) -> pb::SearchDocument {
+    pb::SearchDocument { id: id.to_owned(), content: content.to_owned(), version, ..Default::default() }
+}
+
+async fn pushes_reindex_and_restarts(backend: Backend) -> anyhow::Result<()> {
+    let mut helix = TestHelix::start(backend).await?;
+    let mut search = search_client(&helix).await?;
+    let nodes: Vec<Value> =
+        ["alpaca wool", "bison herd", "caribou migration"].iter().map(|c| json!({"content": c})).collect();
+    let (status, created) =
+        read(helix.api(Method::POST, "/api/v1/nodes/bulk").json(&json!({"nodes": nodes})).send().await?).await;
+    assert_eq!(status, 201, "{created}");
+    let node_ids: Vec<String> =
+        created["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+    until_indexed(&mut search, 3).await?;
+
+    // explicit pushes, searchable when they answer
+    let phantom = uuid::Uuid::now_v7().to_string();
+    let push = |docs: Vec<pb::SearchDocument>| pb::IndexDocumentsRequest { documents: docs, wait_searchable: true };
+    let pushed = search.index_documents(push(vec![document(&phantom, "phantom dingo", 2)])).await?.into_inner();
+    assert_eq!((pushed.indexed, pushed.skipped_stale), (1, 0));
+    assert_eq!(ids_of(&mut search, "dingo").await?, [phantom.as_str()]);
+    let stale = search.index_documents(push(vec![document(&phantom, "older emu", 1)])).await?.into_inner();
+    assert_eq!((stale.indexed, stale.skipped_stale), (0, 1), "an older version is skipped");
+    assert!(ids_of(&mut search, "emu").await?.is_empty());
+    let removed = pb::RemoveDocumentsRequest { ids: vec![node_ids[1].clone()], wait_searchable: true };
+    assert_eq!(search.remove_documents(removed).await?.into_inner().removed, 1);
+    assert!(ids_of(&mut search, "bison").await?.is_empty());
+    let bad = search.index_documents(push(vec![document("not-an-id", "x", 1)])).await.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+
+    // reindexing makes the index what storage holds
+    let progress = reindex(&mut search, None).await?;
+    let last = progress.last().unwrap();
+    assert_eq!((last.phase.as_str(), last.done, last.processed, last.total, last.failed), ("done", true, 3, 3, 0));
+    assert!(progress.iter().any(|p| p.phase == "listing") && progress.iter().any(|p| p.phase == "committing"));
+    assert_eq!(stats(&mut search).await?.documents, 3);
+    assert_eq!(ids_of(&mut search, "bison").await?, [node_ids[1].as_str()], "a removed node is back");
+    assert!(ids_of(&mut search, "dingo").await?.is_empty(), "a document storage lacks is gone");
+
+    // the index survives a restart: searchable at once, before any event
+    helix.restart().await?;
+    let mut search = search_client(&helix).await?;
+    for (word, id) in ["alpaca", "bison", "caribou"].iter().zip(&node_ids) {
+        assert_eq!(ids_of(&mut search, word).await?, [id.as_str()], "{word}");
+    }
+
+    // a wiped index is empty until reindexed
+    helix.node.take().unwrap().stop().await;
+    std::fs::remove_dir_all(helix_search::index_path(&helix.env.home()))?;
+    helix.node = Some(helix.env.start(&Role::ALL).await?);
+    helix.base_url = helix.node.as_ref().unwrap().gateway_url().unwrap();
+    let mut search = search_client(&helix).await?;
+    assert_eq!(stats(&mut search).await?.documents, 0);
+    let progress = reindex(&mut search, None).await?;
+    assert_eq!(progress.last().map(|p| (p.done, p.processed)), Some((true, 3)));
+    assert_eq!(stats(&mut search).await?.documents, 3);
+    for (word, id) in ["alpaca", "bison", "caribou"].iter().zip(&node_ids) {
+        assert_eq!(ids_of(&mut search, word).await?, [id.as_str()], "{word}");
+    }
+    // and writes keep flowing in
+    let since = Instant::now();
+    let id = create(&helix, json!({"content": "a dromedary crosses"})).await?;
+    let took = until(&mut search, query("dromedary"), since, |r| ids(r) == [id.clone()]).await?;
+    assert!(took < WITHIN, "searchable after {took:?}");
+    helix.stop().await;
+    Ok(())
+}
+
+async fn ids_of(search: &mut Search, text: &str) -> anyhow::Result<Vec<String>> {
+    Ok(ids(&search.search(query(text)).await?.into_inner()))
+}
+
+crate::on_both_backends!(rest_search_routes);
+
+/// The gateway's search routes: ours, and the original system's shapes.
+async fn rest_search_routes(backend: Backend) -> anyhow::Result<()> {
+    let helix = TestHelix::start(backend).await?;
+    let (_, node) = read(
+        helix
+            .api(Method::POST, "/api/v1/nodes")
+            .json(&json!({"title": "Tides", "content": "The moon pulls the oceans into tides", "namespace": "sea"}))
+            .send()
+            .await?,
+    )
+    .await;
+    let id = node["id"].clone();
+    let deadline = Instant::now() + PATIENCE;
+    let found = loop {
+        let (status, found) = read(
+            helix
+                .api(Method::POST, "/api/v1/search")
+                .json(&json!({"query": "oceans", "mode": "fulltext"}))
+                .send()
+                .await?,
+        )
+        .await;
+        assert_eq!(status, 200, "{found}");
+        if found["results"].as_array().is_some_and(|r| !r.is_empty()) {
+            break found;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "never found through REST");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let hit = &found["results"][0];
+    assert_eq!((&hit["id"], &hit["node"]["id"], hit["title"].as_str()), (&id, &id, Some("Tides")));
+    assert!(hit["snippet"].as_str().unwrap().contains("<mark>"), "{hit}");
+    assert_eq!(found["mode"], "fulltext");
+
+    // the original system's clients: GET ?q=&ns= and POST /api/search, items with id/title/content
+    let (status, compat) = read(helix.api(Method::GET, "/api/v1/search?q=moon&ns=sea&limit=5").send().await?).await;
+    assert_eq!(status, 200, "{compat}");
+    assert_eq!(compat["results"][0]["content"], node["content"]);
+    let (status, seed) =
+        read(helix.api(Method::POST, "/api/search").json(&json!({"query": "tides"})).send().await?).await;
+    assert_eq!((status, &seed["results"][0]["id"]), (200, &id));
+
+    let cases = [
+        (json!({"query": "moon", "mode": "semantic"}), 400, "mode_unavailable"),
+        (json!({"query": "moon", "mode": "psychic"}), 400, "invalid_mode"),
+        (json!({"query": "  "}), 400, "empty_query"),
+        (json!({"query": "moon", "limit": 0}), 400, "invalid_limit"),
+        (json!({"mode": "fulltext"}), 422, "invalid_body"),
+    ];
+    for (body, status, code) in cases {
+        let (got, error) = read(helix.api(Method::POST, "/api/v1/search").json(&body).send().await?).await;
+        assert_eq!((got, crate::support::code(&error)), (status, code), "{body}");
+    }
+    helix.stop().await;
+    Ok(())
+}

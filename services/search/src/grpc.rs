@@ -1,0 +1,330 @@
+//! The search service's gRPC face: converts wire messages to domain types and back,
+//! and nothing else. The index lives in [`SearchIndex`], query rules in
+//! [`SearchQuery`].
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use futures::StreamExt;
+use helix_core::node::{self, DEFAULT_KIND, DEFAULT_NAMESPACE};
+use helix_core::{Error, Result};
+use helix_proto::v1 as pb;
+use helix_proto::v1::search_service_server::SearchService;
+use helix_proto::v1::storage_service_client::StorageServiceClient;
+use helix_runtime::grpc::GrpcChannel;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::codegen::BoxStream;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+use crate::document::Document;
+use crate::index::{Hit, SearchIndex, SearchResults, Stats};
+use crate::query::SearchQuery;
+use crate::reindex::{self, Progress};
+use crate::writer::{Op, Source};
+
+/// Documents (or ids) one index or remove request may carry.
+const MAX_DOCUMENTS: usize = node::MAX_BULK;
+/// The only mode there is; what `SearchResponse.mode` reports.
+const FULLTEXT: &str = "fulltext";
+
+pub struct SearchApi {
+    index: Arc<SearchIndex>,
+    storage: StorageServiceClient<GrpcChannel>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl SearchApi {
+    pub fn new(
+        index: Arc<SearchIndex>,
+        storage: StorageServiceClient<GrpcChannel>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self { index, storage, tasks, shutdown }
+    }
+}
+
+type Reply<T> = std::result::Result<Response<T>, Status>;
+
+fn reply<T>(result: Result<T>) -> Reply<T> {
+    result.map(Response::new).map_err(Status::from)
+}
+
+/// FAILED_PRECONDITION `mode_unavailable`: semantic search is not built yet.
+///
+/// Built by hand because `helix_core::ErrorKind` has no failed-precondition kind yet;
+/// it carries the error code in the same metadata entry as every `helix_core::Error`.
+fn mode_unavailable(what: &str) -> Status {
+    let mut status = Status::failed_precondition(format!(
+        "{what} needs semantic (vector) search, which is not built yet; only mode \"fulltext\" works"
+    ));
+    status
+        .metadata_mut()
+        .insert(helix_core::error::ERROR_CODE_METADATA, MetadataValue::from_static("mode_unavailable"));
+    status
+}
+
+/// Empty means fulltext for now: the contract's default is hybrid, falling back to
+/// fulltext without an embedder, and there is no embedder yet.
+fn check_mode(mode: &str) -> std::result::Result<(), Status> {
+    match mode {
+        "" | FULLTEXT => Ok(()),
+        "vector" | "hybrid" => Err(mode_unavailable(&format!("mode \"{mode}\""))),
+        other => Err(Error::invalid(
+            "invalid_mode",
+            format!("mode must be fulltext, vector or hybrid, not {:?}", other.chars().take(32).collect::<String>()),
+        )
+        .into()),
+    }
+}
+
+#[tonic::async_trait]
+impl SearchService for SearchApi {
+    async fn search(&self, request: Request<pb::SearchRequest>) -> Reply<pb::SearchResponse> {
+        let request = request.into_inner();
+        check_mode(&request.mode)?;
+        let result = async { self.index.search(search_query_from_pb(request)?).await.map(results_to_pb) };
+        reply(result.await)
+    }
+
+    async fn find_similar(&self, _request: Request<pb::FindSimilarRequest>) -> Reply<pb::SearchResponse> {
+        Err(mode_unavailable("FindSimilar"))
+    }
+
+    async fn index_documents(&self, request: Request<pb::IndexDocumentsRequest>) -> Reply<pb::IndexDocumentsResponse> {
+        let request = request.into_inner();
+        let result = async {
+            if request.documents.len() > MAX_DOCUMENTS {
+                return Err(Error::invalid(
+                    "too_many_documents",
+                    format!("a request indexes at most {MAX_DOCUMENTS} documents"),
+                ));
+            }
+            let ops = request
+                .documents
+                .into_iter()
+                .enumerate()
+                .map(|(i, doc)| {
+                    document_from_pb(doc).map(Op::Upsert).map_err(|e| {
+                        Error::new(e.kind(), e.code().to_owned(), format!("documents[{i}]: {}", e.message()))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let applied = self.index.writer.apply(ops, Source::Push, request.wait_searchable).await?;
+            Ok(pb::IndexDocumentsResponse { indexed: applied.indexed, skipped_stale: applied.skipped_stale })
+        };
+        reply(result.await)
+    }
+
+    async fn remove_documents(
+        &self,
+        request: Request<pb::RemoveDocumentsRequest>,
+    ) -> Reply<pb::RemoveDocumentsResponse> {
+        let request = request.into_inner();
+        let result = async {
+            if request.ids.len() > MAX_DOCUMENTS {
+                return Err(Error::invalid(
+                    "too_many_documents",
+                    format!("a request removes at most {MAX_DOCUMENTS} ids"),
+                ));
+            }
+            let ops = request
+                .ids
+                .iter()
+                .map(|id| Ok(Op::Delete { id: node::parse_id(id)?.to_string(), version: None }))
+                .collect::<Result<Vec<_>>>()?;
+            let applied = self.index.writer.apply(ops, Source::Push, request.wait_searchable).await?;
+            Ok(pb::RemoveDocumentsResponse { removed: applied.removed })
+        };
+        reply(result.await)
+    }
+
+    /// `re_embed` asks nothing yet: there are no embeddings to recompute.
+    async fn reindex(&self, request: Request<pb::ReindexRequest>) -> Reply<BoxStream<pb::ReindexProgress>> {
+        let request = request.into_inner();
+        let claimed = async {
+            if let Some(namespace) = &request.namespace {
+                node::validate_namespace(namespace)?;
+            }
+            self.index.claim_reindex()
+        };
+        let guard = claimed.await.map_err(Status::from)?;
+        let (progress, updates) = mpsc::channel(64);
+        let run = reindex::run(self.index.clone(), guard, self.storage.clone(), request.namespace, progress);
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = run => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
+        let stream = ReceiverStream::new(updates).map(|update| update.map(progress_to_pb).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    /// The query metrics (queries, latencies, zero-result rate, top score) are not
+    /// measured yet and answer 0, as do the vector fields: there is no vector index.
+    /// `range` only windows those metrics, so it changes nothing yet.
+    async fn get_search_stats(&self, request: Request<pb::GetSearchStatsRequest>) -> Reply<pb::SearchStats> {
+        let request = request.into_inner();
+        let result = async {
+            if let Some(namespace) = &request.namespace {
+                node::validate_namespace(namespace)?;
+            }
+            self.index.stats(request.namespace).await.map(stats_to_pb)
+        };
+        reply(result.await)
+    }
+}
+
+fn search_query_from_pb(request: pb::SearchRequest) -> Result<SearchQuery> {
+    let page = request.page.unwrap_or_default();
+    let mut query = SearchQuery::new(request.query, page.limit, &page.cursor)?.namespaces(request.namespaces)?;
+    query.kinds = request.kinds;
+    query.tags = request.tags;
+    query.min_score = match request.min_score {
+        Some(min) if !min.is_finite() => return Err(Error::invalid("invalid_min_score", "min_score must be a number")),
+        min => min,
+    };
+    // vector_weight weighs the vector score in hybrid ranking: fulltext has none to weigh
+    query.highlight = request.highlight;
+    query.updated_after = request.updated_after.map(time_from_pb).transpose()?;
+    query.updated_before = request.updated_before.map(time_from_pb).transpose()?;
+    Ok(query)
+}
+
+fn results_to_pb(results: SearchResults) -> pb::SearchResponse {
+    pb::SearchResponse {
+        hits: results.hits.into_iter().map(hit_to_pb).collect(),
+        next_cursor: results.next_offset.map(|offset| offset.to_string()).unwrap_or_default(),
+        total_hits: results.total_hits,
+        mode: FULLTEXT.to_owned(),
+        took_ms: results.took_ms,
+    }
+}
+
+fn hit_to_pb(hit: Hit) -> pb::SearchHit {
+    let d = hit.document;
+    pb::SearchHit {
+        id: d.id,
+        namespace: d.namespace,
+        kind: d.kind,
+        title: d.title,
+        content: d.content,
+        tags: d.tags,
+        source: d.source,
+        importance: d.importance,
+        metadata_json: d.metadata_json,
+        score: hit.score,
+        fulltext_score: Some(hit.score),
+        vector_score: None,
+        highlights: hit.highlights,
+        created_at: Some(timestamp(d.created_at)),
+        updated_at: Some(timestamp(d.updated_at)),
+        version: d.version,
+    }
+}
+
+/// A pushed document: the same rules as a node where the index relies on them. A
+/// precomputed `embedding` is ignored: there is no vector index yet.
+fn document_from_pb(doc: pb::SearchDocument) -> Result<Document> {
+    let id = node::parse_id(&doc.id)?;
+    let namespace = if doc.namespace.is_empty() { DEFAULT_NAMESPACE.to_owned() } else { doc.namespace };
+    node::validate_namespace(&namespace)?;
+    if doc.version < 1 {
+        return Err(Error::invalid("invalid_version", "version must be at least 1"));
+    }
+    if !doc.importance.is_finite() {
+        return Err(Error::invalid("invalid_importance", "importance must be a number"));
+    }
+    let metadata_json = match doc.metadata_json.as_str() {
+        "" => "{}".to_owned(),
+        text => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(_)) => doc.metadata_json,
+            _ => return Err(Error::invalid("invalid_metadata", "metadata_json must be a JSON object")),
+        },
+    };
+    let now = Utc::now();
+    Ok(Document {
+        id: id.to_string(),
+        namespace,
+        kind: if doc.kind.is_empty() { DEFAULT_KIND.to_owned() } else { doc.kind },
+        title: doc.title,
+        content: doc.content,
+        tags: doc.tags,
+        source: doc.source,
+        importance: doc.importance,
+        metadata_json,
+        created_at: doc.created_at.map(time_from_pb).transpose()?.unwrap_or(now),
+        updated_at: doc.updated_at.map(time_from_pb).transpose()?.unwrap_or(now),
+        version: doc.version,
+    })
+}
+
+/// A node as storage lists it (for reindexing).
+pub fn document_from_node(node: pb::Node) -> Result<Document> {
+    let id = node::parse_id(&node.id)?;
+    Ok(Document {
+        id: id.to_string(),
+        namespace: node.namespace,
+        kind: node.kind,
+        title: node.title,
+        content: node.content,
+        tags: node.tags,
+        source: node.source,
+        importance: node.importance,
+        metadata_json: node.metadata_json,
+        created_at: node.created_at.map(time_from_pb).transpose()?.unwrap_or_default(),
+        updated_at: node.updated_at.map(time_from_pb).transpose()?.unwrap_or_default(),
+        version: node.version,
+    })
+}
+
+fn stats_to_pb(stats: Stats) -> pb::SearchStats {
+    pb::SearchStats {
+        documents: stats.documents,
+        index_bytes: stats.index_bytes,
+        namespaces: stats
+            .namespaces
+            .into_iter()
+            .map(|(namespace, documents)| pb::SearchNamespaceCount { namespace, documents })
+            .collect(),
+        last_indexed_at: stats.last_commit.map(timestamp),
+        // not measured yet (see get_search_stats), and no vector index
+        vectors: 0,
+        embedder_model: String::new(),
+        embedding_dimensions: 0,
+        queries: 0,
+        mean_latency_ms: 0.0,
+        p95_latency_ms: 0.0,
+        zero_result_rate: 0.0,
+        mean_top_score: 0.0,
+    }
+}
+
+fn progress_to_pb(progress: Progress) -> pb::ReindexProgress {
+    pb::ReindexProgress {
+        phase: progress.phase.name().to_owned(),
+        processed: progress.processed,
+        total: progress.total,
+        failed: progress.failed,
+        done: progress.phase == reindex::Phase::Done,
+        at: Some(timestamp(progress.at)),
+    }
+}
+
+fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+}
+
+fn time_from_pb(t: prost_types::Timestamp) -> Result<DateTime<Utc>> {
+    u32::try_from(t.nanos)
+        .ok()
+        .and_then(|nanos| Utc.timestamp_opt(t.seconds, nanos).single())
+        .ok_or_else(|| Error::invalid("invalid_time", "a timestamp is out of range"))
+}

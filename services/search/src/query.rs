@@ -1,0 +1,243 @@
+//! A search request as the index runs it: the rules a request must follow, and the
+//! tantivy query it becomes.
+//!
+//! The query text is tantivy's query language, parsed leniently (a syntax error drops
+//! the broken part instead of failing the search): words, `"phrases"`, `word*`
+//! prefixes, `-excluded`, `OR`, `AND`, parentheses, `title:`/`content:`/`tags:`
+//! targets and `^boosts`. Words are joined with AND by default: a hit contains every
+//! word (in any of title, content and tags), like `hx recall` always did.
+//!
+//! tantivy's QueryParser builds every part except single-word prefixes: it accepts
+//! `"big bad wo"*` but refuses `wo*` (a phrase prefix needs two terms). So a `word*`
+//! leaf of the parsed query is rewritten, before the parser turns it into a query,
+//! into one regex leaf `word.*` per searched field, boosted like the field, or the
+//! word itself. The regexes match indexed terms, which are stems in title and content:
+//! `runn*` finds "runner", and `running*` finds "running" through the word itself,
+//! but `runnin*` does not find "running" (indexed as "run").
+
+use std::ops::Bound;
+
+use chrono::{DateTime, Utc};
+use helix_core::{Error, Result};
+use tantivy::query::{BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::query_grammar::{self, Delimiter, UserInputAst, UserInputLeaf, UserInputLiteral};
+use tantivy::schema::IndexRecordOption;
+use tantivy::{Index, Term};
+
+use crate::document::Fields;
+
+pub const TITLE_BOOST: f32 = 2.0;
+pub const TAGS_BOOST: f32 = 1.5;
+pub const CONTENT_BOOST: f32 = 1.0;
+pub const DEFAULT_LIMIT: u32 = 10;
+pub const MAX_LIMIT: u32 = 100;
+/// How deep pages may reach: the collector keeps offset + limit hits in memory.
+pub const MAX_DEPTH: usize = 10_000;
+const MAX_QUERY_CHARS: usize = 4096;
+
+/// One full-text search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchQuery {
+    pub text: String,
+    /// any of these; empty means every namespace
+    pub namespaces: Vec<String>,
+    /// any of these; empty means every kind
+    pub kinds: Vec<String>,
+    /// every one of these
+    pub tags: Vec<String>,
+    pub limit: usize,
+    pub offset: usize,
+    pub min_score: Option<f64>,
+    pub highlight: bool,
+    /// only nodes updated strictly after this time
+    pub updated_after: Option<DateTime<Utc>>,
+    /// only nodes updated strictly before this time
+    pub updated_before: Option<DateTime<Utc>>,
+}
+
+impl SearchQuery {
+    /// Checks a request: a query of some words, known namespaces, a page within reach.
+    /// A limit of 0 means [`DEFAULT_LIMIT`]; a larger one than [`MAX_LIMIT`] is capped.
+    /// The cursor is the offset of the page's first hit, as decimal text.
+    pub fn new(text: String, limit: u32, cursor: &str) -> Result<Self> {
+        if text.trim().is_empty() {
+            return Err(Error::invalid("empty_query", "query must not be empty"));
+        }
+        if text.chars().count() > MAX_QUERY_CHARS {
+            return Err(Error::invalid("query_too_long", format!("query is longer than {MAX_QUERY_CHARS} characters")));
+        }
+        let limit = match limit {
+            0 => DEFAULT_LIMIT,
+            n => n.min(MAX_LIMIT),
+        } as usize;
+        let offset = match cursor {
+            "" => 0,
+            cursor => cursor
+                .parse::<usize>()
+                .map_err(|_| Error::invalid("invalid_cursor", "cursor is not one this server issued"))?,
+        };
+        if offset + limit > MAX_DEPTH {
+            return Err(Error::invalid("invalid_cursor", format!("search pages reach at most {MAX_DEPTH} hits deep")));
+        }
+        Ok(Self {
+            text,
+            namespaces: Vec::new(),
+            kinds: Vec::new(),
+            tags: Vec::new(),
+            limit,
+            offset,
+            min_score: None,
+            highlight: false,
+            updated_after: None,
+            updated_before: None,
+        })
+    }
+
+    pub fn namespaces(mut self, namespaces: Vec<String>) -> Result<Self> {
+        for namespace in &namespaces {
+            helix_core::node::validate_namespace(namespace)?;
+        }
+        self.namespaces = namespaces;
+        Ok(self)
+    }
+}
+
+/// Turns query text and filters into tantivy queries over one index.
+pub struct QueryBuilder {
+    parser: QueryParser,
+    fields: Fields,
+}
+
+impl QueryBuilder {
+    pub fn new(index: &Index, fields: Fields) -> Self {
+        let mut parser = QueryParser::for_index(index, vec![fields.title, fields.content, fields.tags]);
+        parser.set_conjunction_by_default();
+        parser.set_field_boost(fields.title, TITLE_BOOST);
+        parser.set_field_boost(fields.tags, TAGS_BOOST);
+        parser.set_field_boost(fields.content, CONTENT_BOOST);
+        // only for the prefix rewrite below: regexes users write are searched as words
+        parser.allow_regexes();
+        Self { parser, fields }
+    }
+
+    /// The scored part of a search: the user's query text.
+    pub fn text(&self, text: &str) -> Box<dyn Query> {
+        let (ast, errors) = query_grammar::parse_query_lenient(text);
+        if !errors.is_empty() {
+            tracing::debug!(?errors, "query text parsed leniently");
+        }
+        let (query, errors) = self.parser.build_query_from_user_input_ast_lenient(self.rewrite(ast));
+        if !errors.is_empty() {
+            tracing::debug!(?errors, "parts of the query text were dropped");
+        }
+        query
+    }
+
+    /// `text` restricted to live documents matching the filters. Filters score nothing:
+    /// the ranking is the text's BM25 alone.
+    pub fn filtered(&self, text: Box<dyn Query>, search: &SearchQuery) -> Box<dyn Query> {
+        let f = &self.fields;
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, text), filter(term(f.live_term()))];
+        if !search.namespaces.is_empty() {
+            clauses.push(filter(any_of(search.namespaces.iter().map(|ns| Term::from_field_text(f.namespace, ns)))));
+        }
+        if !search.kinds.is_empty() {
+            clauses.push(filter(any_of(search.kinds.iter().map(|kind| Term::from_field_text(f.kind, kind)))));
+        }
+        for tag in &search.tags {
+            clauses.push(filter(term(Term::from_field_text(f.tags, tag))));
+        }
+        if search.updated_after.is_some() || search.updated_before.is_some() {
+            let bound = |t: Option<DateTime<Utc>>| match t {
+                Some(t) => Bound::Excluded(Term::from_field_i64(f.updated_at, t.timestamp_micros())),
+                None => Bound::Unbounded,
+            };
+            clauses.push(filter(Box::new(RangeQuery::new(bound(search.updated_after), bound(search.updated_before)))));
+        }
+        Box::new(BooleanQuery::new(clauses))
+    }
+
+    /// Live documents, optionally of one namespace (for counting).
+    pub fn live(&self, namespace: Option<&str>) -> Box<dyn Query> {
+        let f = &self.fields;
+        let mut clauses = vec![filter(term(f.live_term()))];
+        if let Some(namespace) = namespace {
+            clauses.push(filter(term(Term::from_field_text(f.namespace, namespace))));
+        }
+        Box::new(BooleanQuery::new(clauses))
+    }
+
+    fn rewrite(&self, ast: UserInputAst) -> UserInputAst {
+        match ast {
+            UserInputAst::Clause(clauses) => {
+                UserInputAst::Clause(clauses.into_iter().map(|(occur, ast)| (occur, self.rewrite(ast))).collect())
+            }
+            UserInputAst::Boost(ast, boost) => UserInputAst::Boost(Box::new(self.rewrite(*ast)), boost),
+            UserInputAst::Leaf(leaf) => match *leaf {
+                UserInputLeaf::Literal(literal) => self.prefix(literal),
+                // a regex typed by a user is searched as text
+                UserInputLeaf::Regex { field, pattern } => {
+                    UserInputAst::Leaf(Box::new(UserInputLeaf::Literal(UserInputLiteral {
+                        field_name: field,
+                        phrase: pattern,
+                        delimiter: Delimiter::None,
+                        slop: 0,
+                        prefix: false,
+                    })))
+                }
+                leaf => UserInputAst::Leaf(Box::new(leaf)),
+            },
+        }
+    }
+
+    /// `word*` (a bare word ending in `*`) becomes `word.*` regexes over the searched
+    /// fields; any other literal stays as it is.
+    fn prefix(&self, literal: UserInputLiteral) -> UserInputAst {
+        let word = literal.phrase.trim_end_matches('*');
+        let is_prefix = literal.delimiter == Delimiter::None
+            && (literal.prefix || literal.phrase.ends_with('*'))
+            && !word.is_empty()
+            && word.chars().all(char::is_alphanumeric);
+        let targets: Vec<(&str, f32, bool)> = [
+            ("title", TITLE_BOOST, true),
+            ("content", CONTENT_BOOST, true),
+            // tags are matched as written, case included
+            ("tags", TAGS_BOOST, false),
+        ]
+        .into_iter()
+        .filter(|(name, ..)| literal.field_name.as_deref().is_none_or(|f| f == *name))
+        .collect();
+        if !is_prefix || targets.is_empty() {
+            return UserInputAst::Leaf(Box::new(UserInputLeaf::Literal(literal)));
+        }
+        let mut leaves: Vec<UserInputAst> = targets
+            .into_iter()
+            .map(|(name, boost, lowercase)| {
+                let stem = if lowercase { word.to_lowercase() } else { word.to_owned() };
+                let regex = UserInputAst::Leaf(Box::new(UserInputLeaf::Regex {
+                    field: Some(name.to_owned()),
+                    pattern: format!("{stem}.*"),
+                }));
+                if boost == 1.0 { regex } else { UserInputAst::Boost(Box::new(regex), f64::from(boost).into()) }
+            })
+            .collect();
+        // Title and content hold stems ("running" is indexed as "run"): the word itself,
+        // stemmed like any word, keeps `running*` finding what `running` finds.
+        let word = word.to_owned();
+        leaves.push(UserInputAst::Leaf(Box::new(UserInputLiteral { phrase: word, prefix: false, ..literal }.into())));
+        UserInputAst::Clause(leaves.into_iter().map(|leaf| (Some(Occur::Should), leaf)).collect())
+    }
+}
+
+fn term(term: Term) -> Box<dyn Query> {
+    Box::new(TermQuery::new(term, IndexRecordOption::Basic))
+}
+
+fn any_of(terms: impl Iterator<Item = Term>) -> Box<dyn Query> {
+    Box::new(BooleanQuery::new(terms.map(|t| (Occur::Should, term(t))).collect()))
+}
+
+/// A required clause that adds nothing to the score.
+fn filter(query: Box<dyn Query>) -> (Occur, Box<dyn Query>) {
+    (Occur::Must, Box::new(ConstScoreQuery::new(query, 0.0)))
+}
