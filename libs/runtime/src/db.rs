@@ -150,3 +150,22 @@ async fn create_schema(url: &str, schema: &str) -> Result<()> {
     conn.close().await?;
     Ok(())
 }
+
+/// Maps a database failure to the service error: the caller learns whether to retry,
+/// never the SQL or the connection string.
+pub fn db_error(error: sqlx::Error) -> helix_core::Error {
+    match &error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            tracing::warn!(%error, "database unavailable");
+            helix_core::Error::unavailable("the database is unavailable")
+        }
+        sqlx::Error::Database(db) if db.message().contains("database is locked") => {
+            tracing::warn!(%error, "database busy");
+            helix_core::Error::unavailable("the database is busy, retry")
+        }
+        _ => {
+            tracing::error!(%error, "database error");
+            helix_core::Error::internal("a database operation failed")
+        }
+    }
+}

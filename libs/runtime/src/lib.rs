@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod grpc;
 pub mod metrics;
+pub mod outbox;
 
 use std::sync::Arc;
 

@@ -13,8 +13,7 @@
 //!   single replica (its Helm chart runs one): a second process would not see the first
 //!   one's writes in its memory.
 //! - **Events.** Every created or deleted edge puts `helix.graph.edge.created` /
-//!   `.deleted` in the outbox of its transaction; a relay publishes them (the pattern of
-//!   storage's outbox).
+//!   `.deleted` in the outbox of its transaction; `helix_runtime::outbox` publishes them.
 //! - **Decoupled from storage.** The service never calls storage: an edge may name any
 //!   UUID, whether or not storage holds that node, and a node the graph has no edge or
 //!   label for is simply a node without neighbours. What it knows of nodes comes from
@@ -27,7 +26,6 @@ mod events;
 mod export;
 mod grpc;
 mod memory;
-mod outbox;
 mod store;
 
 use std::sync::Arc;
@@ -66,7 +64,7 @@ pub async fn open(ctx: &ServiceContext) -> helix_runtime::Result<Arc<GraphStore>
     let ready = Arc::new(Notify::new());
     let store = Arc::new(GraphStore::load(db.clone(), ready.clone()).await?);
     let node_events = ctx.bus.subscribe(events::FILTER, events::GROUP).await?;
-    ctx.tasks.spawn(outbox::run_relay(db, ctx.bus.clone(), ready, ctx.shutdown.clone()));
+    ctx.tasks.spawn(helix_runtime::outbox::run_relay(SERVICE, db, ctx.bus.clone(), ready, ctx.shutdown.clone()));
     ctx.tasks.spawn(events::follow_nodes(store.clone(), node_events, ctx.shutdown.clone()));
     Ok(store)
 }

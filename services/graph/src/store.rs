@@ -8,8 +8,9 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use chrono::{DateTime, TimeZone, Utc};
 use helix_core::graph::{self, Direction, Edge, EdgeFields, EdgeFilter, NodeLabel};
 use helix_core::{Error, Result};
-use helix_events::{Envelope, TraceContext, subjects};
-use helix_runtime::db::Database;
+use helix_events::subjects;
+use helix_runtime::db::{Database, db_error};
+use helix_runtime::outbox;
 use serde_json::json;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -121,7 +122,7 @@ impl GraphStore {
             "id": edge.id, "source_id": edge.source_id, "target_id": edge.target_id,
             "relation": edge.relation, "weight": edge.weight,
         });
-        enqueue(&mut tx, subjects::GRAPH_EDGE_CREATED, payload).await?;
+        outbox::enqueue(&mut tx, subjects::GRAPH_EDGE_CREATED, SERVICE, payload).await?;
         self.commit(tx).await?;
         self.write().insert_edge(edge.clone());
         Ok(edge)
@@ -256,23 +257,7 @@ async fn enqueue_deleted(tx: &mut Transaction<'static, Any>, edge: &Edge) -> Res
     let payload = json!({
         "id": edge.id, "source_id": edge.source_id, "target_id": edge.target_id, "relation": edge.relation,
     });
-    enqueue(tx, subjects::GRAPH_EDGE_DELETED, payload).await
-}
-
-/// Puts an event in the outbox; it reaches the bus only if the transaction commits.
-async fn enqueue(tx: &mut Transaction<'static, Any>, subject: &str, payload: serde_json::Value) -> Result<()> {
-    let mut envelope = Envelope::new(subject, SERVICE, payload);
-    if let Some((traceparent, tracestate)) = helix_telemetry::current_trace() {
-        envelope = envelope.with_trace(TraceContext { traceparent, tracestate });
-    }
-    let text = serde_json::to_string(&envelope).expect("serializing plain data cannot fail");
-    sqlx::query("INSERT INTO outbox (subject, envelope) VALUES ($1, $2)")
-        .bind(subject)
-        .bind(text)
-        .execute(&mut **tx)
-        .await
-        .map_err(db_error)?;
-    Ok(())
+    outbox::enqueue(tx, subjects::GRAPH_EDGE_DELETED, SERVICE, payload).await
 }
 
 fn edge_from_row(row: &AnyRow) -> Result<Edge> {
@@ -295,25 +280,6 @@ fn text(row: &AnyRow, column: &str) -> Result<String> {
 
 fn parse_stored_id(id: &str) -> Result<Uuid> {
     Uuid::try_parse(id).map_err(|_| Error::internal(format!("stored graph node {id} has a corrupt id")))
-}
-
-/// Maps a database failure to the service error: the caller learns whether to retry,
-/// never the SQL or the connection string.
-pub(crate) fn db_error(error: sqlx::Error) -> Error {
-    match &error {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            tracing::warn!(%error, "database unavailable");
-            Error::unavailable("the database is unavailable")
-        }
-        sqlx::Error::Database(db) if db.message().contains("database is locked") => {
-            tracing::warn!(%error, "database busy");
-            Error::unavailable("the database is busy, retry")
-        }
-        _ => {
-            tracing::error!(%error, "database error");
-            Error::internal("a database operation failed")
-        }
-    }
 }
 
 /// The current time at the precision the database keeps, so what is returned equals

@@ -6,7 +6,6 @@
 //! yet: their methods answer UNIMPLEMENTED.
 
 mod grpc;
-mod outbox;
 mod store;
 
 use std::sync::Arc;
@@ -37,7 +36,13 @@ pub async fn migrate(config: &HelixConfig) -> helix_runtime::Result<()> {
 pub async fn open(ctx: &ServiceContext) -> helix_runtime::Result<NodeStore> {
     let db = Database::open(ctx, SERVICE, &SQLITE, &POSTGRES).await?;
     let ready = Arc::new(Notify::new());
-    ctx.tasks.spawn(outbox::run_relay(db.clone(), ctx.bus.clone(), ready.clone(), ctx.shutdown.clone()));
+    ctx.tasks.spawn(helix_runtime::outbox::run_relay(
+        SERVICE,
+        db.clone(),
+        ctx.bus.clone(),
+        ready.clone(),
+        ctx.shutdown.clone(),
+    ));
     Ok(NodeStore::new(db, ready))
 }
 

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeZone, Utc};
 use helix_core::node::{MAX_BULK, Node, NodeDraft, NodeFields, NodeFilter, NodePage};
 use helix_core::{Error, Result};
-use helix_events::{Envelope, TraceContext, subjects};
-use helix_runtime::db::Database;
+use helix_events::subjects;
+use helix_runtime::db::{Database, db_error};
+use helix_runtime::outbox;
 use serde_json::json;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -70,7 +71,7 @@ impl NodeStore {
         let mut tx = self.begin().await?;
         for node in &nodes {
             insert_node(&mut tx, node).await?;
-            enqueue(&mut tx, subjects::NODE_CREATED, json!(node)).await?;
+            outbox::enqueue(&mut tx, subjects::NODE_CREATED, SERVICE, json!(node)).await?;
         }
         self.commit(tx).await?;
         Ok(nodes)
@@ -123,7 +124,7 @@ impl NodeStore {
             .await
             .map_err(db_error)?;
         insert_tags(&mut tx, &node).await?;
-        enqueue(&mut tx, subjects::NODE_UPDATED, json!(node)).await?;
+        outbox::enqueue(&mut tx, subjects::NODE_UPDATED, SERVICE, json!(node)).await?;
         self.commit(tx).await?;
         Ok(node)
     }
@@ -144,8 +145,13 @@ impl NodeStore {
         };
         let namespace: String = row.try_get("namespace").map_err(db_error)?;
         let version: i64 = row.try_get("version").map_err(db_error)?;
-        enqueue(&mut tx, subjects::NODE_DELETED, json!({ "id": id, "namespace": namespace, "version": version }))
-            .await?;
+        outbox::enqueue(
+            &mut tx,
+            subjects::NODE_DELETED,
+            SERVICE,
+            json!({ "id": id, "namespace": namespace, "version": version }),
+        )
+        .await?;
         self.commit(tx).await
     }
 
@@ -271,22 +277,6 @@ async fn insert_tags(tx: &mut Transaction<'static, Any>, node: &Node) -> Result<
     Ok(())
 }
 
-/// Puts an event in the outbox; it reaches the bus only if the transaction commits.
-async fn enqueue(tx: &mut Transaction<'static, Any>, subject: &str, payload: serde_json::Value) -> Result<()> {
-    let mut envelope = Envelope::new(subject, SERVICE, payload);
-    // the request's trace goes with its event, through the outbox, to every subscriber
-    if let Some((traceparent, tracestate)) = helix_telemetry::current_trace() {
-        envelope = envelope.with_trace(TraceContext { traceparent, tracestate });
-    }
-    sqlx::query("INSERT INTO outbox (subject, envelope) VALUES ($1, $2)")
-        .bind(subject)
-        .bind(json_text(&envelope))
-        .execute(&mut **tx)
-        .await
-        .map_err(db_error)?;
-    Ok(())
-}
-
 fn node_from_row(row: &AnyRow) -> Result<Node> {
     let get_text = |name: &str| row.try_get::<String, _>(name).map_err(db_error);
     let id = get_text("id")?;
@@ -307,25 +297,6 @@ fn node_from_row(row: &AnyRow) -> Result<Node> {
         updated_at: from_micros(row.try_get("updated_at").map_err(db_error)?),
         version: row.try_get("version").map_err(db_error)?,
     })
-}
-
-/// Maps a database failure to the service error: the caller learns whether to retry,
-/// never the SQL or the connection string.
-pub(crate) fn db_error(error: sqlx::Error) -> Error {
-    match &error {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            tracing::warn!(%error, "database unavailable");
-            Error::unavailable("the database is unavailable")
-        }
-        sqlx::Error::Database(db) if db.message().contains("database is locked") => {
-            tracing::warn!(%error, "database busy");
-            Error::unavailable("the database is busy, retry")
-        }
-        _ => {
-            tracing::error!(%error, "database error");
-            Error::internal("a database operation failed")
-        }
-    }
 }
 
 fn json_text(value: &impl serde::Serialize) -> String {

@@ -1,32 +1,71 @@
-//! The outbox relay: moves committed events from the outbox table to the bus.
+//! The transactional outbox of services that announce their writes: an event is written
+//! to the service's `outbox` table in the transaction of the change ([`enqueue`]), and
+//! the relay ([`run_relay`]) moves committed events to the bus.
 //!
 //! An event is deleted only after the bus accepted it, so a crash anywhere loses
 //! nothing; a crash between publish and delete publishes it again, under the same
-//! envelope id, which the bus de-duplicates.
+//! envelope id, which the bus de-duplicates. A service using it has a table
+//! `outbox (seq <auto-increment> PRIMARY KEY, subject TEXT, envelope TEXT)`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use helix_core::Result;
-use helix_events::{Envelope, EventBus};
-use helix_runtime::db::{Backend, Database};
-use sqlx::{Executor, Row};
+use helix_events::{Envelope, EventBus, TraceContext};
+use sqlx::{Any, Executor, Row, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::db_error;
+use crate::db::{Backend, Database, db_error};
+
+/// Puts an event in the outbox; it reaches the bus only if the transaction commits.
+/// The current trace goes with it, through the relay, to every subscriber.
+pub async fn enqueue(
+    tx: &mut Transaction<'static, Any>,
+    subject: &str,
+    source: &str,
+    payload: serde_json::Value,
+) -> Result<()> {
+    let mut envelope = Envelope::new(subject, source, payload);
+    if let Some((traceparent, tracestate)) = helix_telemetry::current_trace() {
+        envelope = envelope.with_trace(TraceContext { traceparent, tracestate });
+    }
+    let text = serde_json::to_string(&envelope).expect("serializing plain data cannot fail");
+    sqlx::query("INSERT INTO outbox (subject, envelope) VALUES ($1, $2)")
+        .bind(subject)
+        .bind(text)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
 
 const BATCH: i64 = 256;
 /// How often the relay looks without being woken: events left by a crashed process, or
 /// by another replica whose relay stopped.
 const POLL: Duration = Duration::from_secs(1);
-/// Any constant works; it names the one relay lock per PostgreSQL schema.
-const RELAY_LOCK: i64 = 0x6865_6c69_785f_6f62;
 
-pub async fn run_relay(db: Database, bus: Arc<dyn EventBus>, ready: Arc<Notify>, shutdown: CancellationToken) {
+/// The advisory lock of `service`'s relay: distinct per service, as services may share
+/// one PostgreSQL database (each in its own schema).
+fn relay_lock(service: &str) -> i64 {
+    // FNV-1a: stable across builds, which replicas of one service must agree on
+    let hash = service.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    hash as i64
+}
+
+/// Publishes `service`'s outbox until `shutdown`; `ready` wakes it after a commit, so
+/// events leave without waiting for its poll.
+pub async fn run_relay(
+    service: &'static str,
+    db: Database,
+    bus: Arc<dyn EventBus>,
+    ready: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let lock = relay_lock(service);
     let mut failures = 0u32;
     loop {
-        match relay_batch(&db, bus.as_ref()).await {
+        match relay_batch(&db, bus.as_ref(), lock).await {
             Ok(n) if n == BATCH as usize => continue,
             Ok(_) => failures = 0,
             Err(error) => {
@@ -44,7 +83,7 @@ pub async fn run_relay(db: Database, bus: Arc<dyn EventBus>, ready: Arc<Notify>,
 }
 
 /// Publishes the oldest waiting events; returns how many it published.
-async fn relay_batch(db: &Database, bus: &dyn EventBus) -> Result<usize> {
+async fn relay_batch(db: &Database, bus: &dyn EventBus, lock: i64) -> Result<usize> {
     match db.backend {
         // SQLite has one process per file: no lock, and no long transaction that would
         // block writers.
@@ -58,7 +97,7 @@ async fn relay_batch(db: &Database, bus: &dyn EventBus) -> Result<usize> {
         Backend::Postgres => {
             let mut tx = db.pool.begin().await.map_err(db_error)?;
             let locked: bool = sqlx::query("SELECT pg_try_advisory_xact_lock($1) AS locked")
-                .bind(RELAY_LOCK)
+                .bind(lock)
                 .fetch_one(&mut *tx)
                 .await
                 .and_then(|row| row.try_get("locked"))
