@@ -169,3 +169,38 @@ pub fn db_error(error: sqlx::Error) -> helix_core::Error {
         }
     }
 }
+
+/// One page of rows newest first, by keyset on a UUIDv7 `id` column (creation order):
+/// `filtered` is a `SELECT ... WHERE ...` whose `$N` placeholders take `args`; rows
+/// older than `after` follow. The cursor of the next page is the last id, when more
+/// rows follow.
+pub async fn newest_first<T>(
+    pool: &AnyPool,
+    filtered: String,
+    mut args: Vec<String>,
+    after: Option<uuid::Uuid>,
+    limit: u32,
+    from_row: impl Fn(&sqlx::any::AnyRow) -> helix_core::Result<T>,
+    id_of: impl Fn(&T) -> uuid::Uuid,
+) -> helix_core::Result<(Vec<T>, Option<String>)> {
+    let mut sql = filtered;
+    if let Some(after) = after {
+        args.push(after.to_string());
+        sql.push_str(&format!(" AND id < ${}", args.len()));
+    }
+    // one extra row tells whether another page follows
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", u64::from(limit) + 1));
+    let mut query = sqlx::query(&sql);
+    for arg in args {
+        query = query.bind(arg);
+    }
+    let rows = query.fetch_all(pool).await.map_err(db_error)?;
+    let mut items = rows.iter().map(from_row).collect::<helix_core::Result<Vec<_>>>()?;
+    let next = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|item| id_of(item).to_string())
+    } else {
+        None
+    };
+    Ok((items, next))
+}

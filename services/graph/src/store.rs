@@ -9,7 +9,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use helix_core::graph::{self, Direction, Edge, EdgeFields, EdgeFilter, NodeLabel};
 use helix_core::{Error, Result};
 use helix_events::subjects;
-use helix_runtime::db::{Database, db_error};
+use helix_runtime::db::{self, Database, db_error};
 use helix_runtime::outbox;
 use serde_json::json;
 use sqlx::any::AnyRow;
@@ -221,24 +221,8 @@ impl GraphStore {
             args.push(relation.clone());
             sql.push_str(&format!(" AND relation = ${}", args.len()));
         }
-        if let Some(after) = filter.after {
-            args.push(after.to_string());
-            sql.push_str(&format!(" AND id < ${}", args.len()));
-        }
-        // one extra row tells whether another page follows
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", filter.limit + 1));
-        let mut query = sqlx::query(&sql);
-        for arg in args {
-            query = query.bind(arg);
-        }
-        let rows = query.fetch_all(&self.db.pool).await.map_err(db_error)?;
-        let mut edges = rows.iter().map(edge_from_row).collect::<Result<Vec<_>>>()?;
-        let next_cursor = if edges.len() > filter.limit as usize {
-            edges.truncate(filter.limit as usize);
-            edges.last().map(|e| e.id.to_string())
-        } else {
-            None
-        };
+        let (edges, next_cursor) =
+            db::newest_first(&self.db.pool, sql, args, filter.after, filter.limit, edge_from_row, |e| e.id).await?;
         Ok(EdgePage { edges, next_cursor })
     }
 

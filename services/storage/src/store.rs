@@ -7,7 +7,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use helix_core::node::{MAX_BULK, Node, NodeDraft, NodeFields, NodeFilter, NodePage};
 use helix_core::{Error, Result};
 use helix_events::subjects;
-use helix_runtime::db::{Database, db_error};
+use helix_runtime::db::{self, Database, db_error};
 use helix_runtime::outbox;
 use serde_json::json;
 use sqlx::any::AnyRow;
@@ -183,23 +183,8 @@ impl NodeStore {
         if let Some(tag) = &filter.tag {
             arg(&mut sql, " AND id IN (SELECT node_id FROM node_tags WHERE tag = $?)", tag.clone());
         }
-        if let Some(after) = filter.after {
-            arg(&mut sql, " AND id < $?", after.to_string());
-        }
-        // one extra row tells whether another page follows
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", filter.limit + 1));
-        let mut query = sqlx::query(&sql);
-        for value in args {
-            query = query.bind(value);
-        }
-        let rows = query.fetch_all(&self.db.pool).await.map_err(db_error)?;
-        let mut nodes = rows.iter().map(node_from_row).collect::<Result<Vec<_>>>()?;
-        let next_cursor = if nodes.len() > filter.limit as usize {
-            nodes.truncate(filter.limit as usize);
-            nodes.last().map(|n| n.id.to_string())
-        } else {
-            None
-        };
+        let (nodes, next_cursor) =
+            db::newest_first(&self.db.pool, sql, args, filter.after, filter.limit, node_from_row, |n| n.id).await?;
         Ok(NodePage { nodes, next_cursor })
     }
 
