@@ -52,14 +52,16 @@ pub const DOMAINS: &[Domain] = &[
 // node — published by storage
 // ---------------------------------------------------------------------------------------------
 
-/// A knowledge node was stored. Publisher: storage. Payload:
-/// `{"id", "namespace", "kind", "title", "tags": [..], "source"?, "importance", "version"}`.
+/// A knowledge node was stored. Publisher: storage. Payload: the whole node
+/// (`helix_core::node::Node`): `{"id", "namespace", "kind", "title", "content", "tags",
+/// "metadata", "source", "importance", "created_at", "updated_at", "version": 1}`.
 /// Consumers: search (index it), graph (add the vertex), notifications (alert rules).
 pub const NODE_CREATED: &str = "helix.node.created";
-/// A knowledge node changed (a new version). Publisher: storage. Payload:
-/// `{"id", "namespace", "kind", "title", "tags": [..], "version", "changed": ["content", ..]}`.
+/// A knowledge node changed (a new version). Publisher: storage. Payload: the whole node
+/// at its new version, as for [`NODE_CREATED`].
 pub const NODE_UPDATED: &str = "helix.node.updated";
-/// A knowledge node was deleted. Publisher: storage. Payload: `{"id", "namespace"}`.
+/// A knowledge node was deleted. Publisher: storage. Payload:
+/// `{"id", "namespace", "version"}` (the version it had when deleted).
 /// Consumers: search (drop it from the indexes), graph (drop its edges).
 pub const NODE_DELETED: &str = "helix.node.deleted";
 
