@@ -620,3 +620,64 @@ async fn edges_go_with_a_deleted_node(backend: Backend) -> anyhow::Result<()> {
     helix.stop().await;
     Ok(())
 }
+
+crate::on_both_backends!(rest_graph_routes);
+
+/// The gateway's graph routes, in the original system's shapes.
+async fn rest_graph_routes(backend: Backend) -> anyhow::Result<()> {
+    let helix = TestHelix::start(backend).await?;
+    let mut ids = Vec::new();
+    for content in ["a", "b", "c"] {
+        let (_, node) =
+            read(helix.api(Method::POST, "/api/v1/nodes").json(&json!({"content": content})).send().await?).await;
+        ids.push(node["id"].as_str().unwrap().to_owned());
+    }
+    let edge = |s: usize, t: usize| json!({"source_id": ids[s], "target_id": ids[t], "relation": "mentions", "metadata": {"why": "test"}});
+    let (status, ab) = read(helix.api(Method::POST, "/api/v1/graph/edges").json(&edge(0, 1)).send().await?).await;
+    assert_eq!(status, 201, "{ab}");
+    assert_eq!((ab["relation"].as_str(), &ab["metadata"]["why"]), (Some("mentions"), &json!("test")));
+    let (status, _) = read(helix.api(Method::POST, "/api/v1/graph/edges").json(&edge(1, 2)).send().await?).await;
+    assert_eq!(status, 201);
+
+    let (status, hood) = read(helix.api(Method::GET, &format!("/api/v1/graph/{}?depth=2", ids[0])).send().await?).await;
+    assert_eq!(status, 200, "{hood}");
+    let reached: BTreeSet<&str> = hood["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
+    assert_eq!(reached, ids.iter().map(String::as_str).collect());
+    assert_eq!(hood["edges"].as_array().unwrap().len(), 2);
+
+    let (status, got) =
+        read(helix.api(Method::GET, &format!("/api/v1/graph/edges/{}", ab["id"].as_str().unwrap())).send().await?)
+            .await;
+    assert_eq!((status, &got), (200, &ab));
+    let (status, list) =
+        read(helix.api(Method::GET, &format!("/api/v1/graph/edges?node_id={}&direction=out", ids[1])).send().await?)
+            .await;
+    assert_eq!((status, list["edges"].as_array().map(Vec::len)), (200, Some(1)));
+
+    let response =
+        helix.api(Method::GET, &format!("/api/v1/graph/export?format=dot&root={}&depth=2", ids[0])).send().await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/vnd.graphviz");
+    assert!(response.text().await?.contains("digraph"));
+
+    let cases = [
+        (json!({"source_id": ids[0], "target_id": ids[0]}), 400, "self_loop"),
+        (json!({"source_id": "nope", "target_id": ids[0]}), 400, "invalid_id"),
+        (json!({"source_id": ids[0], "target_id": ids[1], "relation": "Bad Type"}), 400, "invalid_edge_type"),
+        (json!({"source_id": ids[0]}), 422, "invalid_body"),
+    ];
+    for (body, status, code) in cases {
+        let (got, error) = read(helix.api(Method::POST, "/api/v1/graph/edges").json(&body).send().await?).await;
+        assert_eq!((got, crate::support::code(&error)), (status, code), "{body}");
+    }
+    let (status, _) =
+        read(helix.api(Method::DELETE, &format!("/api/v1/graph/edges/{}", ab["id"].as_str().unwrap())).send().await?)
+            .await;
+    assert_eq!(status, 204);
+    let (status, gone) =
+        read(helix.api(Method::GET, &format!("/api/v1/graph/edges/{}", ab["id"].as_str().unwrap())).send().await?)
+            .await;
+    assert_eq!((status, crate::support::code(&gone)), (404, "not_found"));
+    helix.stop().await;
+    Ok(())
+}

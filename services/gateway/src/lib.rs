@@ -4,6 +4,7 @@
 
 mod auth;
 mod error;
+mod graph;
 mod health;
 mod nodes;
 mod search;
@@ -17,6 +18,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use helix_proto::service_names;
 use helix_proto::v1::gateway_service_server::{GatewayService, GatewayServiceServer};
+use helix_proto::v1::graph_service_client::GraphServiceClient;
 use helix_proto::v1::search_service_client::SearchServiceClient;
 use helix_proto::v1::storage_service_client::StorageServiceClient;
 use helix_runtime::db::Database;
@@ -53,6 +55,7 @@ pub struct AppState {
     keys: KeyStore,
     storage: GrpcChannel,
     search: GrpcChannel,
+    graph: GrpcChannel,
     /// (name in /health, gRPC service name, channel) of every service the gateway calls
     services: Vec<(&'static str, &'static str, GrpcChannel)>,
     tower: Arc<tower_log::TowerLog>,
@@ -62,6 +65,10 @@ pub struct AppState {
 impl AppState {
     fn storage(&self) -> StorageServiceClient<GrpcChannel> {
         StorageServiceClient::new(self.storage.clone()).max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    fn graph(&self) -> GraphServiceClient<GrpcChannel> {
+        GraphServiceClient::new(self.graph.clone()).max_decoding_message_size(64 * 1024 * 1024)
     }
 
     fn search(&self) -> SearchServiceClient<GrpcChannel> {
@@ -104,10 +111,11 @@ pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<Gateway> {
     let e = &config.endpoints;
     let storage = connect(&e.storage)?;
     let search = connect(&e.search)?;
+    let graph = connect(&e.graph)?;
     let services = vec![
         ("storage", service_names::STORAGE, storage.clone()),
         ("search", service_names::SEARCH, search.clone()),
-        ("graph", service_names::GRAPH, connect(&e.graph)?),
+        ("graph", service_names::GRAPH, graph.clone()),
         ("llm-router", service_names::LLM_ROUTER, connect(&e.llm_router)?),
         ("orchestrator", service_names::ORCHESTRATOR, connect(&e.orchestrator)?),
         ("jobs", service_names::JOBS, connect(&e.jobs)?),
@@ -115,7 +123,7 @@ pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<Gateway> {
     ];
     let tower = Arc::new(tower_log::TowerLog::default());
     ctx.tasks.spawn(tower_log::follow(ctx.bus.clone(), tower.clone(), ctx.shutdown.clone()));
-    let state = AppState { keys, storage, search, services, tower, started_at: chrono::Utc::now() };
+    let state = AppState { keys, storage, search, graph, services, tower, started_at: chrono::Utc::now() };
     let http = router(state, config.gateway.max_body_bytes, ctx.metrics.clone());
     Ok(Gateway { http, grpc: GatewayServiceServer::new(GatewayApi) })
 }
@@ -136,6 +144,10 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics: Arc<Metrics>) -> 
         .route("/api/v1/recall", get(nodes::recall))
         .route("/api/v1/search", post(search::search).get(search::search_get))
         .route("/api/search", post(search::search))
+        .route("/api/v1/graph/edges", post(graph::create_edge).get(graph::list_edges))
+        .route("/api/v1/graph/edges/{id}", get(graph::get_edge).delete(graph::delete_edge))
+        .route("/api/v1/graph/export", get(graph::export))
+        .route("/api/v1/graph/{id}", get(graph::neighborhood))
         .route("/api/v1/openapi.json", get(openapi_json))
         .route("/api/board", get(tower_log::board))
         .route("/tower", get(tower_log::tower))
@@ -203,10 +215,11 @@ pub async fn serve(config: HelixConfig, shutdown: CancellationToken) -> helix_ru
         health::health, health::ready,
         nodes::create, nodes::bulk_create, nodes::get, nodes::update, nodes::delete, nodes::list, nodes::recall,
         tower_log::tower, tower_log::board, search::search, search::search_get,
+        graph::create_edge, graph::get_edge, graph::delete_edge, graph::list_edges, graph::neighborhood, graph::export,
         openapi_json,
     ),
     modifiers(&BearerAuth),
-    tags((name = "nodes", description = "knowledge nodes"), (name = "health"), (name = "search"), (name = "observability"), (name = "meta"))
+    tags((name = "nodes", description = "knowledge nodes"), (name = "health"), (name = "search"), (name = "graph"), (name = "observability"), (name = "meta"))
 )]
 pub struct ApiDoc;
 
