@@ -294,20 +294,7 @@ impl EdgeFilter {
         if let Some(relation) = &relation {
             validate_relation(relation)?;
         }
-        let limit = match limit {
-            0 => node::DEFAULT_PAGE,
-            n if n > node::MAX_PAGE => {
-                return Err(Error::invalid("invalid_limit", format!("limit must be from 1 to {}", node::MAX_PAGE)));
-            }
-            n => n,
-        };
-        let after = match cursor.filter(|c| !c.is_empty()) {
-            Some(c) => Some(
-                Uuid::try_parse(c)
-                    .map_err(|_| Error::invalid("invalid_cursor", "cursor is not one this server issued"))?,
-            ),
-            None => None,
-        };
+        let (limit, after) = node::parse_page(limit, cursor)?;
         Ok(Self { node_id, relation, direction, limit, after })
     }
 }

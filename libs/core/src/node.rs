@@ -190,22 +190,29 @@ impl NodeFilter {
         if let Some(ns) = &namespace {
             validate_namespace(ns)?;
         }
-        let limit = match limit {
-            0 => DEFAULT_PAGE,
-            n if n > MAX_PAGE => {
-                return Err(Error::invalid("invalid_limit", format!("limit must be from 1 to {MAX_PAGE}")));
-            }
-            n => n,
-        };
-        let after = match cursor.filter(|c| !c.is_empty()) {
-            Some(c) => Some(
-                Uuid::try_parse(c)
-                    .map_err(|_| Error::invalid("invalid_cursor", "cursor is not one this server issued"))?,
-            ),
-            None => None,
-        };
+        let (limit, after) = parse_page(limit, cursor)?;
         Ok(Self { namespace, kind, tag, limit, after })
     }
+}
+
+/// Checks a page request of a newest-first listing: a limit of 0 means the default, one
+/// over the maximum is refused (never clamped silently), and a cursor is the last id of
+/// the previous page.
+pub fn parse_page(limit: u32, cursor: Option<&str>) -> Result<(u32, Option<Uuid>)> {
+    let limit = match limit {
+        0 => DEFAULT_PAGE,
+        n if n > MAX_PAGE => {
+            return Err(Error::invalid("invalid_limit", format!("limit must be from 1 to {MAX_PAGE}")));
+        }
+        n => n,
+    };
+    let after = match cursor.filter(|c| !c.is_empty()) {
+        Some(c) => Some(
+            Uuid::try_parse(c).map_err(|_| Error::invalid("invalid_cursor", "cursor is not one this server issued"))?,
+        ),
+        None => None,
+    };
+    Ok((limit, after))
 }
 
 /// One page of nodes; `next_cursor` is set when more nodes follow.

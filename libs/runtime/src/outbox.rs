@@ -18,6 +18,35 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::{Backend, Database, db_error};
 
+/// A service's outbox: write transactions whose commit wakes the relay, so events
+/// leave without waiting for its poll.
+#[derive(Clone)]
+pub struct Outbox {
+    db: Database,
+    ready: Arc<Notify>,
+}
+
+impl Outbox {
+    /// Starts `service`'s relay on the context's tasks.
+    pub fn start(ctx: &crate::ServiceContext, service: &'static str, db: Database) -> Self {
+        let ready = Arc::new(Notify::new());
+        ctx.tasks.spawn(run_relay(service, db.clone(), ctx.bus.clone(), ready.clone(), ctx.shutdown.clone()));
+        Self { db, ready }
+    }
+
+    /// A write transaction; put its events in with [`enqueue`].
+    pub async fn begin(&self) -> Result<Transaction<'static, Any>> {
+        self.db.pool.begin().await.map_err(db_error)
+    }
+
+    /// Commits and wakes the relay.
+    pub async fn commit(&self, tx: Transaction<'static, Any>) -> Result<()> {
+        tx.commit().await.map_err(db_error)?;
+        self.ready.notify_one();
+        Ok(())
+    }
+}
+
 /// Puts an event in the outbox; it reaches the bus only if the transaction commits.
 /// The current trace goes with it, through the relay, to every subscriber.
 pub async fn enqueue(

@@ -34,7 +34,6 @@ use helix_proto::v1::graph_service_server::GraphServiceServer;
 use helix_runtime::db::Database;
 use helix_runtime::{HelixConfig, ServiceContext};
 use sqlx::migrate::Migrator;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use grpc::GraphApi;
@@ -56,15 +55,9 @@ pub async fn migrate(config: &HelixConfig) -> helix_runtime::Result<()> {
 /// node events consumer on the context's task tracker.
 pub async fn open(ctx: &ServiceContext) -> helix_runtime::Result<Arc<GraphStore>> {
     let db = Database::open(ctx, SERVICE, &SQLITE, &POSTGRES).await?;
-    let checked = db.clone();
-    ctx.readiness.add("graph database", move || {
-        let db = checked.clone();
-        Box::pin(async move { db.check().await.map_err(|e| e.to_string()) })
-    });
-    let ready = Arc::new(Notify::new());
-    let store = Arc::new(GraphStore::load(db.clone(), ready.clone()).await?);
+    let outbox = helix_runtime::outbox::Outbox::start(ctx, SERVICE, db.clone());
+    let store = Arc::new(GraphStore::load(db, outbox).await?);
     let node_events = ctx.bus.subscribe(events::FILTER, events::GROUP).await?;
-    ctx.tasks.spawn(helix_runtime::outbox::run_relay(SERVICE, db, ctx.bus.clone(), ready, ctx.shutdown.clone()));
     ctx.tasks.spawn(events::follow_nodes(store.clone(), node_events, ctx.shutdown.clone()));
     Ok(store)
 }

@@ -3,18 +3,18 @@
 //! a write the database refused leaves memory as it was. Writes go one at a time, so
 //! memory sees them in the order the database committed them.
 
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, TimeZone, Utc};
 use helix_core::graph::{self, Direction, Edge, EdgeFields, EdgeFilter, NodeLabel};
 use helix_core::{Error, Result};
 use helix_events::subjects;
 use helix_runtime::db::{self, Database, db_error};
-use helix_runtime::outbox;
+use helix_runtime::outbox::{self, Outbox};
 use serde_json::json;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::SERVICE;
@@ -30,8 +30,7 @@ pub struct EdgePage {
 
 pub struct GraphStore {
     db: Database,
-    /// Wakes the outbox relay after a commit, so events leave without waiting for its poll.
-    outbox_ready: Arc<Notify>,
+    outbox: Outbox,
     /// Held from the start of a write's transaction until memory has it.
     writing: Mutex<()>,
     memory: RwLock<Memory>,
@@ -39,7 +38,7 @@ pub struct GraphStore {
 
 impl GraphStore {
     /// Reads the whole graph from the database into memory.
-    pub async fn load(db: Database, outbox_ready: Arc<Notify>) -> Result<Self> {
+    pub async fn load(db: Database, outbox: Outbox) -> Result<Self> {
         let mut memory = Memory::default();
         let rows = sqlx::query("SELECT id, namespace, kind, title, deleted FROM graph_nodes")
             .fetch_all(&db.pool)
@@ -64,7 +63,7 @@ impl GraphStore {
             memory.insert_edge(edge_from_row(row)?);
         }
         tracing::info!(nodes = memory.node_count(), edges = memory.edge_count(), "graph loaded");
-        Ok(Self { db, outbox_ready, writing: Mutex::new(()), memory: RwLock::new(memory) })
+        Ok(Self { db, outbox, writing: Mutex::new(()), memory: RwLock::new(memory) })
     }
 
     /// The graph in memory, for reading; hold it only briefly (writers wait for it).
@@ -98,7 +97,7 @@ impl GraphStore {
             metadata: fields.metadata,
             created_at: now(),
         };
-        let mut tx = self.begin().await?;
+        let mut tx = self.outbox.begin().await?;
         let sql = format!("INSERT INTO edges ({EDGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)");
         let inserted = sqlx::query(&sql)
             .bind(edge.id.to_string())
@@ -123,7 +122,7 @@ impl GraphStore {
             "relation": edge.relation, "weight": edge.weight,
         });
         outbox::enqueue(&mut tx, subjects::GRAPH_EDGE_CREATED, SERVICE, payload).await?;
-        self.commit(tx).await?;
+        self.outbox.commit(tx).await?;
         self.write().insert_edge(edge.clone());
         Ok(edge)
     }
@@ -134,12 +133,12 @@ impl GraphStore {
 
     pub async fn delete_edge(&self, id: Uuid) -> Result<()> {
         let _writing = self.writing.lock().await;
-        let mut tx = self.begin().await?;
+        let mut tx = self.outbox.begin().await?;
         let sql = format!("DELETE FROM edges WHERE id = $1 RETURNING {EDGE_COLUMNS}");
         let row = sqlx::query(&sql).bind(id.to_string()).fetch_optional(&mut *tx).await.map_err(db_error)?;
         let Some(row) = row else { return Err(Error::not_found("edge", id)) };
         enqueue_deleted(&mut tx, &edge_from_row(&row)?).await?;
-        self.commit(tx).await?;
+        self.outbox.commit(tx).await?;
         self.write().remove_edge(id);
         Ok(())
     }
@@ -149,7 +148,7 @@ impl GraphStore {
     /// edge joins it again and no late event labels it again.
     pub async fn remove_node(&self, id: Uuid, deleted_version: Option<i64>) -> Result<u32> {
         let _writing = self.writing.lock().await;
-        let mut tx = self.begin().await?;
+        let mut tx = self.outbox.begin().await?;
         let sql = format!("DELETE FROM edges WHERE source_id = $1 OR target_id = $1 RETURNING {EDGE_COLUMNS}");
         let rows = sqlx::query(&sql).bind(id.to_string()).fetch_all(&mut *tx).await.map_err(db_error)?;
         for row in &rows {
@@ -165,7 +164,7 @@ impl GraphStore {
             None => sqlx::query("DELETE FROM graph_nodes WHERE id = $1 AND deleted = 0").bind(id.to_string()),
         };
         label.execute(&mut *tx).await.map_err(db_error)?;
-        self.commit(tx).await?;
+        self.outbox.commit(tx).await?;
         self.write().remove_node(id, deleted_version.is_some());
         Ok(rows.len() as u32)
     }
@@ -175,7 +174,7 @@ impl GraphStore {
     /// caller (`version` 0) any, until the node's next event.
     pub async fn set_labels(&self, labels: Vec<(Uuid, NodeLabel)>, version: i64) -> Result<u32> {
         let _writing = self.writing.lock().await;
-        let mut tx = self.begin().await?;
+        let mut tx = self.outbox.begin().await?;
         let mut applied = Vec::with_capacity(labels.len());
         for (id, label) in labels {
             let done = sqlx::query(
@@ -224,16 +223,6 @@ impl GraphStore {
         let (edges, next_cursor) =
             db::newest_first(&self.db.pool, sql, args, filter.after, filter.limit, edge_from_row, |e| e.id).await?;
         Ok(EdgePage { edges, next_cursor })
-    }
-
-    async fn begin(&self) -> Result<Transaction<'static, Any>> {
-        self.db.pool.begin().await.map_err(db_error)
-    }
-
-    async fn commit(&self, tx: Transaction<'static, Any>) -> Result<()> {
-        tx.commit().await.map_err(db_error)?;
-        self.outbox_ready.notify_one();
-        Ok(())
     }
 }
 

@@ -8,13 +8,10 @@
 mod grpc;
 mod store;
 
-use std::sync::Arc;
-
 use helix_proto::v1::storage_service_server::StorageServiceServer;
 use helix_runtime::db::Database;
 use helix_runtime::{HelixConfig, ServiceContext};
 use sqlx::migrate::Migrator;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use grpc::{StorageApi, node_to_pb};
@@ -35,15 +32,8 @@ pub async fn migrate(config: &HelixConfig) -> helix_runtime::Result<()> {
 /// Opens the node store and starts its outbox relay on the context's task tracker.
 pub async fn open(ctx: &ServiceContext) -> helix_runtime::Result<NodeStore> {
     let db = Database::open(ctx, SERVICE, &SQLITE, &POSTGRES).await?;
-    let ready = Arc::new(Notify::new());
-    ctx.tasks.spawn(helix_runtime::outbox::run_relay(
-        SERVICE,
-        db.clone(),
-        ctx.bus.clone(),
-        ready.clone(),
-        ctx.shutdown.clone(),
-    ));
-    Ok(NodeStore::new(db, ready))
+    let outbox = helix_runtime::outbox::Outbox::start(ctx, SERVICE, db.clone());
+    Ok(NodeStore::new(db, outbox))
 }
 
 /// The storage gRPC service, ready to be served.

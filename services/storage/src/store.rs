@@ -1,18 +1,15 @@
 //! Knowledge nodes in the service's database. Every write puts its event in the outbox
 //! inside the same transaction, so an event exists exactly when its change committed.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, TimeZone, Utc};
 use helix_core::node::{MAX_BULK, Node, NodeDraft, NodeFields, NodeFilter, NodePage};
 use helix_core::{Error, Result};
 use helix_events::subjects;
 use helix_runtime::db::{self, Database, db_error};
-use helix_runtime::outbox;
+use helix_runtime::outbox::{self, Outbox};
 use serde_json::json;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::SERVICE;
@@ -24,13 +21,12 @@ const NODE_COLUMNS: &str =
 #[derive(Clone)]
 pub struct NodeStore {
     db: Database,
-    /// Wakes the outbox relay after a commit, so events leave without waiting for its poll.
-    outbox_ready: Arc<Notify>,
+    outbox: Outbox,
 }
 
 impl NodeStore {
-    pub fn new(db: Database, outbox_ready: Arc<Notify>) -> Self {
-        Self { db, outbox_ready }
+    pub fn new(db: Database, outbox: Outbox) -> Self {
+        Self { db, outbox }
     }
 
     pub fn database(&self) -> &Database {
@@ -68,12 +64,12 @@ impl NodeStore {
             .into_iter()
             .map(|fields| Node { id: Uuid::now_v7(), fields, created_at: now, updated_at: now, version: 1 })
             .collect();
-        let mut tx = self.begin().await?;
+        let mut tx = self.outbox.begin().await?;
         for node in &nodes {
             insert_node(&mut tx, node).await?;
             outbox::enqueue(&mut tx, subjects::NODE_CREATED, SERVICE, json!(node)).await?;
         }
-        self.commit(tx).await?;
+        self.outbox.commit(tx).await?;
         Ok(nodes)
     }
 
@@ -87,7 +83,7 @@ impl NodeStore {
     pub async fn update(&self, id: Uuid, expected_version: i64, draft: NodeDraft) -> Result<Node> {
         let fields = draft.validate()?;
         let updated_at = now();
-        let mut tx = self.begin().await?;
+        let mut tx = self.outbox.begin().await?;
         let row = sqlx::query(
             "UPDATE nodes SET namespace = $1, kind = $2, title = $3, content = $4, tags = $5, metadata = $6, \
              source = $7, importance = $8, updated_at = $9, version = version + 1 \
@@ -125,13 +121,13 @@ impl NodeStore {
             .map_err(db_error)?;
         insert_tags(&mut tx, &node).await?;
         outbox::enqueue(&mut tx, subjects::NODE_UPDATED, SERVICE, json!(node)).await?;
-        self.commit(tx).await?;
+        self.outbox.commit(tx).await?;
         Ok(node)
     }
 
     /// Deletes the node; with `expected_version`, only if that is still its version.
     pub async fn delete(&self, id: Uuid, expected_version: Option<i64>) -> Result<()> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.outbox.begin().await?;
         let row =
             sqlx::query("DELETE FROM nodes WHERE id = $1 AND ($2 = 0 OR version = $2) RETURNING namespace, version")
                 .bind(id.to_string())
@@ -152,7 +148,7 @@ impl NodeStore {
             json!({ "id": id, "namespace": namespace, "version": version }),
         )
         .await?;
-        self.commit(tx).await
+        self.outbox.commit(tx).await
     }
 
     /// The error for a conditional write that matched no row.
@@ -215,16 +211,6 @@ impl NodeStore {
         }
         let rows = q.fetch_all(&self.db.pool).await.map_err(db_error)?;
         rows.iter().map(node_from_row).collect()
-    }
-
-    async fn begin(&self) -> Result<Transaction<'static, Any>> {
-        self.db.pool.begin().await.map_err(db_error)
-    }
-
-    async fn commit(&self, tx: Transaction<'static, Any>) -> Result<()> {
-        tx.commit().await.map_err(db_error)?;
-        self.outbox_ready.notify_one();
-        Ok(())
     }
 }
 
