@@ -97,17 +97,11 @@ pub struct RecallArgs {
 
 #[derive(Debug, Args)]
 pub struct SearchArgs {
-    #[arg(required = true, num_args = 1..)]
-    pub words: Vec<String>,
+    #[command(flatten)]
+    pub query: RecallArgs,
     /// fulltext, semantic or hybrid; default: the search service's choice
     #[arg(short, long)]
     pub mode: Option<String>,
-    #[arg(short, long)]
-    pub namespace: Option<String>,
-    #[arg(short, long, default_value_t = 10)]
-    pub limit: u32,
-    #[command(flatten)]
-    pub remote: Remote,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -256,9 +250,9 @@ async fn recall(args: RecallArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
+async fn search(SearchArgs { query: args, mode }: SearchArgs) -> anyhow::Result<ExitCode> {
     let mut body = json!({ "query": args.words.join(" "), "limit": args.limit });
-    if let Some(mode) = args.mode {
+    if let Some(mode) = mode {
         body["mode"] = json!(mode);
     }
     if let Some(namespace) = args.namespace {

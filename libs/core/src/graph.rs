@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::node::{self, MAX_METADATA_BYTES};
+use crate::node;
 use crate::{Error, ErrorKind, Result};
 
 pub const RELATES_TO: &str = "relates_to";
@@ -78,13 +78,7 @@ impl EdgeDraft {
             return Err(Error::invalid("invalid_weight", "weight must be a finite number, not negative"));
         }
         let metadata = self.metadata.unwrap_or_default();
-        let metadata_len = serde_json::to_vec(&metadata).map(|v| v.len()).unwrap_or(usize::MAX);
-        if metadata_len > MAX_METADATA_BYTES {
-            return Err(Error::invalid(
-                "metadata_too_large",
-                format!("metadata is {metadata_len} bytes of JSON, the limit is {MAX_METADATA_BYTES}"),
-            ));
-        }
+        node::check_metadata(&metadata)?;
         Ok(EdgeFields { source_id, target_id, relation, weight, metadata })
     }
 }
@@ -401,7 +395,7 @@ mod tests {
     fn rejects_each_broken_rule_with_its_code() {
         let id = Uuid::now_v7().to_string();
         let big: Map<String, Value> =
-            [("x".to_owned(), Value::String("x".repeat(MAX_METADATA_BYTES)))].into_iter().collect();
+            [("x".to_owned(), Value::String("x".repeat(node::MAX_METADATA_BYTES)))].into_iter().collect();
         let cases: Vec<(EdgeDraft, &str)> = vec![
             (EdgeDraft { source_id: "nope".into(), ..draft("") }, "invalid_id"),
             (EdgeDraft { target_id: String::new(), ..draft("") }, "invalid_id"),

@@ -94,13 +94,7 @@ impl NodeDraft {
         let tags = normalize_tags(self.tags)?;
 
         let metadata = self.metadata.unwrap_or_default();
-        let metadata_len = serde_json::to_vec(&metadata).map(|v| v.len()).unwrap_or(usize::MAX);
-        if metadata_len > MAX_METADATA_BYTES {
-            return Err(Error::invalid(
-                "metadata_too_large",
-                format!("metadata is {metadata_len} bytes of JSON, the limit is {MAX_METADATA_BYTES}"),
-            ));
-        }
+        check_metadata(&metadata)?;
 
         let source = self.source.filter(|s| !s.is_empty());
         if source.as_ref().is_some_and(|s| s.chars().count() > MAX_SOURCE_CHARS) {
@@ -117,6 +111,18 @@ impl NodeDraft {
 
         Ok(NodeFields { namespace, kind, title, content: self.content, tags, metadata, source, importance })
     }
+}
+
+/// Metadata (of a node or an edge) is a JSON object of at most [`MAX_METADATA_BYTES`].
+pub fn check_metadata(metadata: &Map<String, Value>) -> Result<()> {
+    let len = serde_json::to_vec(metadata).map(|v| v.len()).unwrap_or(usize::MAX);
+    if len > MAX_METADATA_BYTES {
+        return Err(Error::invalid(
+            "metadata_too_large",
+            format!("metadata is {len} bytes of JSON, the limit is {MAX_METADATA_BYTES}"),
+        ));
+    }
+    Ok(())
 }
 
 pub fn validate_namespace(namespace: &str) -> Result<()> {

@@ -204,3 +204,18 @@ pub async fn newest_first<T>(
     };
     Ok((items, next))
 }
+
+/// The current time at the precision the database keeps (microseconds), so what a
+/// write returns equals what is read back.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    from_micros(micros(chrono::Utc::now()))
+}
+
+/// Times are stored as BIGINT microseconds since the Unix epoch, UTC.
+pub fn micros(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub fn from_micros(us: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_micros(us).unwrap_or_default()
+}

@@ -5,11 +5,10 @@
 
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use chrono::{DateTime, TimeZone, Utc};
 use helix_core::graph::{self, Direction, Edge, EdgeFields, EdgeFilter, NodeLabel};
 use helix_core::{Error, Result};
 use helix_events::subjects;
-use helix_runtime::db::{self, Database, db_error};
+use helix_runtime::db::{self, Database, db_error, from_micros, micros, now};
 use helix_runtime::outbox::{self, Outbox};
 use serde_json::json;
 use sqlx::any::AnyRow;
@@ -253,18 +252,4 @@ fn text(row: &AnyRow, column: &str) -> Result<String> {
 
 fn parse_stored_id(id: &str) -> Result<Uuid> {
     Uuid::try_parse(id).map_err(|_| Error::internal(format!("stored graph node {id} has a corrupt id")))
-}
-
-/// The current time at the precision the database keeps, so what is returned equals
-/// what is read back.
-fn now() -> DateTime<Utc> {
-    from_micros(micros(Utc::now()))
-}
-
-fn micros(t: DateTime<Utc>) -> i64 {
-    t.timestamp_micros()
-}
-
-fn from_micros(us: i64) -> DateTime<Utc> {
-    Utc.timestamp_micros(us).single().unwrap_or_default()
 }

@@ -1,11 +1,10 @@
 //! Knowledge nodes in the service's database. Every write puts its event in the outbox
 //! inside the same transaction, so an event exists exactly when its change committed.
 
-use chrono::{DateTime, TimeZone, Utc};
 use helix_core::node::{MAX_BULK, Node, NodeDraft, NodeFields, NodeFilter, NodePage};
 use helix_core::{Error, Result};
 use helix_events::subjects;
-use helix_runtime::db::{self, Database, db_error};
+use helix_runtime::db::{self, Database, db_error, from_micros, micros, now};
 use helix_runtime::outbox::{self, Outbox};
 use serde_json::json;
 use sqlx::any::AnyRow;
@@ -277,18 +276,4 @@ fn json_text(value: &impl serde::Serialize) -> String {
 fn like_pattern(word: &str) -> String {
     let escaped = word.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
     format!("%{escaped}%")
-}
-
-/// The current time at the precision the database keeps, so what is returned equals
-/// what is read back.
-fn now() -> DateTime<Utc> {
-    from_micros(micros(Utc::now()))
-}
-
-fn micros(t: DateTime<Utc>) -> i64 {
-    t.timestamp_micros()
-}
-
-fn from_micros(us: i64) -> DateTime<Utc> {
-    Utc.timestamp_micros(us).single().unwrap_or_default()
 }
