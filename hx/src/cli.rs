@@ -34,8 +34,12 @@ pub enum Command {
     Store(StoreArgs),
     /// List the nodes whose title or content contain the words
     Recall(RecallArgs),
-    /// Search the nodes, ranked (full text today)
+    /// Search the nodes, ranked: by words (the default), meaning or both
     Search(SearchArgs),
+    /// Rebuild the search index (words and vectors) from storage, with progress
+    Reindex(ReindexArgs),
+    /// Relate nodes and explore the graph: link, unlink, neighbours, path, export, stats
+    Graph(crate::graph::GraphArgs),
     /// Show the gateway's health and its dependencies'
     Health(Remote),
     /// Run every service's database migrations, then exit (once per release)
@@ -99,9 +103,21 @@ pub struct RecallArgs {
 pub struct SearchArgs {
     #[command(flatten)]
     pub query: RecallArgs,
-    /// fulltext, semantic or hybrid; default: the search service's choice
+    /// fulltext (the default), semantic or hybrid
+    #[arg(short, long, default_value = "fulltext")]
+    pub mode: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ReindexArgs {
+    /// only this namespace
     #[arg(short, long)]
-    pub mode: Option<String>,
+    pub namespace: Option<String>,
+    /// embed every node again, even those indexed at their current version
+    #[arg(long)]
+    pub re_embed: bool,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -111,6 +127,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Store(args) => store(args).await,
         Command::Recall(args) => recall(args).await,
         Command::Search(args) => search(args).await,
+        Command::Reindex(args) => reindex(args).await,
+        Command::Graph(args) => crate::graph::run(args).await,
         Command::Health(remote) => health(remote).await,
         Command::Migrate => migrate().await,
         Command::Probe { url } => probe(url).await,
@@ -172,7 +190,7 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn client(remote: &Remote) -> anyhow::Result<GatewayClient> {
+pub(crate) fn client(remote: &Remote) -> anyhow::Result<GatewayClient> {
     let key = match &remote.api_key {
         Some(key) => Some(key.clone()),
         None => read_key_file(),
@@ -222,21 +240,19 @@ async fn store(args: StoreArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Hybrid search: what the words say and what they mean.
 async fn recall(args: RecallArgs) -> anyhow::Result<ExitCode> {
-    let mut query = vec![("q", args.words.join(" ")), ("limit", args.limit.to_string())];
-    if let Some(namespace) = args.namespace {
-        query.push(("namespace", namespace));
-    }
-    let page: Value = client(&args.remote)?.call(Method::GET, "/api/v1/recall", &query, None).await?;
+    let found = find(&args, "hybrid").await?;
     if args.remote.json {
-        println!("{}", serde_json::to_string_pretty(&page)?);
+        println!("{}", serde_json::to_string_pretty(&found)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let nodes = page["nodes"].as_array().cloned().unwrap_or_default();
-    if nodes.is_empty() {
+    let results = found["results"].as_array().cloned().unwrap_or_default();
+    if results.is_empty() {
         println!("nothing found");
     }
-    for node in nodes {
+    for hit in results {
+        let node = &hit["node"];
         let content = node["content"].as_str().unwrap_or_default();
         let snippet: String = content.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(120).collect();
         println!(
@@ -250,15 +266,16 @@ async fn recall(args: RecallArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn search(SearchArgs { query: args, mode }: SearchArgs) -> anyhow::Result<ExitCode> {
-    let mut body = json!({ "query": args.words.join(" "), "limit": args.limit });
-    if let Some(mode) = mode {
-        body["mode"] = json!(mode);
-    }
-    if let Some(namespace) = args.namespace {
+async fn find(args: &RecallArgs, mode: &str) -> anyhow::Result<Value> {
+    let mut body = json!({ "query": args.words.join(" "), "limit": args.limit, "mode": mode });
+    if let Some(namespace) = &args.namespace {
         body["namespace"] = json!(namespace);
     }
-    let found: Value = client(&args.remote)?.call(Method::POST, "/api/v1/search", &[], Some(&body)).await?;
+    client(&args.remote)?.call(Method::POST, "/api/v1/search", &[], Some(&body)).await
+}
+
+async fn search(SearchArgs { query: args, mode }: SearchArgs) -> anyhow::Result<ExitCode> {
+    let found = find(&args, &mode).await?;
     if args.remote.json {
         println!("{}", serde_json::to_string_pretty(&found)?);
         return Ok(ExitCode::SUCCESS);
@@ -277,6 +294,53 @@ async fn search(SearchArgs { query: args, mode }: SearchArgs) -> anyhow::Result<
             hit["title"].as_str().unwrap_or("")
         );
         println!("    {snippet}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Streams the reindex's progress: a bar on a terminal, the last line otherwise.
+async fn reindex(args: ReindexArgs) -> anyhow::Result<ExitCode> {
+    let body = json!({ "namespace": args.namespace, "re_embed": args.re_embed });
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg:>10} [{bar:40}] {pos}/{len} nodes ({per_sec}, {eta})")?
+            .progress_chars("=> "),
+    );
+    let mut last: Option<Value> = None;
+    let mut failure: Option<String> = None;
+    client(&args.remote)?
+        .events("/api/v1/search/reindex", &body, |event, data| {
+            let value: Value = serde_json::from_str(data)?;
+            match event {
+                "error" => failure = Some(value["error"]["message"].as_str().unwrap_or(data).to_owned()),
+                _ => {
+                    let total = value["total"].as_u64().unwrap_or(0);
+                    bar.set_length(total.max(value["processed"].as_u64().unwrap_or(0)));
+                    bar.set_position(value["processed"].as_u64().unwrap_or(0));
+                    bar.set_message(value["phase"].as_str().unwrap_or("").to_owned());
+                    last = Some(value);
+                }
+            }
+            Ok(())
+        })
+        .await?;
+    bar.finish_and_clear();
+    if let Some(message) = failure {
+        eprintln!("reindex failed: {message}");
+        return Ok(ExitCode::FAILURE);
+    }
+    let Some(last) = last.filter(|p| p["done"] == true) else {
+        eprintln!("the reindex stream ended before it was done");
+        return Ok(ExitCode::FAILURE);
+    };
+    if args.remote.json {
+        println!("{}", serde_json::to_string_pretty(&last)?);
+    } else {
+        println!(
+            "reindexed {} nodes ({} failed)",
+            last["processed"].as_u64().unwrap_or(0),
+            last["failed"].as_u64().unwrap_or(0)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,8 @@
 //! The `hx` binary's library: which services a process runs ([`fleet`]) and the
-//! command line ([`cli`]). `main.rs` only parses arguments and calls [`cli::run`].
+//! command line ([`cli`]; `hx graph` in [`graph`]). `main.rs` only parses arguments and
+//! calls [`cli::run`].
 
 pub mod cli;
 pub mod client;
 pub mod fleet;
+pub mod graph;

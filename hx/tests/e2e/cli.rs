@@ -89,7 +89,15 @@ async fn hx_up_store_recall_and_restart(backend: Backend) -> anyhow::Result<()> 
     let id = out.split_whitespace().nth(1).unwrap().to_owned();
     hx(&env, &running.url, &["store", "Unrelated", "note", "about", "cooking"]).await?;
 
-    let (ok, out) = hx(&env, &running.url, &["recall", "POWERHOUSE", "mito"]).await?;
+    // recall is search: the index has the node within a second of its write
+    let since = std::time::Instant::now();
+    let (ok, out) = loop {
+        let (ok, out) = hx(&env, &running.url, &["recall", "POWERHOUSE", "mito"]).await?;
+        if !ok || !out.contains("nothing found") || since.elapsed() > std::time::Duration::from_secs(2) {
+            break (ok, out);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert!(ok, "{out}");
     assert!(out.contains(&id) && out.contains("The mitochondria is the powerhouse"), "{out}");
     assert!(!out.contains("cooking"), "{out}");
@@ -111,7 +119,7 @@ async fn hx_up_store_recall_and_restart(backend: Backend) -> anyhow::Result<()> 
     let (ok, out) = hx(&env, &running.url, &["recall", "mitochondria", "--json"]).await?;
     assert!(ok, "{out}");
     let page: Value = serde_json::from_str(&out)?;
-    assert_eq!(page["nodes"][0]["id"], json!(id));
+    assert_eq!(page["results"][0]["id"], json!(id));
     terminate(running).await?;
 
     let (ok, out) = hx(&env, "http://127.0.0.1:9", &["recall", "x"]).await?;

@@ -169,6 +169,12 @@ async fn edges_crud_events_and_validation(backend: Backend) -> anyhow::Result<()
         ("no start", code(g.traverse(pb::TraverseRequest::default()).await), "invalid_start_ids"),
         ("path depth", code(g.find_paths(paths(11, 0)).await), "invalid_depth"),
         ("max_paths", code(g.find_paths(paths(0, 11)).await), "invalid_max_paths"),
+        ("path direction", code(g.find_paths(pb::FindPathsRequest { direction: "up".into(), ..paths(0, 0) }).await), "invalid_direction"),
+        (
+            "undirected out",
+            code(g.find_paths(pb::FindPathsRequest { direction: "out".into(), undirected: true, ..paths(0, 0) }).await),
+            "invalid_direction",
+        ),
         (
             "format",
             code(g.export_graph(pb::ExportGraphRequest { format: "svg".into(), ..Default::default() }).await),
@@ -363,9 +369,18 @@ async fn shortest_paths(backend: Backend) -> anyhow::Result<()> {
         max_depth: u32,
         max_paths: u32,
         undirected: bool,
+        direction: &'static str,
     }
-    let case =
-        |from, to| Case { from, to, weighted: false, relations: vec![], max_depth: 0, max_paths: 0, undirected: false };
+    let case = |from, to| Case {
+        from,
+        to,
+        weighted: false,
+        relations: vec![],
+        max_depth: 0,
+        max_paths: 0,
+        undirected: false,
+        direction: "",
+    };
     let cases: Vec<(Case, Vec<PathShape>)> = vec![
         (case(a, d), vec![path(&[a, d], 10.0)]),
         (Case { weighted: true, ..case(a, d) }, vec![path(&[a, e, d], 2.0)]),
@@ -383,6 +398,9 @@ async fn shortest_paths(backend: Backend) -> anyhow::Result<()> {
         (case(d, a), vec![]),
         (Case { undirected: true, ..case(d, a) }, vec![path(&[d, a], 10.0)]),
         (Case { undirected: true, weighted: true, ..case(c, e) }, vec![path(&[c, d, e], 2.0)]),
+        (Case { direction: "in", weighted: true, ..case(d, a) }, vec![path(&[d, e, a], 2.0)]),
+        (Case { direction: "in", ..case(a, d) }, vec![]),
+        (Case { direction: "both", undirected: true, ..case(d, a) }, vec![path(&[d, a], 10.0)]),
         (case(a, a), vec![path(&[a], 0.0)]),
         (case(a, Uuid::now_v7()), vec![]),
     ];
@@ -395,6 +413,7 @@ async fn shortest_paths(backend: Backend) -> anyhow::Result<()> {
             weighted: case.weighted,
             max_paths: case.max_paths,
             undirected: case.undirected,
+            direction: case.direction.to_owned(),
         };
         let got = graph.find_paths(request.clone()).await?.into_inner();
         let paths: Vec<(Vec<String>, f64)> = got.paths.iter().map(|p| (p.node_ids.clone(), p.total_weight)).collect();
@@ -678,6 +697,447 @@ async fn rest_graph_routes(backend: Backend) -> anyhow::Result<()> {
         read(helix.api(Method::GET, &format!("/api/v1/graph/edges/{}", ab["id"].as_str().unwrap())).send().await?)
             .await;
     assert_eq!((status, crate::support::code(&gone)), (404, "not_found"));
+    helix.stop().await;
+    Ok(())
+}
+
+crate::on_both_backends!(rest_paths, rest_stats_and_deleted_nodes, rest_neighbours_and_exports, hx_graph_commands);
+
+/// GET on the gateway: the status and JSON body.
+async fn get(helix: &TestHelix, path: &str) -> anyhow::Result<(u16, Value)> {
+    Ok(read(helix.api(Method::GET, path).send().await?).await)
+}
+
+/// An edge created over REST; its id.
+async fn link(helix: &TestHelix, source: &str, target: &str, relation: &str, weight: f64) -> anyhow::Result<String> {
+    let body = json!({"source_id": source, "target_id": target, "relation": relation, "weight": weight});
+    let (status, edge) = read(helix.api(Method::POST, "/api/v1/graph/edges").json(&body).send().await?).await;
+    anyhow::ensure!(status == 201, "{status} {edge}");
+    Ok(edge["id"].as_str().unwrap().to_owned())
+}
+
+/// A node stored over REST (the graph learns its label from the node event); its id.
+async fn store(helix: &TestHelix, title: &str, namespace: &str) -> anyhow::Result<String> {
+    let body = json!({"content": format!("{title} content"), "title": title, "namespace": namespace});
+    let (status, node) = read(helix.api(Method::POST, "/api/v1/nodes").json(&body).send().await?).await;
+    anyhow::ensure!(status == 201, "{status} {node}");
+    Ok(node["id"].as_str().unwrap().to_owned())
+}
+
+/// What a REST call should answer: these paths (node ids, total weight), or an error.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Paths(Vec<PathShape>),
+    Error(u16, String),
+}
+
+async fn rest_paths(backend: Backend) -> anyhow::Result<()> {
+    let helix = TestHelix::start(backend).await?;
+    let n: Vec<String> = ids(6).iter().map(ToString::to_string).collect();
+    let (a, b, c, d, e, f) = (&n[0], &n[1], &n[2], &n[3], &n[4], &n[5]);
+    //  a -1-> b -1-> c (relates_to);  a -5-> c (mentions);  c -1-> d (part_of);  e -1-> f apart
+    let ab = link(&helix, a, b, "relates_to", 1.0).await?;
+    let bc = link(&helix, b, c, "relates_to", 1.0).await?;
+    let ac = link(&helix, a, c, "mentions", 5.0).await?;
+    let cd = link(&helix, c, d, "part_of", 1.0).await?;
+    link(&helix, e, f, "relates_to", 1.0).await?;
+
+    let paths = |list: &[(&[&String], f64)]| {
+        Answer::Paths(list.iter().map(|(ids, w)| (ids.iter().map(|s| s.to_string()).collect(), *w)).collect())
+    };
+    let error = |status, code: &str| Answer::Error(status, code.to_owned());
+    let unknown = Uuid::now_v7().to_string();
+    #[rustfmt::skip]
+    let cases: Vec<(String, Answer, Vec<&String>)> = vec![
+        (format!("from={a}&to={c}"), paths(&[(&[a, c], 5.0)]), vec![&ac]),
+        (format!("from={a}&to={c}&weighted=true"), paths(&[(&[a, b, c], 2.0)]), vec![&ab, &bc]),
+        (format!("from={a}&to={c}&relation=relates_to"), paths(&[(&[a, b, c], 2.0)]), vec![&ab, &bc]),
+        (format!("from={a}&to={c}&relation=relates_to,mentions&max_paths=3"), paths(&[(&[a, c], 5.0), (&[a, b, c], 2.0)]), vec![&ac, &ab, &bc]),
+        (format!("from={a}&to={d}"), paths(&[(&[a, c, d], 6.0)]), vec![&ac, &cd]),
+        (format!("from={a}&to={d}&weighted=true"), paths(&[(&[a, b, c, d], 3.0)]), vec![&ab, &bc, &cd]),
+        (format!("from={a}&to={d}&max_depth=1"), paths(&[]), vec![]),
+        (format!("from={d}&to={a}"), paths(&[]), vec![]),
+        (format!("from={d}&to={a}&direction=in"), paths(&[(&[d, c, a], 6.0)]), vec![&cd, &ac]),
+        (format!("from={d}&to={b}&direction=both"), paths(&[(&[d, c, b], 2.0)]), vec![&cd, &bc]),
+        (format!("from={d}&to={b}&direction=out"), paths(&[]), vec![]),
+        (format!("from={a}&to={e}&direction=both"), paths(&[]), vec![]),
+        (format!("from={a}&to={unknown}"), paths(&[]), vec![]),
+        (format!("from={a}&to={a}"), paths(&[(&[a], 0.0)]), vec![]),
+        (format!("from=nope&to={a}"), error(400, "invalid_id"), vec![]),
+        (format!("from={a}&to="), error(400, "invalid_id"), vec![]),
+        (format!("from={a}"), error(400, "invalid_query"), vec![]),
+        (format!("from={a}&to={c}&max_depth=11"), error(400, "invalid_depth"), vec![]),
+        (format!("from={a}&to={c}&max_paths=11"), error(400, "invalid_max_paths"), vec![]),
+        (format!("from={a}&to={c}&direction=up"), error(400, "invalid_direction"), vec![]),
+        (format!("from={a}&to={c}&relation=Bad"), error(400, "invalid_edge_type"), vec![]),
+        (format!("from={a}&to={c}&weighted=yes"), error(400, "invalid_query"), vec![]),
+    ];
+    for (query, expected, edges) in cases {
+        let (status, body) = get(&helix, &format!("/api/v1/graph/path?{query}")).await?;
+        let got = match status {
+            200 => Answer::Paths(
+                body["paths"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| {
+                        let ids = p["node_ids"].as_array().unwrap().iter().map(|id| id.as_str().unwrap().to_owned());
+                        (ids.collect(), p["total_weight"].as_f64().unwrap())
+                    })
+                    .collect(),
+            ),
+            _ => Answer::Error(status, crate::support::code(&body).to_owned()),
+        };
+        assert_eq!(got, expected, "{query}: {body}");
+        if status != 200 {
+            continue;
+        }
+        // the edges of every path, in path order, and every node on them once
+        let got_edges: Vec<&str> =
+            body["paths"].as_array().unwrap().iter().flat_map(|p| p["edges"].as_array().unwrap()).map(|e| e["id"].as_str().unwrap()).collect();
+        assert_eq!(got_edges, edges.iter().map(|s| s.as_str()).collect::<Vec<_>>(), "{query}");
+        let on_paths: BTreeSet<&str> = body["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["node_ids"].as_array().unwrap())
+            .map(|id| id.as_str().unwrap())
+            .collect();
+        let nodes: BTreeSet<&str> = body["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
+        assert_eq!(nodes, on_paths, "{query}");
+    }
+    // the graph routes are in the OpenAPI document
+    let (_, doc) = get(&helix, "/api/v1/openapi.json").await?;
+    for path in ["/api/v1/graph/path", "/api/v1/graph/stats", "/api/v1/graph/{id}", "/api/v1/graph/export"] {
+        assert!(doc["paths"][path]["get"].is_object(), "{path} missing from the OpenAPI document");
+    }
+    let parameters: BTreeSet<&str> = doc["paths"]["/api/v1/graph/path"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(parameters, BTreeSet::from(["from", "to", "max_depth", "relation", "direction", "weighted", "max_paths"]));
+    for schema in ["PathsBody", "PathBody", "StatsBody", "RelationCount"] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "{schema} missing from the OpenAPI document");
+    }
+    helix.stop().await;
+    Ok(())
+}
+
+async fn rest_stats_and_deleted_nodes(backend: Backend) -> anyhow::Result<()> {
+    let helix = TestHelix::start(backend).await?;
+    // namespace kg: h -> x1, x2, x3 (mentions), x1 -> x2 (relates_to), x3 -> y (part_of)
+    // namespace other: p -> q (relates_to), and z without an edge
+    let mut kg = Vec::new();
+    for title in ["h", "x1", "x2", "x3", "y"] {
+        kg.push(store(&helix, title, "kg").await?);
+    }
+    let mut other = Vec::new();
+    for title in ["p", "q", "z"] {
+        other.push(store(&helix, title, "other").await?);
+    }
+    let (h, x1, x2, x3, y) = (&kg[0], &kg[1], &kg[2], &kg[3], &kg[4]);
+    let (p, q, z) = (&other[0], &other[1], &other[2]);
+    for (s, t, relation) in
+        [(h, x1, "mentions"), (h, x2, "mentions"), (h, x3, "mentions"), (x1, x2, "relates_to"), (x3, y, "part_of")]
+    {
+        link(&helix, s, t, relation, 1.0).await?;
+    }
+    link(&helix, p, q, "relates_to", 2.0).await?;
+    // labels follow node events: wait until the graph holds all eight
+    eventually("labels of the stored nodes", || async {
+        let (_, kg) = get(&helix, "/api/v1/graph/stats?namespace=kg").await?;
+        let (_, other) = get(&helix, "/api/v1/graph/stats?namespace=other").await?;
+        Ok((kg["nodes"].as_u64(), other["nodes"].as_u64()) == (Some(5), Some(3)))
+    })
+    .await?;
+
+    let relations = |list: &[(&str, u64)]| -> Value {
+        list.iter().map(|(r, n)| json!({"relation": r, "edges": n})).collect::<Vec<_>>().into()
+    };
+    // (query, nodes, edges, relations, components, largest, isolated, mean degree, max degree, top ids)
+    #[rustfmt::skip]
+    let cases: Vec<(&str, u64, u64, Value, u64, u64, u64, f64, u64, Vec<&String>)> = vec![
+        ("top=3", 8, 6, relations(&[("mentions", 3), ("relates_to", 2), ("part_of", 1)]), 3, 5, 1, 1.5, 3, vec![h, x1, x2]),
+        ("", 8, 6, relations(&[("mentions", 3), ("relates_to", 2), ("part_of", 1)]), 3, 5, 1, 1.5, 3, vec![h, x1, x2, x3, y, p, q, z]),
+        ("namespace=kg&top=1", 5, 5, relations(&[("mentions", 3), ("part_of", 1), ("relates_to", 1)]), 1, 5, 0, 2.0, 3, vec![h]),
+        ("namespace=other", 3, 1, relations(&[("relates_to", 1)]), 2, 2, 1, 2.0 / 3.0, 1, vec![p, q, z]),
+        ("namespace=none", 0, 0, relations(&[]), 0, 0, 0, 0.0, 0, vec![]),
+    ];
+    for (query, nodes, edges, by_relation, components, largest, isolated, mean, max, top) in cases {
+        let (status, stats) = get(&helix, &format!("/api/v1/graph/stats?{query}")).await?;
+        assert_eq!(status, 200, "{query}: {stats}");
+        let got = (&stats["nodes"], &stats["edges"], &stats["relations"], &stats["connected_components"]);
+        assert_eq!(got, (&json!(nodes), &json!(edges), &by_relation, &json!(components)), "{query}: {stats}");
+        let got = (&stats["largest_component"], &stats["isolated_nodes"], &stats["max_degree"]);
+        assert_eq!(got, (&json!(largest), &json!(isolated), &json!(max)), "{query}: {stats}");
+        assert!((stats["mean_degree"].as_f64().unwrap() - mean).abs() < 1e-9, "{query}: {stats}");
+        // ties by id: ids are UUIDv7, so in creation order
+        let top_ids: Vec<&str> = stats["top_nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
+        assert_eq!(top_ids, top.iter().map(|s| s.as_str()).collect::<Vec<_>>(), "{query}: {stats}");
+    }
+    let (_, stats) = get(&helix, "/api/v1/graph/stats?top=1").await?;
+    assert_eq!(stats["top_nodes"], json!([{"id": h, "namespace": "kg", "kind": "note", "title": "h", "depth": 0, "degree": 3}]));
+    for (query, code) in [("top=101", "invalid_top"), ("top=x", "invalid_query"), ("namespace=a%20b", "invalid_namespace")] {
+        let (status, body) = get(&helix, &format!("/api/v1/graph/stats?{query}")).await?;
+        assert_eq!((status, crate::support::code(&body)), (400, code), "{query}");
+    }
+
+    // deleting a node takes its edges: x3's two go, y stays (it has a label) on its own
+    let (status, _) = read(helix.api(Method::DELETE, &format!("/api/v1/nodes/{x3}")).send().await?).await;
+    assert_eq!(status, 204);
+    eventually("the deleted node's edges removed", || async {
+        Ok(get(&helix, "/api/v1/graph/stats").await?.1["edges"] == json!(4))
+    })
+    .await?;
+    let (_, stats) = get(&helix, "/api/v1/graph/stats").await?;
+    let got = [&stats["nodes"], &stats["connected_components"], &stats["largest_component"], &stats["isolated_nodes"]];
+    assert_eq!(got, [&json!(7), &json!(4), &json!(3), &json!(2)], "{stats}");
+    let (status, around) = get(&helix, &format!("/api/v1/graph/{x3}?depth=2")).await?;
+    assert_eq!((status, &around["edges"]), (200, &json!([])), "{around}");
+    let (_, listed) = get(&helix, &format!("/api/v1/graph/edges?node_id={x3}")).await?;
+    assert_eq!(listed["edges"], json!([]));
+    let body = json!({"source_id": h, "target_id": x3});
+    let (status, refused) = read(helix.api(Method::POST, "/api/v1/graph/edges").json(&body).send().await?).await;
+    assert_eq!((status, crate::support::code(&refused)), (404, "node_deleted"));
+    helix.stop().await;
+    Ok(())
+}
+
+/// The `id` attribute values of `<tag ...>` elements, and for edges also `source` and `target`.
+fn xml_attributes(text: &str, tag: &str, attribute: &str) -> Vec<String> {
+    let open = format!("<{tag} ");
+    let key = format!(" {attribute}=\"");
+    text.match_indices(&open)
+        .filter_map(|(at, _)| {
+            let element = &text[at..at + text[at..].find('>')?];
+            let start = element.find(&key)? + key.len();
+            Some(element[start..start + element[start..].find('"')?].to_owned())
+        })
+        .collect()
+}
+
+async fn rest_neighbours_and_exports(backend: Backend) -> anyhow::Result<()> {
+    let helix = TestHelix::start(backend).await?;
+    let n: Vec<String> = ids(6).iter().map(ToString::to_string).collect();
+    //  4 -part_of-> 0 -mentions-> 1 -relates_to-> 2 -relates_to-> 3
+    //                              1 -derived_from-> 5
+    let e01 = link(&helix, &n[0], &n[1], "mentions", 1.0).await?;
+    let e12 = link(&helix, &n[1], &n[2], "relates_to", 1.0).await?;
+    let e23 = link(&helix, &n[2], &n[3], "relates_to", 1.0).await?;
+    let e40 = link(&helix, &n[4], &n[0], "part_of", 1.0).await?;
+    let e15 = link(&helix, &n[1], &n[5], "derived_from", 0.5).await?;
+    let all = [(&e01, 0, 1), (&e12, 1, 2), (&e23, 2, 3), (&e40, 4, 0), (&e15, 1, 5)];
+
+    let at = |pairs: &[(usize, u32)]| -> Depths { pairs.iter().map(|(i, d)| (n[*i].clone(), *d)).collect() };
+    let edge_set = |ids: &[&String]| -> EdgeIds { ids.iter().map(|s| s.to_string()).collect() };
+    #[rustfmt::skip]
+    let cases: Vec<(usize, &str, Depths, EdgeIds, bool)> = vec![
+        (0, "depth=2", at(&[(0, 0), (1, 1), (4, 1), (2, 2), (5, 2)]), edge_set(&[&e01, &e40, &e12, &e15]), false),
+        (0, "depth=2&direction=out", at(&[(0, 0), (1, 1), (2, 2), (5, 2)]), edge_set(&[&e01, &e12, &e15]), false),
+        (0, "depth=2&direction=in", at(&[(0, 0), (4, 1)]), edge_set(&[&e40]), false),
+        (0, "depth=2&direction=out&relation=mentions", at(&[(0, 0), (1, 1)]), edge_set(&[&e01]), false),
+        (0, "depth=2&direction=out&relation=mentions,relates_to", at(&[(0, 0), (1, 1), (2, 2)]), edge_set(&[&e01, &e12]), false),
+        (2, "depth=2&direction=in", at(&[(2, 0), (1, 1), (0, 2)]), edge_set(&[&e12, &e01]), false),
+        (2, "depth=2&direction=both&relation=relates_to", at(&[(2, 0), (1, 1), (3, 1)]), edge_set(&[&e12, &e23]), false),
+        (1, "depth=2&relation=derived_from,part_of", at(&[(1, 0), (5, 1)]), edge_set(&[&e15]), false),
+        (3, "depth=2&direction=out", at(&[(3, 0)]), edge_set(&[]), false),
+        (0, "depth=2&max_nodes=2", at(&[(0, 0), (1, 1)]), edge_set(&[&e01]), true),
+    ];
+    for (root, query, nodes, edges, truncated) in cases {
+        let (status, body) = get(&helix, &format!("/api/v1/graph/{}?{query}", n[root])).await?;
+        assert_eq!(status, 200, "{query}: {body}");
+        let got: Depths = body["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| (n["id"].as_str().unwrap().to_owned(), n["depth"].as_u64().unwrap() as u32))
+            .collect();
+        assert_eq!(got, nodes, "{root} {query}");
+        let got: EdgeIds = body["edges"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(got, edges, "{root} {query}");
+        assert_eq!(body["truncated"], json!(truncated), "{root} {query}");
+    }
+    for (path, code) in [
+        (format!("/api/v1/graph/{}?depth=11", n[0]), "invalid_depth"),
+        (format!("/api/v1/graph/{}?direction=up", n[0]), "invalid_direction"),
+        (format!("/api/v1/graph/{}?relation=Bad", n[0]), "invalid_edge_type"),
+        (format!("/api/v1/graph/{}?max_nodes=10001", n[0]), "invalid_max_nodes"),
+        (format!("/api/v1/graph/{}?depth=x", n[0]), "invalid_query"),
+        ("/api/v1/graph/nope".to_owned(), "invalid_id"),
+    ] {
+        let (status, body) = get(&helix, &path).await?;
+        assert_eq!((status, crate::support::code(&body)), (400, code), "{path}");
+    }
+
+    // exports: (query, content type, node ids, edge ids, truncated)
+    let nodes_of = |idx: &[usize]| -> BTreeSet<String> { idx.iter().map(|i| n[*i].clone()).collect() };
+    let every = edge_set(&[&e01, &e12, &e23, &e40, &e15]);
+    #[rustfmt::skip]
+    let cases: Vec<(String, &str, BTreeSet<String>, EdgeIds, bool)> = vec![
+        (String::new(), "application/json", nodes_of(&[0, 1, 2, 3, 4, 5]), every.clone(), false),
+        ("format=graphml".into(), "application/graphml+xml", nodes_of(&[0, 1, 2, 3, 4, 5]), every.clone(), false),
+        ("format=dot".into(), "text/vnd.graphviz", nodes_of(&[0, 1, 2, 3, 4, 5]), every.clone(), false),
+        (format!("format=dot&root={}&depth=2&direction=out", n[0]), "text/vnd.graphviz", nodes_of(&[0, 1, 2, 5]), edge_set(&[&e01, &e12, &e15]), false),
+        (format!("format=graphml&root={}&depth=3&relation=part_of", n[0]), "application/graphml+xml", nodes_of(&[0, 4]), edge_set(&[&e40]), false),
+        (format!("format=json&root={},{}&depth=1&direction=in", n[0], n[3]), "application/json", nodes_of(&[0, 4, 3, 2]), edge_set(&[&e40, &e23]), false),
+        ("format=graphml&relation=relates_to".into(), "application/graphml+xml", nodes_of(&[0, 1, 2, 3, 4, 5]), edge_set(&[&e12, &e23]), false),
+        (format!("format=json&root={}&depth=2&max_nodes=2", n[0]), "application/json", nodes_of(&[0, 1]), edge_set(&[&e01]), true),
+    ];
+    for (query, content_type, nodes, edges, truncated) in cases {
+        let response = helix.api(Method::GET, &format!("/api/v1/graph/export?{query}")).send().await?;
+        assert_eq!(response.status(), 200, "{query}");
+        assert_eq!(response.headers()["content-type"], content_type, "{query}");
+        assert_eq!(response.headers()["x-helix-truncated"], truncated.to_string().as_str(), "{query}");
+        let text = response.text().await?;
+        let (got_nodes, got_edges): (BTreeSet<String>, EdgeIds) = match content_type {
+            "application/json" => {
+                let document: Value = serde_json::from_str(&text)?;
+                assert_eq!(document["truncated"], json!(truncated), "{query}");
+                let ids = |key: &str| document[key].as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap().to_owned()).collect();
+                (ids("nodes"), ids("edges"))
+            }
+            "application/graphml+xml" => {
+                let elements = xml_elements(&text)?;
+                assert_eq!((elements["graphml"], elements["graph"]), (1, 1), "{query}");
+                assert_eq!(elements.get("node").copied().unwrap_or(0), nodes.len(), "{query}");
+                let declared: BTreeSet<String> = xml_attributes(&text, "node", "id").into_iter().collect();
+                // every edge joins declared nodes
+                for end in ["source", "target"] {
+                    for id in xml_attributes(&text, "edge", end) {
+                        assert!(declared.contains(&id), "{query}: edge {end} {id} is not a node");
+                    }
+                }
+                (declared, xml_attributes(&text, "edge", "id").into_iter().collect())
+            }
+            _ => {
+                assert!(text.starts_with("digraph helix {") && text.trim_end().ends_with('}'), "{query}: {text}");
+                let mut edges = EdgeIds::new();
+                for (id, s, t) in &all {
+                    if text.contains(&format!("\"{}\" -> \"{}\" [id=\"{id}\"", n[*s], n[*t])) {
+                        edges.insert(id.to_string());
+                    }
+                }
+                assert_eq!(text.matches(" -> ").count(), edges.len(), "{query}: {text}");
+                let nodes = n.iter().filter(|id| text.contains(&format!("  \"{id}\" [label="))).cloned().collect();
+                (nodes, edges)
+            }
+        };
+        assert_eq!((got_nodes, got_edges), (nodes, edges), "{query}");
+    }
+    for (query, code) in [
+        ("format=svg".to_owned(), "invalid_format"),
+        ("depth=2".to_owned(), "invalid_depth"),
+        ("root=nope".to_owned(), "invalid_id"),
+        (format!("root={}&direction=up", n[0]), "invalid_direction"),
+        ("relation=Bad".to_owned(), "invalid_edge_type"),
+    ] {
+        let (status, body) = get(&helix, &format!("/api/v1/graph/export?{query}")).await?;
+        assert_eq!((status, crate::support::code(&body)), (400, code), "{query}");
+    }
+    helix.stop().await;
+    Ok(())
+}
+
+/// Runs the real `hx graph ...` against the test's gateway; success and what it printed.
+async fn hx_graph(helix: &TestHelix, args: &[&str]) -> anyhow::Result<(bool, String)> {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_hx"))
+        .arg("graph")
+        .args(args)
+        .args(["--server", &helix.base_url])
+        .env("HELIX_API_KEY", &helix.env.admin_key)
+        .output()
+        .await?;
+    let text = String::from_utf8(output.stdout)? + &String::from_utf8(output.stderr)?;
+    Ok((output.status.success(), text))
+}
+
+async fn hx_graph_commands(backend: Backend) -> anyhow::Result<()> {
+    let helix = TestHelix::start(backend).await?;
+    let (a, b, c) = (store(&helix, "alpha", "kg").await?, store(&helix, "beta", "kg").await?, store(&helix, "gamma", "kg").await?);
+    let d = Uuid::now_v7().to_string();
+
+    let (ok, out) = hx_graph(&helix, &["link", &a, &b, "--relation", "mentions", "--weight", "2.5"]).await?;
+    assert!(ok && out.starts_with("linked ") && out.contains(&format!("{a} -[mentions 2.5]-> {b}")), "{out}");
+    let ab = out.split_whitespace().nth(1).unwrap().to_owned();
+    let (ok, out) = hx_graph(&helix, &["link", &a, &b, "-r", "mentions"]).await?;
+    assert!(ok && out.contains(&ab), "linking again answers the same edge: {out}");
+    let (ok, out) = hx_graph(&helix, &["link", &b, &c, "--json"]).await?;
+    assert!(ok, "{out}");
+    let bc: Value = serde_json::from_str(&out)?;
+    assert_eq!((&bc["source_id"], &bc["relation"], &bc["weight"]), (&json!(b), &json!("relates_to"), &json!(1.0)));
+    let (ok, out) = hx_graph(&helix, &["link", &c, &d, "-r", "part_of"]).await?;
+    assert!(ok, "{out}");
+    let cd = out.split_whitespace().nth(1).unwrap().to_owned();
+
+    // labels come with node events
+    eventually("labels", || async {
+        let (_, stats) = get(&helix, "/api/v1/graph/stats?namespace=kg").await?;
+        Ok(stats["nodes"] == json!(3))
+    })
+    .await?;
+
+    let (ok, out) = hx_graph(&helix, &["neighbours", &a, "--depth", "2"]).await?;
+    assert!(ok && out.starts_with("3 nodes, 2 edges\n"), "{out}");
+    assert!(out.contains(&format!("  0  {a}  alpha [kg/note]  (degree 1)")), "{out}");
+    assert!(out.contains(&format!("  2  {c}  gamma [kg/note]  (degree 2)")), "{out}");
+    let (ok, out) = hx_graph(&helix, &["neighbors", &c, "-d", "2", "--direction", "in", "-r", "relates_to", "--json"]).await?;
+    assert!(ok, "{out}");
+    let around: Value = serde_json::from_str(&out)?;
+    let reached: BTreeSet<&str> = around["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
+    assert_eq!(reached, BTreeSet::from([c.as_str(), b.as_str()]));
+
+    let (ok, out) = hx_graph(&helix, &["path", &a, &d]).await?;
+    assert!(ok && out.starts_with("path 1: 3 hops, total weight 4.5\n"), "{out}");
+    assert!(out.contains(&format!("  -[relates_to 1.0]-> {c}  gamma [kg/note]")), "{out}");
+    assert!(out.trim_end().ends_with(&format!("-[part_of 1.0]-> {d}")), "{out}");
+    let (ok, out) = hx_graph(&helix, &["path", &d, &a, "--direction", "in"]).await?;
+    assert!(ok && out.contains(&format!("  <-[relates_to 1.0]- {b}  beta")), "{out}");
+    assert!(out.trim_end().ends_with(&format!("  <-[mentions 2.5]- {a}  alpha [kg/note]")), "{out}");
+    let (ok, out) = hx_graph(&helix, &["path", &d, &a, "--max-depth", "5"]).await?;
+    assert!(ok && out.trim_end() == format!("no path from {d} to {a} within 5 hops"), "{out}");
+    let (ok, out) = hx_graph(&helix, &["path", &a, &d, "--json"]).await?;
+    let found: Value = serde_json::from_str(&out)?;
+    assert!(ok && found["paths"][0]["node_ids"] == json!([a, b, c, d]), "{out}");
+
+    let (ok, out) = hx_graph(&helix, &["stats"]).await?;
+    assert!(ok, "{out}");
+    for line in ["nodes       4", "edges       3", "components  1 (largest 4 nodes; 0 isolated nodes)", "degree      mean 1.50, max 2"] {
+        assert!(out.contains(line), "{line:?} in {out}");
+    }
+    assert!(out.contains("  mentions             1") && out.contains(&format!("       2  {b}  beta [kg/note]")), "{out}");
+    let (ok, out) = hx_graph(&helix, &["stats", "-n", "kg", "--json"]).await?;
+    let stats: Value = serde_json::from_str(&out)?;
+    assert!(ok && (stats["nodes"].clone(), stats["edges"].clone()) == (json!(3), json!(2)), "{out}");
+
+    let (ok, out) = hx_graph(&helix, &["export", "--format", "dot"]).await?;
+    assert!(ok && out.starts_with("digraph helix {") && out.matches(" -> ").count() == 3, "{out}");
+    assert!(out.contains(&format!("\"{a}\" -> \"{b}\" [id=\"{ab}\"")), "{out}");
+    let (ok, out) = hx_graph(&helix, &["export", "-f", "graphml", "--root", &a, "--depth", "1"]).await?;
+    assert!(ok, "{out}");
+    let elements = xml_elements(&out)?;
+    assert_eq!((elements["node"], elements["edge"]), (2, 1), "{out}");
+    let (ok, out) = hx_graph(&helix, &["export"]).await?;
+    let document: Value = serde_json::from_str(&out)?;
+    assert!(ok && document["edges"].as_array().unwrap().len() == 3, "{out}");
+
+    let (ok, out) = hx_graph(&helix, &["unlink", &cd]).await?;
+    assert!(ok && out.trim_end() == format!("unlinked {cd}"), "{out}");
+    // refusals carry the gateway's code and fail the command
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["unlink", &cd], "(not_found, HTTP 404)"),
+        (vec!["link", &a, &a], "(self_loop, HTTP 400)"),
+        (vec!["link", &a, "nope"], "(invalid_id, HTTP 400)"),
+        (vec!["neighbours", &a, "--direction", "up"], "(invalid_direction, HTTP 400)"),
+        (vec!["path", "nope", &a], "(invalid_id, HTTP 400)"),
+        (vec!["export", "--format", "svg"], "(invalid_format, HTTP 400)"),
+        (vec!["stats", "--top", "1000"], "(invalid_top, HTTP 400)"),
+    ];
+    for (args, expected) in cases {
+        let (ok, out) = hx_graph(&helix, &args).await?;
+        assert!(!ok && out.starts_with("error: ") && out.contains(expected), "{args:?}: {out}");
+    }
     helix.stop().await;
     Ok(())
 }

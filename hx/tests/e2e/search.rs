@@ -1,6 +1,7 @@
-//! Full-text search: nodes written through the gateway become searchable through the
-//! search service's gRPC API within a second, by the rules of its query language, and
-//! its index survives restarts and is rebuilt from storage by Reindex.
+//! Search: nodes written through the gateway become searchable through the search
+//! service's gRPC API within a second, by their words (the rules of the query language)
+//! and by their meaning (the real MiniLM model), fused in hybrid; the index survives
+//! restarts and is rebuilt from storage by Reindex.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -18,7 +19,8 @@ use crate::support::read;
 crate::on_both_backends!(
     writes_are_searchable_within_a_second,
     query_language_filters_and_ranking,
-    semantic_modes_and_bad_requests_are_refused,
+    semantic_and_hybrid_modes,
+    bad_requests_are_refused,
     pushes_reindex_and_restarts,
 );
 
@@ -32,8 +34,17 @@ async fn search_client(helix: &TestHelix) -> anyhow::Result<Search> {
     Ok(SearchServiceClient::connect(helix.node.as_ref().unwrap().grpc_url()).await?)
 }
 
+/// A full-text search, words joined by AND.
 fn query(text: &str) -> pb::SearchRequest {
-    pb::SearchRequest { query: text.to_owned(), ..Default::default() }
+    pb::SearchRequest { query: text.to_owned(), mode: "fulltext".to_owned(), ..Default::default() }
+}
+
+fn semantic(text: &str) -> pb::SearchRequest {
+    pb::SearchRequest { mode: "semantic".to_owned(), ..query(text) }
+}
+
+fn hybrid(text: &str) -> pb::SearchRequest {
+    pb::SearchRequest { mode: String::new(), ..query(text) }
 }
 
 fn ids(response: &pb::SearchResponse) -> Vec<String> {
@@ -87,16 +98,31 @@ async fn writes_are_searchable_within_a_second(backend: Backend) -> anyhow::Resu
     let ready = helix.http.get(format!("{}/readyz", helix.node.as_ref().unwrap().metrics_url())).send().await?;
     assert_eq!(ready.status(), 200, "the open index is ready: {}", ready.text().await?);
 
+    // others first, so that finding the node by its meaning is not finding anything
+    for content in ["Quarterly revenue grew by four percent", "Compile the kernel with debug symbols"] {
+        create(&helix, json!({"content": content, "namespace": "other"})).await?;
+    }
+    until_indexed(&mut search, 2).await?;
+    let zoo = |request: pb::SearchRequest| pb::SearchRequest { namespaces: vec!["zoo".into()], ..request };
+    let top_is = |id: &str| {
+        let id = id.to_owned();
+        move |r: &pb::SearchResponse| r.hits.first().is_some_and(|hit| hit.id == id)
+    };
+    // no word in common with the node: found by meaning alone
+    let paraphrase = semantic("a cheerful little animal that visitors photograph");
+
     let since = Instant::now();
     let body = json!({
         "title": "Marsupials", "content": "The quokka smiles at tourists", "namespace": "zoo", "kind": "fact",
         "tags": ["animal"], "metadata": {"legs": 4}, "source": "notes", "importance": 0.7
     });
     let id = create(&helix, body).await?;
-    let took = until(&mut search, query("quokka"), since, |r| ids(r) == [id.clone()]).await?;
+    let took = until(&mut search, zoo(query("quokka")), since, |r| ids(r) == [id.clone()]).await?;
     assert!(took < WITHIN, "a new node was searchable after {took:?}");
+    let took = until(&mut search, paraphrase.clone(), since, top_is(&id)).await?;
+    assert!(took < WITHIN, "a new node was found by meaning after {took:?}");
 
-    let response = search.search(query("quokka")).await?.into_inner();
+    let response = search.search(zoo(query("quokka"))).await?.into_inner();
     assert_eq!((response.mode.as_str(), response.total_hits, response.next_cursor.as_str()), ("fulltext", 1, ""));
     let hit = &response.hits[0];
     assert_eq!(
@@ -109,6 +135,7 @@ async fn writes_are_searchable_within_a_second(backend: Backend) -> anyhow::Resu
     );
     assert_eq!(serde_json::from_str::<Value>(&hit.metadata_json)?, json!({"legs": 4}));
     assert!(hit.score > 0.0 && hit.fulltext_score == Some(hit.score) && hit.vector_score.is_none(), "{hit:?}");
+    assert_eq!((hit.fulltext_rank, hit.vector_rank), (Some(1), None));
     assert!(hit.created_at.is_some() && hit.created_at == hit.updated_at);
     assert!(hit.highlights.is_empty(), "highlights only when asked");
 
@@ -120,6 +147,9 @@ async fn writes_are_searchable_within_a_second(backend: Backend) -> anyhow::Resu
     let took = until(&mut search, query("wombat"), since, |r| ids(r) == [id.clone()]).await?;
     assert!(took < WITHIN, "an update was searchable after {took:?}");
     assert!(search.search(query("quokka")).await?.into_inner().hits.is_empty(), "the old text is gone");
+    let digging = semantic("an animal excavating tunnels underground");
+    let took = until(&mut search, digging.clone(), since, top_is(&id)).await?;
+    assert!(took < WITHIN, "an update was found by meaning after {took:?}");
     assert_eq!(search.search(query("wombat")).await?.into_inner().hits[0].version, 2);
 
     // a deletion removes it
@@ -128,7 +158,12 @@ async fn writes_are_searchable_within_a_second(backend: Backend) -> anyhow::Resu
     assert_eq!(status, 204);
     let took = until(&mut search, query("wombat"), since, |r| r.hits.is_empty()).await?;
     assert!(took < WITHIN, "a deleted node was found until {took:?}");
-    assert_eq!(stats(&mut search).await?.documents, 0);
+    let took = until(&mut search, digging, since, |r| !ids(r).contains(&id)).await?;
+    assert!(took < WITHIN, "a deleted node was found by meaning until {took:?}");
+    let left = search.search(hybrid("wombat digs burrows")).await?.into_inner();
+    assert!(!ids(&left).contains(&id), "gone from hybrid too: {left:?}");
+    let stats = stats(&mut search).await?;
+    assert_eq!((stats.documents, stats.vectors), (2, 2));
     helix.stop().await;
     Ok(())
 }
@@ -240,12 +275,125 @@ async fn query_language_filters_and_ranking(backend: Backend) -> anyhow::Result<
     let namespaces: Vec<(String, u64)> = stats.namespaces.into_iter().map(|n| (n.namespace, n.documents)).collect();
     assert_eq!(namespaces, [("default".into(), 2), ("life".into(), 2), ("tech".into(), 2)]);
     assert!(stats.index_bytes > 0 && stats.last_indexed_at.is_some(), "size and last commit are measured");
-    assert_eq!(stats.vectors, 0);
+    assert_eq!((stats.vectors, stats.embedder_model.as_str(), stats.embedding_dimensions), (6, "all-MiniLM-L6-v2", 384));
     helix.stop().await;
     Ok(())
 }
 
-async fn semantic_modes_and_bad_requests_are_refused(backend: Backend) -> anyhow::Result<()> {
+async fn semantic_and_hybrid_modes(backend: Backend) -> anyhow::Result<()> {
+    let helix = TestHelix::start(backend).await?;
+    let mut search = search_client(&helix).await?;
+    let nodes = [
+        json!({"title": "Feline care", "content": "Cats need fresh water and a clean litter box", "namespace": "pets"}),
+        json!({"title": "Dog walking", "content": "Dogs enjoy long walks in the park", "namespace": "pets"}),
+        json!({"title": "Interest rates", "content": "The central bank raised interest rates again", "namespace": "money"}),
+        json!({"title": "Stock market", "content": "Shares fell sharply as investors sold", "namespace": "money"}),
+        json!({"title": "Bread", "content": "Knead the dough, let it rise, then bake it", "namespace": "food", "tags": ["baking"]}),
+    ];
+    let mut id = Vec::new();
+    for node in nodes {
+        id.push(create(&helix, node).await?);
+    }
+    until_indexed(&mut search, 5).await?;
+
+    // by meaning: no word of the query is in the node
+    let by_meaning: &[(&str, usize)] = &[
+        ("looking after a kitten", 0),
+        ("taking the puppy outside", 1),
+        ("monetary policy of the federal reserve", 2),
+        ("equities dropped", 3),
+        ("how to make a loaf", 4),
+    ];
+    for (text, expected) in by_meaning {
+        let response = search.search(semantic(text)).await?.into_inner();
+        assert_eq!(response.mode, "semantic", "{text}");
+        let top = &response.hits[0];
+        assert_eq!(top.id, id[*expected], "{text}: {:?}", ids(&response));
+        assert!(top.vector_rank == Some(1) && top.fulltext_rank.is_none() && top.fulltext_score.is_none());
+        assert!(top.vector_score.is_some_and(|s| s > 0.2 && s <= 1.0) && top.score == top.vector_score.unwrap());
+        // the older name of the mode
+        let vector = pb::SearchRequest { mode: "vector".into(), ..semantic(text) };
+        assert_eq!(search.search(vector).await?.into_inner().hits[0].id, id[*expected]);
+    }
+    // filters apply to the vector side too
+    let only_money = pb::SearchRequest { namespaces: vec!["money".into()], ..semantic("economy, pets and food") };
+    let money = search.search(only_money).await?.into_inner();
+    assert!(!money.hits.is_empty() && money.hits.iter().all(|h| h.namespace == "money"), "{money:?}");
+    let tagged = pb::SearchRequest { tags: vec!["baking".into()], ..semantic("how to make a loaf") };
+    assert_eq!(ids(&search.search(tagged).await?.into_inner()), [id[4].clone()]);
+    let untagged = pb::SearchRequest { tags: vec!["baking".into()], ..semantic("looking after a kitten") };
+    assert!(search.search(untagged).await?.into_inner().hits.is_empty(), "the tag filter and the floor");
+
+    // hybrid (the default): both lists fused, each hit with its ranks
+    let response = search.search(hybrid("dogs and cats")).await?.into_inner();
+    assert_eq!(response.mode, "hybrid");
+    let top: BTreeSet<String> = response.hits.iter().take(2).map(|h| h.id.clone()).collect();
+    assert_eq!(top, [id[0].clone(), id[1].clone()].into(), "{:?}", ids(&response));
+    for hit in &response.hits {
+        let k = 60.0;
+        let share = |rank: Option<u32>| rank.map_or(0.0, |r| 1.0 / (k + f64::from(r)));
+        let fused = share(hit.fulltext_rank) + share(hit.vector_rank);
+        assert!((hit.score - fused).abs() < 1e-9, "the fused score is RRF of the ranks: {hit:?}");
+        assert_eq!(hit.fulltext_rank.is_some(), hit.fulltext_score.is_some());
+        assert_eq!(hit.vector_rank.is_some(), hit.vector_score.is_some());
+    }
+    let scores: Vec<f64> = response.hits.iter().map(|h| h.score).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "ordered by fused score: {scores:?}");
+    // a hit found by words only still comes, a hit by meaning only too
+    let words_only = search.search(hybrid("dough")).await?.into_inner();
+    assert_eq!(words_only.hits[0].id, id[4]);
+    assert_eq!(words_only.hits[0].fulltext_rank, Some(1));
+    // vector_weight 0 is full text's order, 1 the vector side's
+    for (weight, side) in [(0.0, "fulltext"), (1.0, "vector")] {
+        let request = pb::SearchRequest { vector_weight: Some(weight), ..hybrid("dogs and cats") };
+        let response = search.search(request).await?.into_inner();
+        let ranks: Vec<u32> = response
+            .hits
+            .iter()
+            .filter_map(|h| if side == "fulltext" { h.fulltext_rank } else { h.vector_rank })
+            .collect();
+        assert!(ranks.windows(2).all(|w| w[0] < w[1]), "weight {weight}: {side} order {ranks:?}");
+    }
+    // full text: words joined by AND by default, OR when asked
+    let and = search.search(query("dogs cats")).await?.into_inner();
+    assert!(and.hits.is_empty(), "no node has both words: {and:?}");
+    let or = pb::SearchRequest { operator: "or".into(), ..query("dogs cats") };
+    assert_eq!(id_set(&search.search(or).await?.into_inner()), [id[0].clone(), id[1].clone()].into());
+
+    // pages of hybrid results do not overlap
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let request = pb::SearchRequest { page: Some(pb::PageRequest { limit: 1, cursor }), ..hybrid("animals") };
+        let response = search.search(request).await?.into_inner();
+        seen.extend(ids(&response));
+        if response.next_cursor.is_empty() {
+            break;
+        }
+        cursor = response.next_cursor;
+    }
+    assert_eq!(seen.len(), seen.iter().collect::<BTreeSet<_>>().len(), "{seen:?}");
+    assert!(seen.contains(&id[0]) && seen.contains(&id[1]), "{seen:?}");
+
+    // similar nodes: by the node's own text, itself left out
+    let similar = pb::FindSimilarRequest { node_id: id[0].clone(), limit: 2, ..Default::default() };
+    let response = search.find_similar(similar).await?.into_inner();
+    assert_eq!(response.hits.first().map(|h| h.id.clone()), Some(id[1].clone()), "{:?}", ids(&response));
+    assert!(!ids(&response).contains(&id[0]) && response.hits.len() <= 2);
+
+    // suggestions complete the last word from matching titles
+    let suggest = |prefix: &str| pb::SuggestRequest { prefix: prefix.into(), ..Default::default() };
+    let got = search.suggest(suggest("fel")).await?.into_inner();
+    assert_eq!(got.completions, ["feline"]);
+    assert_eq!(got.titles.iter().map(|t| (t.id.clone(), t.title.clone())).collect::<Vec<_>>(), [(id[0].clone(), "Feline care".into())]);
+    assert_eq!(search.suggest(suggest("stock ma")).await?.into_inner().completions, ["stock market"]);
+    assert!(search.suggest(suggest("zz")).await?.into_inner().completions.is_empty());
+    assert!(search.suggest(suggest("fel ")).await?.into_inner().completions.is_empty(), "a finished word");
+    helix.stop().await;
+    Ok(())
+}
+
+async fn bad_requests_are_refused(backend: Backend) -> anyhow::Result<()> {
     let helix = TestHelix::start(backend).await?;
     let mut search = search_client(&helix).await?;
     let with = |mode: &str, text: &str, cursor: &str| pb::SearchRequest {
@@ -253,36 +401,35 @@ async fn semantic_modes_and_bad_requests_are_refused(backend: Backend) -> anyhow
         page: Some(pb::PageRequest { limit: 0, cursor: cursor.to_owned() }),
         ..query(text)
     };
-    let cases: &[(pb::SearchRequest, tonic::Code, &str)] = &[
-        (with("vector", "rust", ""), tonic::Code::FailedPrecondition, "mode_unavailable"),
-        (with("hybrid", "rust", ""), tonic::Code::FailedPrecondition, "mode_unavailable"),
-        (with("fuzzy", "rust", ""), tonic::Code::InvalidArgument, "invalid_mode"),
-        (with("", "   ", ""), tonic::Code::InvalidArgument, "empty_query"),
-        (with("fulltext", "rust", "page-2"), tonic::Code::InvalidArgument, "invalid_cursor"),
-        (
-            pb::SearchRequest { namespaces: vec!["a b".into()], ..query("rust") },
-            tonic::Code::InvalidArgument,
-            "invalid_namespace",
-        ),
+    let cases: &[(pb::SearchRequest, &str)] = &[
+        (with("fuzzy", "rust", ""), "invalid_mode"),
+        (with("", "   ", ""), "empty_query"),
+        (with("semantic", "", ""), "empty_query"),
+        (with("fulltext", "rust", "page-2"), "invalid_cursor"),
+        (pb::SearchRequest { namespaces: vec!["a b".into()], ..query("rust") }, "invalid_namespace"),
+        (pb::SearchRequest { vector_weight: Some(1.5), ..hybrid("rust") }, "invalid_vector_weight"),
+        (pb::SearchRequest { vector_weight: Some(f64::NAN), ..hybrid("rust") }, "invalid_vector_weight"),
+        (pb::SearchRequest { operator: "xor".into(), ..query("rust") }, "invalid_operator"),
+        (pb::SearchRequest { min_score: Some(f64::INFINITY), ..semantic("rust") }, "invalid_min_score"),
     ];
-    for (request, code, error_code) in cases {
+    for (request, error_code) in cases {
         let status = search.search(request.clone()).await.unwrap_err();
         let got = status.metadata().get(helix_core::error::ERROR_CODE_METADATA).map(|v| v.to_str().unwrap().to_owned());
-        assert_eq!((status.code(), got.as_deref()), (*code, Some(*error_code)), "{request:?}: {status:?}");
-        if *code == tonic::Code::FailedPrecondition {
-            assert!(status.message().contains("not built yet"), "{}", status.message());
-        }
+        assert_eq!((status.code(), got.as_deref()), (tonic::Code::InvalidArgument, Some(*error_code)), "{request:?}: {status:?}");
     }
     let status = search.find_similar(pb::FindSimilarRequest::default()).await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let absent = pb::FindSimilarRequest { node_id: uuid::Uuid::now_v7().to_string(), ..Default::default() };
+    assert_eq!(search.find_similar(absent).await.unwrap_err().code(), tonic::Code::NotFound);
+    let wrong_size = pb::SearchDocument { embedding: vec![0.5; 3], ..document(&uuid::Uuid::now_v7().to_string(), "x", 1) };
+    let request = pb::IndexDocumentsRequest { documents: vec![wrong_size], wait_searchable: true };
+    assert_eq!(search.index_documents(request).await.unwrap_err().code(), tonic::Code::InvalidArgument);
 
-    // empty and fulltext modes search the words
+    // the default mode is hybrid; a pushed embedding is used as it is
     let id = create(&helix, json!({"content": "ocelots hunt at night"})).await?;
     until(&mut search, query("ocelot"), Instant::now(), |r| ids(r) == [id.clone()]).await?;
-    for mode in ["", "fulltext"] {
-        let response = search.search(with(mode, "ocelots", "")).await?.into_inner();
-        assert_eq!((ids(&response), response.mode.as_str()), (vec![id.clone()], "fulltext"), "{mode:?}");
-    }
+    let response = search.search(with("", "ocelots", "")).await?.into_inner();
+    assert_eq!((ids(&response), response.mode.as_str()), (vec![id.clone()], "hybrid"));
     helix.stop().await;
     Ok(())
 }
@@ -413,9 +560,24 @@ async fn rest_search_routes(backend: Backend) -> anyhow::Result<()> {
     let (status, seed) =
         read(helix.api(Method::POST, "/api/search").json(&json!({"query": "tides"})).send().await?).await;
     assert_eq!((status, &seed["results"][0]["id"]), (200, &id));
+    assert_eq!(seed["mode"], "hybrid", "hybrid is the default");
+    let (status, meaning) = read(
+        helix.api(Method::POST, "/api/v1/search").json(&json!({"query": "lunar gravity and the sea", "mode": "semantic"})).send().await?,
+    )
+    .await;
+    assert_eq!((status, &meaning["results"][0]["id"], &meaning["mode"]), (200, &id, &json!("semantic")), "{meaning}");
+    let hit = &meaning["results"][0];
+    assert!(hit["vector_rank"] == 1 && hit["fulltext_rank"].is_null() && hit["vector_score"].is_f64(), "{hit}");
+    assert!(meaning["embedding_ms"].is_f64(), "{meaning}");
+    let (status, suggested) = read(helix.api(Method::GET, "/api/v1/search/suggest?q=Tid").send().await?).await;
+    assert_eq!((status, &suggested["completions"], &suggested["titles"][0]["id"]), (200, &json!(["tides"]), &id));
+    let (status, error) = read(helix.api(Method::GET, "/api/v1/search/suggest?q=t&limit=500").send().await?).await;
+    assert_eq!((status, crate::support::code(&error)), (400, "invalid_limit"));
+    let (status, similar) =
+        read(helix.api(Method::GET, &format!("/api/v1/search/similar/{}", id.as_str().unwrap())).send().await?).await;
+    assert_eq!((status, similar["results"].as_array().map(Vec::len)), (200, Some(0)), "{similar}");
 
     let cases = [
-        (json!({"query": "moon", "mode": "semantic"}), 400, "mode_unavailable"),
         (json!({"query": "moon", "mode": "psychic"}), 400, "invalid_mode"),
         (json!({"query": "  "}), 400, "empty_query"),
         (json!({"query": "moon", "limit": 0}), 400, "invalid_limit"),

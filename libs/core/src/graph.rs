@@ -225,8 +225,8 @@ pub struct PathQuery {
     pub relations: Vec<String>,
     pub weighted: bool,
     pub max_paths: u32,
-    /// follow edges against their direction too
-    pub undirected: bool,
+    /// which way a step follows an edge: `Out` along it, `In` against it, `Both` either
+    pub direction: Direction,
 }
 
 impl PathQuery {
@@ -238,7 +238,7 @@ impl PathQuery {
         relations: Vec<String>,
         weighted: bool,
         max_paths: u32,
-        undirected: bool,
+        direction: Direction,
     ) -> Result<Self> {
         let max_paths = match max_paths {
             0 => 1,
@@ -254,7 +254,7 @@ impl PathQuery {
             relations: self::relations(relations)?,
             weighted,
             max_paths,
-            undirected,
+            direction,
         })
     }
 }

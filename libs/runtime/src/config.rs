@@ -29,9 +29,51 @@ pub struct HelixConfig {
     pub log: LogConfig,
     pub grpc: GrpcConfig,
     pub gateway: GatewayConfig,
+    pub search: SearchConfig,
     /// Where each service's gRPC API is reached. Services running in this process
     /// override these with their own bound address.
     pub endpoints: Endpoints,
+}
+
+/// The search service's ranking and embedder.
+///
+/// The embedder settings mirror `helix_embed::EmbedConfig` field for field; they are
+/// kept here, not imported, so that every service's configuration does not wait for
+/// the model runtime to compile.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchConfig {
+    /// The `k` of reciprocal rank fusion in hybrid search: 1/(k + rank). 60 is the
+    /// value of the RRF paper and of Qdrant.
+    pub rrf_k: f64,
+    /// Vector neighbours less similar than this (cosine) are not hits, in semantic and
+    /// hybrid search alike: without a floor every node is somebody's neighbour, and a
+    /// search for anything finds everything. 0.2 suits MiniLM; 0 keeps them all.
+    pub min_similarity: f64,
+    /// Directory of the local model (model.safetensors, config.json, tokenizer.json).
+    /// Unset: `HELIX_HOME/models/all-minilm-l6-v2` when it holds one, else the lexical
+    /// hashing embedder.
+    pub model_dir: Option<PathBuf>,
+    /// An OpenAI-compatible embeddings endpoint, used instead of the local model.
+    pub openai: Option<OpenAiEmbeddings>,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self { rrf_k: 60.0, min_similarity: 0.2, model_dir: None, openai: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiEmbeddings {
+    /// Base URL up to the API version, e.g. `https://api.openai.com/v1`.
+    pub url: String,
+    pub model: String,
+    /// The environment variable holding the API key (never the key itself).
+    pub api_key_env: Option<String>,
+    /// The vectors' dimension when known; else learnt from a first request.
+    pub dim: Option<usize>,
 }
 
 /// The admin HTTP listener every process has: `/metrics`, `/livez`, `/readyz`.
@@ -115,6 +157,7 @@ impl Default for HelixConfig {
             log: LogConfig::default(),
             grpc: GrpcConfig::default(),
             gateway: GatewayConfig::default(),
+            search: SearchConfig::default(),
             endpoints: Endpoints::default(),
         }
     }
@@ -174,6 +217,9 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("HELIX_MAX_BODY_BYTES", "gateway.max_body_bytes"),
     ("HELIX_REQUEST_TIMEOUT_SECS", "gateway.request_timeout_secs"),
     ("HELIX_ADMIN_KEY", "gateway.admin_key"),
+    ("HELIX_MODEL_DIR", "search.model_dir"),
+    ("HELIX_RRF_K", "search.rrf_k"),
+    ("HELIX_MIN_SIMILARITY", "search.min_similarity"),
     ("HELIX_STORAGE_URL", "endpoints.storage"),
     ("HELIX_SEARCH_URL", "endpoints.search"),
     ("HELIX_GRAPH_URL", "endpoints.graph"),
@@ -238,6 +284,9 @@ impl HelixConfig {
                 "HELIX_MAX_BODY_BYTES" => self.gateway.max_body_bytes = parse(name, &value)?,
                 "HELIX_REQUEST_TIMEOUT_SECS" => self.gateway.request_timeout_secs = parse(name, &value)?,
                 "HELIX_ADMIN_KEY" => self.gateway.admin_key = Some(Secret(value)).filter(|s| !s.0.is_empty()),
+                "HELIX_MODEL_DIR" => self.search.model_dir = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty()),
+                "HELIX_RRF_K" => self.search.rrf_k = parse(name, &value)?,
+                "HELIX_MIN_SIMILARITY" => self.search.min_similarity = parse(name, &value)?,
                 "HELIX_STORAGE_URL" => self.endpoints.storage = value,
                 "HELIX_SEARCH_URL" => self.endpoints.search = value,
                 "HELIX_GRAPH_URL" => self.endpoints.graph = value,
@@ -263,6 +312,12 @@ impl HelixConfig {
         }
         if self.gateway.request_timeout_secs == 0 {
             return Err(Error::Config("gateway.request_timeout_secs must be at least 1".into()));
+        }
+        if !(self.search.rrf_k.is_finite() && self.search.rrf_k >= 0.0) {
+            return Err(Error::Config("search.rrf_k must be a number of at least 0".into()));
+        }
+        if !(-1.0..=1.0).contains(&self.search.min_similarity) {
+            return Err(Error::Config("search.min_similarity must be within -1.0..=1.0".into()));
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 //!
 //! An unreachable PostgreSQL or NATS fails the test: CI must prove the fleet column.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -41,6 +41,15 @@ pub struct TestEnv {
     database: Option<String>,
 }
 
+/// The sentence-embedding model tests search with: `HELIX_MODEL_DIR`, else the
+/// repository's `models/all-minilm-l6-v2` (`make model` fetches it). Tests need the real
+/// model: a search service told to use a directory without it does not start.
+pub fn model_dir() -> PathBuf {
+    std::env::var_os("HELIX_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-minilm-l6-v2"))
+}
+
 impl TestEnv {
     pub async fn new(backend: Backend) -> anyhow::Result<Self> {
         let home = tempfile::tempdir()?;
@@ -52,6 +61,7 @@ impl TestEnv {
         config.metrics.addr = "127.0.0.1:0".parse()?;
         config.gateway.admin_key = Some(Secret::new(admin_key.clone()));
         config.log.level = "warn".to_owned();
+        config.search.model_dir = Some(model_dir());
         let mut database = None;
         if backend == Backend::Fleet {
             let name = format!("helix_test_{unique}");
@@ -88,6 +98,7 @@ impl TestEnv {
             ("HELIX_ADMIN_KEY", self.admin_key.clone()),
             ("HELIX_LOG", "warn".to_owned()),
             ("HELIX_METRICS_ADDR", "127.0.0.1:0".to_owned()),
+            ("HELIX_MODEL_DIR", model_dir().display().to_string()),
         ];
         if let Some(url) = &self.config.database_url {
             env.push(("HELIX_DATABASE_URL", url.clone()));

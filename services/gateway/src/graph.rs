@@ -2,6 +2,11 @@
 //! the graph service. Shapes of the original system's clients: `POST
 //! /api/v1/graph/edges` with `{"source_id", "target_id", "relation"}` and `GET
 //! /api/v1/graph/{id}?depth=` answering `{"nodes": [...], "edges": [...]}`.
+//!
+//! Query parameters that filter by edge type (`relation`) take one type or several,
+//! comma-separated. `GET /api/v1/graph/path` answers 200 with an empty `paths` list
+//! when the nodes are not connected within `max_depth` (or the graph does not hold
+//! them): "no path" is an answer, not an error; malformed ids and limits are 400s.
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -79,8 +84,9 @@ pub struct WalkParams {
     pub depth: Option<u32>,
     /// out, in or both (default both)
     pub direction: Option<String>,
-    /// only edges of this type
+    /// only edges of these types (comma-separated)
     pub relation: Option<String>,
+    /// default 1000, at most 10000
     pub max_nodes: Option<u32>,
 }
 
@@ -88,9 +94,103 @@ pub struct WalkParams {
 pub struct ExportParams {
     /// json (default), graphml or dot
     pub format: Option<String>,
-    /// export this node's neighbourhood; unset exports the whole graph
+    /// export the neighbourhood of this node (or these, comma-separated); unset exports
+    /// the whole graph
     pub root: Option<String>,
+    /// hops from the roots (default 1); only with root
     pub depth: Option<u32>,
+    /// out, in or both (default both); only with root
+    pub direction: Option<String>,
+    /// only edges of these types (comma-separated)
+    pub relation: Option<String>,
+    /// default 1000, at most 10000; the `x-helix-truncated` header says whether it was reached
+    pub max_nodes: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PathParams {
+    /// the node the path starts at
+    pub from: String,
+    /// the node the path ends at
+    pub to: String,
+    /// longest path in hops: default and at most 10
+    pub max_depth: Option<u32>,
+    /// only edges of these types (comma-separated)
+    pub relation: Option<String>,
+    /// out (default): along edges; in: against them; both: either way
+    pub direction: Option<String>,
+    /// shortest by summed edge weight instead of by hops (default false)
+    pub weighted: Option<bool>,
+    /// how many paths, shortest first: default 1, at most 10
+    pub max_paths: Option<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PathBody {
+    /// `from` first, `to` last
+    pub node_ids: Vec<String>,
+    /// the edges between consecutive nodes, in path order
+    pub edges: Vec<EdgeBody>,
+    /// the sum of the edges' weights
+    pub total_weight: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PathsBody {
+    /// shortest first; empty when the nodes are not connected within max_depth
+    pub paths: Vec<PathBody>,
+    /// every node on the paths, once
+    pub nodes: Vec<GraphNodeBody>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct StatsParams {
+    /// count only the nodes of this namespace and the edges between them
+    pub namespace: Option<String>,
+    /// how many of the highest-degree nodes `top_nodes` lists: default 10, at most 100
+    pub top: Option<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RelationCount {
+    pub relation: String,
+    pub edges: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StatsBody {
+    pub nodes: u64,
+    pub edges: u64,
+    /// edges by type, most first
+    pub relations: Vec<RelationCount>,
+    /// weakly connected components (edge direction ignored)
+    pub connected_components: u64,
+    /// nodes in the largest component
+    pub largest_component: u64,
+    /// nodes without an edge; each is a component of its own
+    pub isolated_nodes: u64,
+    /// edges in and out per node
+    pub mean_degree: f64,
+    pub max_degree: u32,
+    /// the highest-degree nodes, highest first (ties by id)
+    pub top_nodes: Vec<GraphNodeBody>,
+}
+
+/// A query parameter that holds one value or several, comma-separated (edge types, node ids).
+fn comma_separated(param: Option<String>) -> Vec<String> {
+    let param = param.unwrap_or_default();
+    param.split(',').map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned).collect()
+}
+
+fn node_body(node: pb::GraphNode) -> GraphNodeBody {
+    GraphNodeBody {
+        id: node.id,
+        namespace: node.namespace,
+        kind: node.kind,
+        title: node.title,
+        depth: node.depth,
+        degree: node.degree,
+    }
 }
 
 fn edge_body(edge: pb::GraphEdge) -> EdgeBody {
@@ -166,39 +266,88 @@ pub async fn neighborhood(
     let request = pb::GetNeighborhoodRequest {
         id,
         depth: params.depth.unwrap_or(0),
-        relations: params.relation.into_iter().collect(),
+        relations: comma_separated(params.relation),
         direction: params.direction.unwrap_or_default(),
         max_nodes: params.max_nodes.unwrap_or(0),
     };
     let graph = state.graph().get_neighborhood(request).await?.into_inner();
     Ok(Json(SubgraphBody {
-        nodes: graph
-            .nodes
-            .into_iter()
-            .map(|n| GraphNodeBody {
-                id: n.id,
-                namespace: n.namespace,
-                kind: n.kind,
-                title: n.title,
-                depth: n.depth,
-                degree: n.degree,
-            })
-            .collect(),
+        nodes: graph.nodes.into_iter().map(node_body).collect(),
         edges: graph.edges.into_iter().map(edge_body).collect(),
         truncated: graph.truncated,
     }))
 }
 
+#[utoipa::path(get, path = "/api/v1/graph/path", tag = "graph", params(PathParams),
+    responses((status = 200, description = "the shortest paths; `paths` is empty when there is none", body = PathsBody),
+        (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn path(State(state): State<AppState>, Query(params): Query<PathParams>) -> ApiResult<Json<PathsBody>> {
+    let request = pb::FindPathsRequest {
+        source_id: params.from,
+        target_id: params.to,
+        max_depth: params.max_depth.unwrap_or(0),
+        relations: comma_separated(params.relation),
+        weighted: params.weighted.unwrap_or(false),
+        max_paths: params.max_paths.unwrap_or(0),
+        undirected: false,
+        direction: params.direction.unwrap_or_default(),
+    };
+    let found = state.graph().find_paths(request).await?.into_inner();
+    Ok(Json(PathsBody {
+        paths: found
+            .paths
+            .into_iter()
+            .map(|p| PathBody {
+                node_ids: p.node_ids,
+                edges: p.edges.into_iter().map(edge_body).collect(),
+                total_weight: p.total_weight,
+            })
+            .collect(),
+        nodes: found.nodes.into_iter().map(node_body).collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/graph/stats", tag = "graph", params(StatsParams),
+    responses((status = 200, body = StatsBody), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn stats(State(state): State<AppState>, Query(params): Query<StatsParams>) -> ApiResult<Json<StatsBody>> {
+    let request = pb::GetGraphStatsRequest { namespace: params.namespace, top: params.top.unwrap_or(0) };
+    let stats = state.graph().get_graph_stats(request).await?.into_inner();
+    Ok(Json(StatsBody {
+        nodes: stats.nodes,
+        edges: stats.edges,
+        relations: stats
+            .relations
+            .into_iter()
+            .map(|r| RelationCount { relation: r.relation, edges: r.edges })
+            .collect(),
+        connected_components: stats.connected_components,
+        largest_component: stats.largest_component,
+        isolated_nodes: stats.isolated_nodes,
+        mean_degree: stats.mean_degree,
+        max_degree: stats.max_degree,
+        top_nodes: stats.top_nodes.into_iter().map(node_body).collect(),
+    }))
+}
+
+/// On an export: `true` when max_nodes was reached and the document holds part of the selection.
+const TRUNCATED: header::HeaderName = header::HeaderName::from_static("x-helix-truncated");
+
 #[utoipa::path(get, path = "/api/v1/graph/export", tag = "graph", params(ExportParams),
-    responses((status = 200, description = "the graph as JSON, GraphML or DOT text"), (status = 400, body = ErrorBody)),
+    responses((status = 200, description = "the graph as JSON, GraphML or DOT text",
+        headers(("x-helix-truncated" = bool, description = "max_nodes was reached"))),
+        (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn export(State(state): State<AppState>, Query(params): Query<ExportParams>) -> ApiResult<Response> {
     let request = pb::ExportGraphRequest {
         format: params.format.unwrap_or_default(),
-        root_ids: params.root.into_iter().collect(),
+        root_ids: comma_separated(params.root),
         depth: params.depth.unwrap_or(0),
-        ..Default::default()
+        relations: comma_separated(params.relation),
+        direction: params.direction.unwrap_or_default(),
+        max_nodes: params.max_nodes.unwrap_or(0),
     };
     let exported = state.graph().export_graph(request).await?.into_inner();
-    Ok(([(header::CONTENT_TYPE, exported.content_type)], exported.document).into_response())
+    let headers = [(header::CONTENT_TYPE, exported.content_type), (TRUNCATED, exported.truncated.to_string())];
+    Ok((headers, exported.document).into_response())
 }

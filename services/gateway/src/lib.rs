@@ -144,9 +144,14 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics: Arc<Metrics>) -> 
         .route("/api/v1/recall", get(nodes::recall))
         .route("/api/v1/search", post(search::search).get(search::search_get))
         .route("/api/search", post(search::search))
+        .route("/api/v1/search/suggest", get(search::suggest))
+        .route("/api/v1/search/similar/{id}", get(search::similar))
+        .route("/api/v1/search/reindex", post(search::reindex))
         .route("/api/v1/graph/edges", post(graph::create_edge).get(graph::list_edges))
         .route("/api/v1/graph/edges/{id}", get(graph::get_edge).delete(graph::delete_edge))
         .route("/api/v1/graph/export", get(graph::export))
+        .route("/api/v1/graph/path", get(graph::path))
+        .route("/api/v1/graph/stats", get(graph::stats))
         .route("/api/v1/graph/{id}", get(graph::neighborhood))
         .route("/api/v1/openapi.json", get(openapi_json))
         .route("/api/board", get(tower_log::board))
@@ -214,8 +219,9 @@ pub async fn serve(config: HelixConfig, shutdown: CancellationToken) -> helix_ru
     paths(
         health::health, health::ready,
         nodes::create, nodes::bulk_create, nodes::get, nodes::update, nodes::delete, nodes::list, nodes::recall,
-        tower_log::tower, tower_log::board, search::search, search::search_get,
+        tower_log::tower, tower_log::board, search::search, search::search_get, search::suggest, search::similar, search::reindex,
         graph::create_edge, graph::get_edge, graph::delete_edge, graph::list_edges, graph::neighborhood, graph::export,
+        graph::path, graph::stats,
         openapi_json,
     ),
     modifiers(&BearerAuth),

@@ -2,12 +2,14 @@
 //! `GET /api/v1/search?q=`): search over knowledge nodes, answered by the search service.
 
 use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::StreamExt;
 use helix_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::error::{ApiResult, ErrorBody, Json, Query};
+use crate::error::{ApiResult, ErrorBody, Json, Path, Query};
 use crate::nodes::{NodeBody, node_body};
 use helix_core::Error;
 
@@ -16,8 +18,16 @@ const SNIPPET_CHARS: usize = 200;
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SearchInput {
     pub query: String,
-    /// `fulltext`, `semantic` or `hybrid`; unset lets the search service choose
+    /// `fulltext`, `semantic` or `hybrid` (the default)
     pub mode: Option<String>,
+    /// how the query's words combine in full text: `and` (default in mode fulltext) or
+    /// `or` (default on the full-text side of hybrid)
+    pub operator: Option<String>,
+    /// weight of the vector list in hybrid fusion, 0.0..=1.0, default 0.5
+    pub vector_weight: Option<f64>,
+    /// hits scoring below this are dropped (BM25, cosine similarity or the fused score,
+    /// by mode)
+    pub min_score: Option<f64>,
     pub namespace: Option<String>,
     #[serde(default)]
     pub kinds: Vec<String>,
@@ -33,6 +43,8 @@ pub struct SearchInput {
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct SearchParams {
     pub q: String,
+    /// `fulltext`, `semantic` or `hybrid` (the default)
+    pub mode: Option<String>,
     pub limit: Option<u32>,
     /// namespace
     pub ns: Option<String>,
@@ -49,6 +61,10 @@ pub struct SearchResult {
     pub score: f64,
     pub fulltext_score: Option<f64>,
     pub vector_score: Option<f64>,
+    /// the hit's place in the full-text list (1 is first), when it was in it
+    pub fulltext_rank: Option<u32>,
+    /// the hit's place in the vector list, when it was in it
+    pub vector_rank: Option<u32>,
     pub node: NodeBody,
 }
 
@@ -57,9 +73,13 @@ pub struct SearchResults {
     pub results: Vec<SearchResult>,
     /// the mode the search service used
     pub mode: String,
-    /// matches in all, not only this page
+    /// matches in all, not only this page (an estimate when vectors took part)
     pub total: u64,
+    /// the offset of the next page, when more hits follow
+    pub next_offset: Option<u32>,
     pub took_ms: u32,
+    /// of took_ms, the time spent embedding the query
+    pub embedding_ms: f64,
 }
 
 #[utoipa::path(post, path = "/api/v1/search", tag = "search", request_body = SearchInput,
@@ -79,7 +99,10 @@ pub async fn search_get(
 ) -> ApiResult<Json<SearchResults>> {
     let input = SearchInput {
         query: params.q,
-        mode: None,
+        mode: params.mode,
+        operator: None,
+        vector_weight: None,
+        min_score: None,
         namespace: params.ns,
         kinds: Vec::new(),
         tags: Vec::new(),
@@ -93,17 +116,6 @@ async fn run(state: &AppState, input: SearchInput) -> ApiResult<Json<SearchResul
     if input.query.trim().is_empty() {
         return Err(Error::invalid("empty_query", "query must not be empty").into());
     }
-    let mode = match input.mode.as_deref() {
-        None => String::new(),
-        Some("fulltext") => "fulltext".to_owned(),
-        Some("semantic") => "vector".to_owned(),
-        Some("hybrid") => "hybrid".to_owned(),
-        Some(other) => {
-            return Err(
-                Error::invalid("invalid_mode", format!("mode {other:?} is not fulltext, semantic or hybrid")).into()
-            );
-        }
-    };
     let limit = match input.limit {
         None => 10,
         Some(n @ 1..=100) => n,
@@ -111,7 +123,10 @@ async fn run(state: &AppState, input: SearchInput) -> ApiResult<Json<SearchResul
     };
     let request = pb::SearchRequest {
         query: input.query,
-        mode,
+        mode: input.mode.unwrap_or_default(),
+        operator: input.operator.unwrap_or_default(),
+        vector_weight: input.vector_weight,
+        min_score: input.min_score,
         namespaces: input.namespace.into_iter().collect(),
         kinds: input.kinds,
         tags: input.tags,
@@ -124,12 +139,157 @@ async fn run(state: &AppState, input: SearchInput) -> ApiResult<Json<SearchResul
     };
     let response = state.search().search(request).await?.into_inner();
     let results = response.hits.into_iter().map(result).collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(SearchResults { results, mode: response.mode, total: response.total_hits, took_ms: response.took_ms }))
+    Ok(Json(SearchResults {
+        results,
+        mode: response.mode,
+        total: response.total_hits,
+        next_offset: response.next_cursor.parse().ok(),
+        took_ms: response.took_ms,
+        embedding_ms: response.embedding_ms,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct SuggestParams {
+    /// what was typed so far; its last word is completed
+    pub q: String,
+    /// namespace
+    pub ns: Option<String>,
+    /// 1-50, default 8
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SuggestedTitle {
+    pub id: String,
+    pub title: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Suggestions {
+    /// `q` with its last word completed from the words of matching titles, most
+    /// frequent first
+    pub completions: Vec<String>,
+    /// titles of the best matches
+    pub titles: Vec<SuggestedTitle>,
+}
+
+/// Prefix completion for a search box.
+#[utoipa::path(get, path = "/api/v1/search/suggest", tag = "search", params(SuggestParams),
+    responses((status = 200, body = Suggestions), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn suggest(State(state): State<AppState>, Query(params): Query<SuggestParams>) -> ApiResult<Json<Suggestions>> {
+    if params.q.chars().count() > 256 {
+        return Err(Error::invalid("query_too_long", "q is longer than 256 characters").into());
+    }
+    let limit = match params.limit {
+        None => 8,
+        Some(n @ 1..=50) => n,
+        Some(_) => return Err(Error::invalid("invalid_limit", "limit must be from 1 to 50").into()),
+    };
+    let request = pb::SuggestRequest { prefix: params.q, namespaces: params.ns.into_iter().collect(), limit };
+    let response = state.search().suggest(request).await?.into_inner();
+    Ok(Json(Suggestions {
+        completions: response.completions,
+        titles: response.titles.into_iter().map(|t| SuggestedTitle { id: t.id, title: t.title }).collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct SimilarParams {
+    /// 1-100, default 10
+    pub limit: Option<u32>,
+    /// namespace
+    pub ns: Option<String>,
+}
+
+/// The nodes nearest in meaning to an indexed node.
+#[utoipa::path(get, path = "/api/v1/search/similar/{id}", tag = "search", params(("id" = String, Path), SimilarParams),
+    responses((status = 200, body = SearchResults), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn similar(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Query<SimilarParams>,
+) -> ApiResult<Json<SearchResults>> {
+    let limit = match params.limit {
+        None => 10,
+        Some(n @ 1..=100) => n,
+        Some(_) => return Err(Error::invalid("invalid_limit", "limit must be from 1 to 100").into()),
+    };
+    let request =
+        pb::FindSimilarRequest { node_id: id, namespaces: params.ns.into_iter().collect(), limit, ..Default::default() };
+    let response = state.search().find_similar(request).await?.into_inner();
+    let results = response.hits.into_iter().map(result).collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(SearchResults {
+        results,
+        mode: response.mode,
+        total: response.total_hits,
+        next_offset: None,
+        took_ms: response.took_ms,
+        embedding_ms: response.embedding_ms,
+    }))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct ReindexInput {
+    /// only this namespace; unset rebuilds every one
+    pub namespace: Option<String>,
+    /// embed every node again, even those indexed at their current version
+    #[serde(default)]
+    pub re_embed: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReindexProgress {
+    /// listing, indexing, committing, done
+    pub phase: String,
+    pub processed: u64,
+    /// 0 while not yet known
+    pub total: u64,
+    pub failed: u64,
+    pub done: bool,
+}
+
+/// Rebuilds the search index of the replica that answers from storage; progress comes
+/// as server-sent events (`event: progress`, and `event: error` with the error body if
+/// it fails).
+#[utoipa::path(post, path = "/api/v1/search/reindex", tag = "search", request_body = ReindexInput,
+    responses((status = 200, description = "text/event-stream of ReindexProgress", body = ReindexProgress),
+        (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn reindex(
+    State(state): State<AppState>,
+    input: Option<Json<ReindexInput>>,
+) -> ApiResult<Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>>> {
+    let input = input.map(|Json(input)| input).unwrap_or_default();
+    let request = pb::ReindexRequest { namespace: input.namespace, re_embed: input.re_embed };
+    let updates = state.search().reindex(request).await?.into_inner();
+    let events = updates.map(|update| {
+        let event = match update {
+            Ok(p) => Event::default().event("progress").json_data(ReindexProgress {
+                phase: p.phase,
+                processed: p.processed,
+                total: p.total,
+                failed: p.failed,
+                done: p.done,
+            }),
+            Err(status) => {
+                let error = Error::from(status);
+                Event::default().event("error").json_data(
+                    serde_json::json!({"error": {"code": error.code(), "message": error.message()}}),
+                )
+            }
+        };
+        Ok(event.unwrap_or_else(|_| Event::default().event("error").data("unserialisable progress")))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
 fn result(hit: pb::SearchHit) -> Result<SearchResult, Error> {
     let snippet = hit.highlights.first().cloned().unwrap_or_else(|| hit.content.chars().take(SNIPPET_CHARS).collect());
     let (score, fulltext_score, vector_score) = (hit.score, hit.fulltext_score, hit.vector_score);
+    let (fulltext_rank, vector_rank) = (hit.fulltext_rank, hit.vector_rank);
     let node = node_body(pb::Node {
         id: hit.id,
         namespace: hit.namespace,
@@ -152,6 +312,8 @@ fn result(hit: pb::SearchHit) -> Result<SearchResult, Error> {
         score,
         fulltext_score,
         vector_score,
+        fulltext_rank,
+        vector_rank,
         node,
     })
 }

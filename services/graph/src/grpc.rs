@@ -104,9 +104,16 @@ impl GraphService for GraphApi {
 
     async fn find_paths(&self, request: Request<pb::FindPathsRequest>) -> Reply<pb::FindPathsResponse> {
         let r = request.into_inner();
-        let result =
-            PathQuery::new(&r.source_id, &r.target_id, r.max_depth, r.relations, r.weighted, r.max_paths, r.undirected)
-                .map(|query| {
+        let direction = match (r.undirected, r.direction.as_str()) {
+            (true, "" | "both") => Ok(Direction::Both),
+            (true, _) => Err(Error::invalid("invalid_direction", "undirected contradicts direction out or in")),
+            (false, text) => Direction::parse(text, Direction::Out),
+        };
+        let result = direction
+            .and_then(|direction| {
+                PathQuery::new(&r.source_id, &r.target_id, r.max_depth, r.relations, r.weighted, r.max_paths, direction)
+            })
+            .map(|query| {
                     let memory = self.store.read();
                     let paths = memory.paths(&query);
                     let mut seen = HashSet::new();
@@ -181,6 +188,8 @@ impl GraphService for GraphApi {
                     .map(|(relation, edges)| pb::GraphRelationCount { relation, edges })
                     .collect(),
                 connected_components: stats.components,
+                largest_component: stats.largest_component,
+                isolated_nodes: stats.isolated,
                 mean_degree: stats.mean_degree,
                 max_degree: stats.max_degree,
                 top_nodes: stats.top.into_iter().map(node_to_pb).collect(),

@@ -80,6 +80,10 @@ pub struct Stats {
     pub relations: Vec<(String, u64)>,
     /// weakly connected components
     pub components: u64,
+    /// nodes in the largest component
+    pub largest_component: u64,
+    /// nodes without an edge in the selection
+    pub isolated: u64,
     pub mean_degree: f64,
     pub max_degree: u32,
     /// the highest-degree nodes, highest first (ties by id); `degree` counts edges
@@ -353,7 +357,7 @@ impl Memory {
             node: NodeIndex,
             via: Option<(usize, EdgeIndex)>,
         }
-        let direction = if query.undirected { Direction::Both } else { Direction::Out };
+        let direction = query.direction;
         let mut states = vec![State { node: from, via: None }];
         let mut heap = BinaryHeap::from([Reverse(Key(0.0, 0, 0))]);
         let mut fewest_hops: HashMap<NodeIndex, u32> = HashMap::new();
@@ -411,7 +415,10 @@ impl Memory {
             *degrees.entry(source).or_default() += 1;
             *degrees.entry(target).or_default() += 1;
         }
-        let roots: HashSet<usize> = nodes.iter().map(|ix| components.find(ix.index())).collect();
+        let mut sizes: HashMap<usize, u64> = HashMap::new();
+        for ix in &nodes {
+            *sizes.entry(components.find(ix.index())).or_default() += 1;
+        }
         let mut relations: Vec<(String, u64)> = relations.into_iter().map(|(r, n)| (r.to_owned(), n)).collect();
         relations.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let mut ranked: Vec<(u32, Uuid)> = degrees.iter().map(|(ix, d)| (*d, self.graph[*ix].id)).collect();
@@ -420,7 +427,9 @@ impl Memory {
             nodes: nodes.len() as u64,
             edges,
             relations,
-            components: roots.len() as u64,
+            components: sizes.len() as u64,
+            largest_component: sizes.values().copied().max().unwrap_or(0),
+            isolated: degrees.values().filter(|d| **d == 0).count() as u64,
             mean_degree: if nodes.is_empty() { 0.0 } else { 2.0 * edges as f64 / nodes.len() as f64 },
             max_degree: ranked.first().map_or(0, |r| r.0),
             top: ranked

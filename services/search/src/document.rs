@@ -31,6 +31,28 @@ pub struct Document {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub version: i64,
+    /// The vector of [`embedding_text`](Self::embedding_text): pushed with the document,
+    /// or filled in by the embedding stage before the writer takes it.
+    pub embedding: Option<Vec<f32>>,
+}
+
+impl Document {
+    /// What is embedded: the title, the tags and the content (the model reads what fits
+    /// of it: MiniLM the first 256 tokens).
+    pub fn embedding_text(&self) -> String {
+        let mut text = String::with_capacity(self.title.len() + self.content.len() + 16);
+        text.push_str(&self.title);
+        if !self.tags.is_empty() {
+            text.push_str(" (");
+            text.push_str(&self.tags.join(", "));
+            text.push(')');
+        }
+        if !self.content.is_empty() {
+            text.push_str(if text.is_empty() { "" } else { ". " });
+            text.push_str(&self.content);
+        }
+        text
+    }
 }
 
 impl From<Node> for Document {
@@ -49,6 +71,7 @@ impl From<Node> for Document {
             created_at: node.created_at,
             updated_at: node.updated_at,
             version: node.version,
+            embedding: None,
         }
     }
 }
@@ -189,7 +212,16 @@ impl Fields {
             created_at: micros_to_time(self.i64(doc, self.created_at)),
             updated_at: micros_to_time(self.i64(doc, self.updated_at)),
             version: self.i64(doc, self.version),
+            embedding: None,
         }
+    }
+
+    pub fn read_id(&self, doc: &TantivyDocument) -> String {
+        self.text(doc, self.id)
+    }
+
+    pub fn read_version(&self, doc: &TantivyDocument) -> i64 {
+        self.i64(doc, self.version)
     }
 
     fn text(&self, doc: &TantivyDocument, field: Field) -> String {

@@ -17,19 +17,18 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::codegen::BoxStream;
-use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use crate::document::Document;
 use crate::index::{Hit, SearchIndex, SearchResults, Stats};
-use crate::query::SearchQuery;
+use crate::query::{Mode, Operator, SearchQuery};
 use crate::reindex::{self, Progress};
 use crate::writer::{Op, Source};
 
 /// Documents (or ids) one index or remove request may carry.
 const MAX_DOCUMENTS: usize = node::MAX_BULK;
-/// The only mode there is; what `SearchResponse.mode` reports.
-const FULLTEXT: &str = "fulltext";
+/// Neighbours FindSimilar answers at most.
+const MAX_SIMILAR: u32 = 100;
 
 pub struct SearchApi {
     index: Arc<SearchIndex>,
@@ -47,6 +46,25 @@ impl SearchApi {
     ) -> Self {
         Self { index, storage, tasks, shutdown }
     }
+
+    /// Starts a reindex of this replica from storage; its progress comes on the answer.
+    pub fn spawn_reindex(
+        &self,
+        namespace: Option<String>,
+        re_embed: bool,
+    ) -> Result<mpsc::Receiver<Result<Progress>>> {
+        let guard = self.index.claim_reindex()?;
+        let (progress, updates) = mpsc::channel(64);
+        let run = reindex::run(self.index.clone(), guard, self.storage.clone(), namespace, re_embed, progress);
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = run => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
+        Ok(updates)
+    }
 }
 
 type Reply<T> = std::result::Result<Response<T>, Status>;
@@ -55,45 +73,62 @@ fn reply<T>(result: Result<T>) -> Reply<T> {
     result.map(Response::new).map_err(Status::from)
 }
 
-/// FAILED_PRECONDITION `mode_unavailable`: semantic search is not built yet.
-///
-/// Built by hand because `helix_core::ErrorKind` has no failed-precondition kind yet;
-/// it carries the error code in the same metadata entry as every `helix_core::Error`.
-fn mode_unavailable(what: &str) -> Status {
-    let mut status = Status::failed_precondition(format!(
-        "{what} needs semantic (vector) search, which is not built yet; only mode \"fulltext\" works"
-    ));
-    status
-        .metadata_mut()
-        .insert(helix_core::error::ERROR_CODE_METADATA, MetadataValue::from_static("mode_unavailable"));
-    status
-}
-
-/// Empty means fulltext for now: the contract's default is hybrid, falling back to
-/// fulltext without an embedder, and there is no embedder yet.
-fn check_mode(mode: &str) -> std::result::Result<(), Status> {
-    match mode {
-        "" | FULLTEXT => Ok(()),
-        "vector" | "hybrid" => Err(mode_unavailable(&format!("mode \"{mode}\""))),
-        other => Err(Error::invalid(
-            "invalid_mode",
-            format!("mode must be fulltext, vector or hybrid, not {:?}", other.chars().take(32).collect::<String>()),
-        )
-        .into()),
-    }
-}
-
 #[tonic::async_trait]
 impl SearchService for SearchApi {
     async fn search(&self, request: Request<pb::SearchRequest>) -> Reply<pb::SearchResponse> {
         let request = request.into_inner();
-        check_mode(&request.mode)?;
         let result = async { self.index.search(search_query_from_pb(request)?).await.map(results_to_pb) };
         reply(result.await)
     }
 
-    async fn find_similar(&self, _request: Request<pb::FindSimilarRequest>) -> Reply<pb::SearchResponse> {
-        Err(mode_unavailable("FindSimilar"))
+    async fn find_similar(&self, request: Request<pb::FindSimilarRequest>) -> Reply<pb::SearchResponse> {
+        let request = request.into_inner();
+        let result = async {
+            let id = node::parse_id(&request.node_id)?;
+            for namespace in &request.namespaces {
+                node::validate_namespace(namespace)?;
+            }
+            let limit = match request.limit {
+                0 => 10,
+                n => n.min(MAX_SIMILAR),
+            } as usize;
+            let filter = crate::vectors::VectorFilter {
+                namespaces: request.namespaces,
+                kinds: request.kinds,
+                ..Default::default()
+            };
+            let min_score = match request.min_score {
+                Some(min) if !min.is_finite() => {
+                    return Err(Error::invalid("invalid_min_score", "min_score must be a number"));
+                }
+                min => min,
+            };
+            self.index.similar(id, filter, limit, min_score).await.map(results_to_pb)
+        };
+        reply(result.await)
+    }
+
+    async fn suggest(&self, request: Request<pb::SuggestRequest>) -> Reply<pb::SuggestResponse> {
+        let request = request.into_inner();
+        let result = async {
+            for namespace in &request.namespaces {
+                node::validate_namespace(namespace)?;
+            }
+            let limit = match request.limit {
+                0 => 8,
+                n => n.min(50),
+            } as usize;
+            let suggestions = self.index.suggest(request.prefix, request.namespaces, limit).await?;
+            Ok(pb::SuggestResponse {
+                completions: suggestions.completions,
+                titles: suggestions
+                    .titles
+                    .into_iter()
+                    .map(|(id, title)| pb::SuggestedTitle { id, title })
+                    .collect(),
+            })
+        };
+        reply(result.await)
     }
 
     async fn index_documents(&self, request: Request<pb::IndexDocumentsRequest>) -> Reply<pb::IndexDocumentsResponse> {
@@ -105,12 +140,13 @@ impl SearchService for SearchApi {
                     format!("a request indexes at most {MAX_DOCUMENTS} documents"),
                 ));
             }
+            let dim = self.index.embedder.info().dim;
             let ops = request
                 .documents
                 .into_iter()
                 .enumerate()
                 .map(|(i, doc)| {
-                    document_from_pb(doc).map(Op::Upsert).map_err(|e| {
+                    document_from_pb(doc, dim).map(|doc| Op::Upsert(Box::new(doc))).map_err(|e| {
                         Error::new(e.kind(), e.code().to_owned(), format!("documents[{i}]: {}", e.message()))
                     })
                 })
@@ -144,39 +180,30 @@ impl SearchService for SearchApi {
         reply(result.await)
     }
 
-    /// `re_embed` asks nothing yet: there are no embeddings to recompute.
+    /// Every node listed is embedded again unless its indexed version is the same and
+    /// it has a vector; `re_embed` embeds them all (after a change of the model files
+    /// under one name).
     async fn reindex(&self, request: Request<pb::ReindexRequest>) -> Reply<BoxStream<pb::ReindexProgress>> {
         let request = request.into_inner();
-        let claimed = async {
-            if let Some(namespace) = &request.namespace {
-                node::validate_namespace(namespace)?;
-            }
-            self.index.claim_reindex()
-        };
-        let guard = claimed.await.map_err(Status::from)?;
-        let (progress, updates) = mpsc::channel(64);
-        let run = reindex::run(self.index.clone(), guard, self.storage.clone(), request.namespace, progress);
-        let shutdown = self.shutdown.clone();
-        self.tasks.spawn(async move {
-            tokio::select! {
-                () = run => {}
-                () = shutdown.cancelled() => {}
-            }
-        });
+        if let Some(namespace) = &request.namespace {
+            node::validate_namespace(namespace).map_err(Status::from)?;
+        }
+        let updates = self.spawn_reindex(request.namespace, request.re_embed).map_err(Status::from)?;
         let stream = ReceiverStream::new(updates).map(|update| update.map(progress_to_pb).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }
 
     /// The query metrics (queries, latencies, zero-result rate, top score) are not
-    /// measured yet and answer 0, as do the vector fields: there is no vector index.
-    /// `range` only windows those metrics, so it changes nothing yet.
+    /// measured yet and answer 0. `range` only windows those metrics, so it changes
+    /// nothing yet. Vectors are counted over every namespace.
     async fn get_search_stats(&self, request: Request<pb::GetSearchStatsRequest>) -> Reply<pb::SearchStats> {
         let request = request.into_inner();
         let result = async {
             if let Some(namespace) = &request.namespace {
                 node::validate_namespace(namespace)?;
             }
-            self.index.stats(request.namespace).await.map(stats_to_pb)
+            let info = self.index.embedder.info();
+            self.index.stats(request.namespace).await.map(|stats| stats_to_pb(stats, info))
         };
         reply(result.await)
     }
@@ -185,13 +212,19 @@ impl SearchService for SearchApi {
 fn search_query_from_pb(request: pb::SearchRequest) -> Result<SearchQuery> {
     let page = request.page.unwrap_or_default();
     let mut query = SearchQuery::new(request.query, page.limit, &page.cursor)?.namespaces(request.namespaces)?;
+    query.mode = Mode::parse(&request.mode)?;
+    query.operator = Operator::parse(&request.operator, query.mode)?;
+    query.vector_weight = match request.vector_weight {
+        None => crate::query::DEFAULT_VECTOR_WEIGHT,
+        Some(w) if (0.0..=1.0).contains(&w) => w,
+        Some(_) => return Err(Error::invalid("invalid_vector_weight", "vector_weight must be within 0.0..=1.0")),
+    };
     query.kinds = request.kinds;
     query.tags = request.tags;
     query.min_score = match request.min_score {
         Some(min) if !min.is_finite() => return Err(Error::invalid("invalid_min_score", "min_score must be a number")),
         min => min,
     };
-    // vector_weight weighs the vector score in hybrid ranking: fulltext has none to weigh
     query.highlight = request.highlight;
     query.updated_after = request.updated_after.map(time_from_pb).transpose()?;
     query.updated_before = request.updated_before.map(time_from_pb).transpose()?;
@@ -203,8 +236,9 @@ fn results_to_pb(results: SearchResults) -> pb::SearchResponse {
         hits: results.hits.into_iter().map(hit_to_pb).collect(),
         next_cursor: results.next_offset.map(|offset| offset.to_string()).unwrap_or_default(),
         total_hits: results.total_hits,
-        mode: FULLTEXT.to_owned(),
+        mode: results.mode.name().to_owned(),
         took_ms: results.took_ms,
+        embedding_ms: results.embedding_ms,
     }
 }
 
@@ -221,8 +255,10 @@ fn hit_to_pb(hit: Hit) -> pb::SearchHit {
         importance: d.importance,
         metadata_json: d.metadata_json,
         score: hit.score,
-        fulltext_score: Some(hit.score),
-        vector_score: None,
+        fulltext_score: hit.fulltext.map(|r| r.score),
+        vector_score: hit.vector.map(|r| r.score),
+        fulltext_rank: hit.fulltext.map(|r| r.rank),
+        vector_rank: hit.vector.map(|r| r.rank),
         highlights: hit.highlights,
         created_at: Some(timestamp(d.created_at)),
         updated_at: Some(timestamp(d.updated_at)),
@@ -231,9 +267,30 @@ fn hit_to_pb(hit: Hit) -> pb::SearchHit {
 }
 
 /// A pushed document: the same rules as a node where the index relies on them. A
-/// precomputed `embedding` is ignored: there is no vector index yet.
-fn document_from_pb(doc: pb::SearchDocument) -> Result<Document> {
+/// precomputed `embedding` must be of the embedder's dimension (and space: the index
+/// cannot tell); without one the service embeds the text.
+fn document_from_pb(doc: pb::SearchDocument, dim: usize) -> Result<Document> {
     let id = node::parse_id(&doc.id)?;
+    let embedding = match doc.embedding {
+        vector if vector.is_empty() => None,
+        vector if vector.len() != dim => {
+            return Err(Error::invalid(
+                "invalid_embedding",
+                format!("embedding has {} dimensions, the index's embedder {dim}", vector.len()),
+            ));
+        }
+        vector if vector.iter().any(|x| !x.is_finite()) => {
+            return Err(Error::invalid("invalid_embedding", "embedding holds a value that is not a number"));
+        }
+        mut vector => {
+            let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if norm == 0.0 {
+                return Err(Error::invalid("invalid_embedding", "embedding is all zeros"));
+            }
+            vector.iter_mut().for_each(|x| *x /= norm);
+            Some(vector)
+        }
+    };
     let namespace = if doc.namespace.is_empty() { DEFAULT_NAMESPACE.to_owned() } else { doc.namespace };
     node::validate_namespace(&namespace)?;
     if doc.version < 1 {
@@ -263,6 +320,7 @@ fn document_from_pb(doc: pb::SearchDocument) -> Result<Document> {
         created_at: doc.created_at.map(time_from_pb).transpose()?.unwrap_or(now),
         updated_at: doc.updated_at.map(time_from_pb).transpose()?.unwrap_or(now),
         version: doc.version,
+        embedding,
     })
 }
 
@@ -282,10 +340,11 @@ pub fn document_from_node(node: pb::Node) -> Result<Document> {
         created_at: node.created_at.map(time_from_pb).transpose()?.unwrap_or_default(),
         updated_at: node.updated_at.map(time_from_pb).transpose()?.unwrap_or_default(),
         version: node.version,
+        embedding: None,
     })
 }
 
-fn stats_to_pb(stats: Stats) -> pb::SearchStats {
+fn stats_to_pb(stats: Stats, embedder: helix_embed::EmbedderInfo) -> pb::SearchStats {
     pb::SearchStats {
         documents: stats.documents,
         index_bytes: stats.index_bytes,
@@ -295,10 +354,10 @@ fn stats_to_pb(stats: Stats) -> pb::SearchStats {
             .map(|(namespace, documents)| pb::SearchNamespaceCount { namespace, documents })
             .collect(),
         last_indexed_at: stats.last_commit.map(timestamp),
-        // not measured yet (see get_search_stats), and no vector index
-        vectors: 0,
-        embedder_model: String::new(),
-        embedding_dimensions: 0,
+        vectors: stats.vectors,
+        embedder_model: embedder.name,
+        embedding_dimensions: u32::try_from(embedder.dim).unwrap_or(u32::MAX),
+        // not measured yet (see get_search_stats)
         queries: 0,
         mean_latency_ms: 0.0,
         p95_latency_ms: 0.0,

@@ -30,7 +30,7 @@ pub fn op_from_event(envelope: &Envelope) -> Result<Option<Op>, helix_events::Er
     }
     Ok(match envelope.subject() {
         subjects::NODE_CREATED | subjects::NODE_UPDATED => {
-            Some(Op::Upsert(Document::from(envelope.payload_as::<Node>()?)))
+            Some(Op::Upsert(Box::new(Document::from(envelope.payload_as::<Node>()?))))
         }
         subjects::NODE_DELETED => {
             let deleted: Deleted = envelope.payload_as()?;

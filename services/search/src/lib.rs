@@ -52,15 +52,20 @@
 //!   query metrics are not measured yet (zero).
 
 mod document;
+mod embedding;
 mod grpc;
 mod index;
 mod indexer;
 mod query;
 mod reindex;
+mod vectors;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use helix_embed::Embedder;
 
 use helix_proto::v1::search_service_server::SearchServiceServer;
 use helix_proto::v1::storage_service_client::StorageServiceClient;
@@ -68,6 +73,7 @@ use helix_runtime::{HelixConfig, ServiceContext};
 use tokio_util::sync::CancellationToken;
 
 pub use grpc::SearchApi;
+use index::{IndexSettings, Opened, SearchIndex};
 
 pub const SERVICE: &str = "search";
 pub const GRPC_SERVICE: &str = helix_proto::service_names::SEARCH;
@@ -75,6 +81,9 @@ pub const GRPC_SERVICE: &str = helix_proto::service_names::SEARCH;
 const NODE_EVENTS: &str = "helix.node.*";
 /// How long one page of storage's listing may take during a reindex.
 const STORAGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the vector index is optimised (HNSW built, segments merged) while it
+/// changes.
+const OPTIMIZE_EVERY: Duration = Duration::from_secs(10);
 
 /// Where this replica's index lives under the data directory.
 pub fn index_path(home: &Path) -> PathBuf {
@@ -103,18 +112,51 @@ fn group_of(replica: &str) -> String {
     format!("{}-{hash:016x}", &group[..cut])
 }
 
+/// Where this replica's vectors live under the data directory.
+pub fn vectors_path(home: &Path) -> PathBuf {
+    home.join("search").join("vectors")
+}
+
+/// The embedder the configuration asks for: an OpenAI-compatible endpoint, the local
+/// model, or, without either, the lexical hashing fallback (announced in the log).
+pub async fn embedder(config: &HelixConfig) -> helix_runtime::Result<Arc<dyn Embedder>> {
+    let search = &config.search;
+    let embed = helix_embed::EmbedConfig {
+        model_dir: search.model_dir.clone(),
+        openai: search.openai.as_ref().map(|openai| {
+            let mut endpoint = helix_embed::OpenAiConfig::new(&openai.url, &openai.model);
+            endpoint.api_key_env = openai.api_key_env.clone();
+            endpoint.dim = openai.dim;
+            endpoint
+        }),
+    };
+    helix_embed::from_config(&embed, &config.home)
+        .await
+        .map_err(|e| helix_core::Error::unavailable(format!("the search embedder: {e}")).into())
+}
+
 /// The search gRPC service, ready to be served: the index is open, its writer runs and
 /// the event indexer follows `helix.node.*`.
 pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<SearchServiceServer<SearchApi>> {
-    let path = index_path(&ctx.config.home);
+    let embedder = embedder(&ctx.config).await?;
+    let info = embedder.info();
+    let settings = IndexSettings {
+        path: index_path(&ctx.config.home),
+        vectors_path: vectors_path(&ctx.config.home),
+        embedder,
+        rrf_k: ctx.config.search.rrf_k,
+        min_similarity: ctx.config.search.min_similarity,
+    };
     let tasks = ctx.tasks.clone();
-    let opening = path.clone();
-    let (index, created) = tokio::task::spawn_blocking(move || index::SearchIndex::open(&opening, tasks))
-        .await
-        .map_err(|e| helix_core::Error::internal(format!("opening the search index: {e}")))??;
+    let Opened { index, created, vectors_created } =
+        tokio::task::spawn_blocking(move || SearchIndex::open(settings, tasks))
+            .await
+            .map_err(|e| helix_core::Error::internal(format!("opening the search index: {e}")))??;
     if created {
-        tracing::info!(path = %path.display(), "created an empty search index; run Reindex if storage already holds nodes");
+        tracing::info!("created an empty search index; run Reindex if storage already holds nodes");
     }
+    tracing::info!(embedder = %info.name, dim = info.dim, kind = ?info.kind, "search index open");
+    vectors::spawn_optimizer(index.vectors.clone(), ctx.shutdown.clone(), OPTIMIZE_EVERY, &ctx.tasks)?;
 
     let checked = index.clone();
     ctx.readiness.add("search index", move || {
@@ -128,6 +170,12 @@ pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<SearchServiceS
 
     let storage = StorageServiceClient::new(ctx.channel(&ctx.config.endpoints.storage, STORAGE_TIMEOUT)?);
     let api = SearchApi::new(index, storage, ctx.tasks.clone(), ctx.shutdown.clone());
+    if vectors_created && !created {
+        // documents indexed by words but not by meaning (a new embedder, or vectors that
+        // were lost): rebuild both from storage, in the background
+        tracing::info!("the vector index is new while the full-text index is not: reindexing from storage");
+        api.spawn_reindex(None, false)?;
+    }
     Ok(SearchServiceServer::new(api).max_decoding_message_size(64 * 1024 * 1024))
 }
 

@@ -4,8 +4,11 @@
 //! The query text is tantivy's query language, parsed leniently (a syntax error drops
 //! the broken part instead of failing the search): words, `"phrases"`, `word*`
 //! prefixes, `-excluded`, `OR`, `AND`, parentheses, `title:`/`content:`/`tags:`
-//! targets and `^boosts`. Words are joined with AND by default: a hit contains every
-//! word (in any of title, content and tags), like `hx recall` always did.
+//! targets and `^boosts`. In mode fulltext words are joined with AND by default: a hit
+//! contains every word (in any of title, content and tags), as a keyword search
+//! should. The full-text side of hybrid joins them with OR by default, plain BM25, so
+//! a question or a sentence still finds what shares only some of its words; the
+//! request's `operator` chooses either way.
 //!
 //! tantivy's QueryParser builds every part except single-word prefixes: it accepts
 //! `"big bad wo"*` but refuses `wo*` (a phrase prefix needs two terms). So a `word*`
@@ -34,11 +37,76 @@ pub const MAX_LIMIT: u32 = 100;
 /// How deep pages may reach: the collector keeps offset + limit hits in memory.
 pub const MAX_DEPTH: usize = 10_000;
 const MAX_QUERY_CHARS: usize = 4096;
+pub const DEFAULT_VECTOR_WEIGHT: f64 = 0.5;
 
-/// One full-text search.
+/// How a search ranks: by the query's words, by its meaning, or both fused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// BM25 over title, content and tags
+    Fulltext,
+    /// cosine similarity of embeddings
+    Semantic,
+    /// reciprocal rank fusion of the two lists
+    Hybrid,
+}
+
+impl Mode {
+    /// Empty means hybrid; `vector` is the contract's older name of semantic.
+    pub fn parse(mode: &str) -> Result<Self> {
+        match mode {
+            "" | "hybrid" => Ok(Mode::Hybrid),
+            "fulltext" => Ok(Mode::Fulltext),
+            "semantic" | "vector" => Ok(Mode::Semantic),
+            other => Err(Error::invalid(
+                "invalid_mode",
+                format!(
+                    "mode must be fulltext, semantic or hybrid, not {:?}",
+                    other.chars().take(32).collect::<String>()
+                ),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Fulltext => "fulltext",
+            Mode::Semantic => "semantic",
+            Mode::Hybrid => "hybrid",
+        }
+    }
+}
+
+/// How the words of the query combine in full text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operator {
+    /// every word must match (what a keyword search expects)
+    And,
+    /// any word may match, more matches rank higher (plain BM25: what a question or a
+    /// sentence needs)
+    Or,
+}
+
+impl Operator {
+    /// Empty means the mode's default: `and` for fulltext, `or` inside hybrid.
+    pub fn parse(operator: &str, mode: Mode) -> Result<Self> {
+        match operator.to_ascii_lowercase().as_str() {
+            "" if mode == Mode::Fulltext => Ok(Operator::And),
+            "" => Ok(Operator::Or),
+            "and" => Ok(Operator::And),
+            "or" => Ok(Operator::Or),
+            _ => Err(Error::invalid("invalid_operator", "operator must be and or or")),
+        }
+    }
+}
+
+/// One search.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchQuery {
     pub text: String,
+    pub mode: Mode,
+    pub operator: Operator,
+    /// weight of the vector list in hybrid fusion, 0.0..=1.0 (0.5: both alike)
+    pub vector_weight: f64,
     /// any of these; empty means every namespace
     pub namespaces: Vec<String>,
     /// any of these; empty means every kind
@@ -81,6 +149,9 @@ impl SearchQuery {
         }
         Ok(Self {
             text,
+            mode: Mode::Hybrid,
+            operator: Operator::Or,
+            vector_weight: DEFAULT_VECTOR_WEIGHT,
             namespaces: Vec::new(),
             kinds: Vec::new(),
             tags: Vec::new(),
@@ -104,29 +175,41 @@ impl SearchQuery {
 
 /// Turns query text and filters into tantivy queries over one index.
 pub struct QueryBuilder {
-    parser: QueryParser,
+    /// words joined by AND
+    all: QueryParser,
+    /// words joined by OR
+    any: QueryParser,
     fields: Fields,
 }
 
 impl QueryBuilder {
     pub fn new(index: &Index, fields: Fields) -> Self {
-        let mut parser = QueryParser::for_index(index, vec![fields.title, fields.content, fields.tags]);
-        parser.set_conjunction_by_default();
-        parser.set_field_boost(fields.title, TITLE_BOOST);
-        parser.set_field_boost(fields.tags, TAGS_BOOST);
-        parser.set_field_boost(fields.content, CONTENT_BOOST);
-        // only for the prefix rewrite below: regexes users write are searched as words
-        parser.allow_regexes();
-        Self { parser, fields }
+        let parser = |conjunction: bool| {
+            let mut parser = QueryParser::for_index(index, vec![fields.title, fields.content, fields.tags]);
+            if conjunction {
+                parser.set_conjunction_by_default();
+            }
+            parser.set_field_boost(fields.title, TITLE_BOOST);
+            parser.set_field_boost(fields.tags, TAGS_BOOST);
+            parser.set_field_boost(fields.content, CONTENT_BOOST);
+            // only for the prefix rewrite below: regexes users write are searched as words
+            parser.allow_regexes();
+            parser
+        };
+        Self { all: parser(true), any: parser(false), fields }
     }
 
     /// The scored part of a search: the user's query text.
-    pub fn text(&self, text: &str) -> Box<dyn Query> {
+    pub fn text(&self, text: &str, operator: Operator) -> Box<dyn Query> {
+        let parser = match operator {
+            Operator::And => &self.all,
+            Operator::Or => &self.any,
+        };
         let (ast, errors) = query_grammar::parse_query_lenient(text);
         if !errors.is_empty() {
             tracing::debug!(?errors, "query text parsed leniently");
         }
-        let (query, errors) = self.parser.build_query_from_user_input_ast_lenient(self.rewrite(ast));
+        let (query, errors) = parser.build_query_from_user_input_ast_lenient(self.rewrite(ast));
         if !errors.is_empty() {
             tracing::debug!(?errors, "parts of the query text were dropped");
         }

@@ -3,6 +3,10 @@
 //! did not list are dropped. Searches keep answering meanwhile, and events keep
 //! flowing: a node an event changed during the reindex is left as the event made it,
 //! and versions keep a listed node from replacing a newer one.
+//!
+//! A node already indexed at the listed version, with its vector, is left alone (no
+//! new embedding): a reindex after a lost index or a new embedder embeds what needs
+//! it, and `re_embed` embeds everything.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -57,6 +61,7 @@ pub async fn run(
     _guard: ReindexGuard,
     mut storage: StorageServiceClient<GrpcChannel>,
     namespace: Option<String>,
+    re_embed: bool,
     progress: mpsc::Sender<Result<Progress>>,
 ) {
     let writer = &index.writer;
@@ -80,12 +85,20 @@ pub async fn run(
                 page: Some(pb::PageRequest { limit: PAGE, cursor: cursor.clone() }),
             };
             let page = storage.list_nodes(request).await.map_err(Error::from)?.into_inner();
+            let current = match re_embed {
+                true => Default::default(),
+                false => index.embedded_versions(page.nodes.iter().map(|node| node.id.clone()).collect()).await?,
+            };
             let mut ops = Vec::with_capacity(page.nodes.len());
             for node in page.nodes {
                 match crate::grpc::document_from_node(node) {
                     Ok(doc) => {
                         seen.insert(doc.id.clone());
-                        ops.push(Op::Upsert(doc));
+                        if current.get(&doc.id) == Some(&doc.version) {
+                            report.processed += 1;
+                            continue;
+                        }
+                        ops.push(Op::Upsert(Box::new(doc)));
                     }
                     Err(error) => {
                         tracing::warn!(%error, "storage listed a node the index cannot take");

@@ -1,6 +1,11 @@
 //! The one writer of the index: a thread of its own (tantivy's writer blocks), fed
 //! through a channel by the event indexer, the index rpcs and reindexing, so their
-//! changes apply in the order they were sent.
+//! changes apply in the order they were sent. Every change passes the
+//! [`embedding`](crate::embedding) stage first, which gives documents their vectors.
+//!
+//! The writer keeps both sides of the index in step: the vector of a document is
+//! written (or removed) exactly when its full-text document is, just before the
+//! full-text commit, so a search sees both or neither.
 //!
 //! Changes are committed in small batches: the writer takes what is waiting, then
 //! commits, but not more often than every [`COMMIT_INTERVAL`]; after a commit the
@@ -26,6 +31,7 @@ use tantivy::{Index, IndexReader, IndexWriter, TantivyDocument, Term};
 use tokio::sync::oneshot;
 
 use crate::document::{Document, Fields, Indexed};
+use crate::vectors::{VectorOp, VectorPoint, VectorStore};
 
 /// The least time between two commits.
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
@@ -41,7 +47,7 @@ const TOMBSTONE_TTL: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 #[derive(Debug, Clone)]
 pub enum Op {
     /// Index the document, unless a newer version (or its deletion) is indexed.
-    Upsert(Document),
+    Upsert(Box<Document>),
     /// Drop the id. With the `version` it was deleted at (a node event), a tombstone
     /// keeps older versions out; without (an explicit removal), nothing does.
     Delete { id: String, version: Option<i64> },
@@ -65,7 +71,7 @@ pub struct Applied {
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
-enum Command {
+pub(crate) enum Command {
     Apply {
         ops: Vec<Op>,
         source: Source,
@@ -126,7 +132,8 @@ impl WriterStatus {
 /// The async side of the writer: sends changes, awaits their outcome.
 #[derive(Clone)]
 pub struct WriterHandle {
-    commands: Sender<Command>,
+    /// to the embedding stage, which passes them on in order
+    commands: tokio::sync::mpsc::UnboundedSender<Command>,
     pub status: Arc<WriterStatus>,
 }
 
@@ -169,15 +176,18 @@ impl WriterHandle {
     }
 }
 
-/// Opens the index's writer; [`Writer::run`] is its thread.
-pub fn writer(
+/// Opens the index's writer; [`Writer::run`] is its thread, and the embedding stage
+/// must take the handle's commands from the receiver and pass them to the sender.
+pub(crate) fn writer(
     index: &Index,
     reader: IndexReader,
     fields: Fields,
     last_commit: Option<DateTime<Utc>>,
-) -> Result<(WriterHandle, Writer)> {
+    vectors: Arc<dyn VectorStore>,
+) -> Result<(WriterHandle, tokio::sync::mpsc::UnboundedReceiver<Command>, Sender<Command>, Writer)> {
     let inner = index.writer_with_num_threads(1, WRITER_MEMORY).map_err(index_error)?;
-    let (commands, receiver) = std::sync::mpsc::channel();
+    let (to_writer, receiver) = std::sync::mpsc::channel();
+    let (commands, to_stage) = tokio::sync::mpsc::unbounded_channel();
     let status = Arc::new(WriterStatus::new(last_commit));
     let writer = Writer {
         inner,
@@ -185,13 +195,36 @@ pub fn writer(
         fields,
         receiver,
         status: status.clone(),
+        vectors,
+        pending_vectors: Vec::new(),
         pending: HashMap::new(),
         changes: 0,
         waiting: Vec::new(),
         last_commit: Instant::now().checked_sub(COMMIT_INTERVAL).unwrap_or_else(Instant::now),
         reindex: None,
     };
-    Ok((WriterHandle { commands, status }, writer))
+    Ok((WriterHandle { commands, status }, to_stage, to_writer, writer))
+}
+
+/// The vector change that goes with indexing `doc`: its vector, or none (a document
+/// without one must not keep the vector of an older version).
+fn vector_op(doc: &Document) -> Result<VectorOp> {
+    let id = parse_uuid(&doc.id)?;
+    Ok(match &doc.embedding {
+        Some(vector) => VectorOp::Upsert(VectorPoint {
+            id,
+            vector: vector.clone(),
+            namespace: doc.namespace.clone(),
+            kind: doc.kind.clone(),
+            tags: doc.tags.clone(),
+            updated_at: doc.updated_at.timestamp_micros(),
+        }),
+        None => VectorOp::Delete(id),
+    })
+}
+
+fn parse_uuid(id: &str) -> Result<uuid::Uuid> {
+    id.parse().map_err(|_| Error::internal(format!("the index holds an id that is not a UUID: {id:?}")))
 }
 
 pub fn index_error(error: tantivy::TantivyError) -> Error {
@@ -211,6 +244,9 @@ pub struct Writer {
     fields: Fields,
     receiver: Receiver<Command>,
     status: Arc<WriterStatus>,
+    vectors: Arc<dyn VectorStore>,
+    /// vector changes of the uncommitted batch, in order; written just before the commit
+    pending_vectors: Vec<VectorOp>,
     /// What the uncommitted changes left of each id they touched (the reader does not
     /// see them yet): `None` when they removed it.
     pending: HashMap<String, Option<Indexed>>,
@@ -251,6 +287,7 @@ impl Writer {
             let _ = self.commit();
         }
         let _ = self.commit();
+        self.vectors.close();
         self.status.running.store(false, Ordering::SeqCst);
         tracing::debug!("search index writer stopped");
     }
@@ -306,6 +343,7 @@ impl Writer {
                 }
                 self.inner.delete_term(self.fields.id_term(&doc.id));
                 self.inner.add_document(self.fields.document_of(&doc)).map_err(index_error)?;
+                self.pending_vectors.push(vector_op(&doc)?);
                 self.pending.insert(doc.id, Some(Indexed::Live { version: doc.version }));
                 applied.indexed += 1;
             }
@@ -316,6 +354,7 @@ impl Writer {
                     return Ok(());
                 }
                 self.inner.delete_term(self.fields.id_term(&id));
+                self.pending_vectors.push(VectorOp::Delete(parse_uuid(&id)?));
                 self.pending.insert(id, None);
                 applied.removed += 1;
             }
@@ -330,6 +369,7 @@ impl Writer {
                 };
                 self.inner.delete_term(self.fields.id_term(&id));
                 self.inner.add_document(self.fields.tombstone(&id, tombstone, Utc::now())).map_err(index_error)?;
+                self.pending_vectors.push(VectorOp::Delete(parse_uuid(&id)?));
                 self.pending.insert(id, Some(Indexed::Tombstone { version: tombstone }));
             }
         }
@@ -360,7 +400,10 @@ impl Writer {
             return Ok(());
         }
         let at = Utc::now();
-        let result = self.commit_at(at);
+        // vectors first: a failed full-text commit is redone (events redelivered,
+        // pushes retried) and writing a vector again changes nothing
+        let vectors = std::mem::take(&mut self.pending_vectors);
+        let result = self.vectors.apply(vectors).and_then(|()| self.commit_at(at));
         self.pending.clear();
         self.changes = 0;
         self.last_commit = Instant::now();
