@@ -725,8 +725,14 @@ def check_image_files() -> None:
     text = (ROOT / "deploy" / "Dockerfile").read_text()
     lines = [l.strip() for l in re.sub(r"\\\n", " ", text).splitlines() if l.strip() and not l.strip().startswith("#")]
     froms = [l.split()[1] for l in lines if l.upper().startswith("FROM ")]
+    builders = [f for f in froms[:-1] if not f.startswith("python:")]
     R.check("Dockerfile: builder on rust:*-bookworm, runtime on debian:bookworm-slim",
-            all(f.startswith("rust:") and f.endswith("-bookworm") for f in froms[:-1]) and froms[-1] == "debian:bookworm-slim", str(froms))
+            all(f.startswith("rust:") and f.endswith("-bookworm") for f in builders) and froms[-1] == "debian:bookworm-slim", str(froms))
+    R.check("Dockerfile: the embedding model is fetched by deploy/fetch_model.py and HELIX_MODEL_DIR points at it",
+            any("fetch_model.py" in l and l.startswith("RUN ") for l in lines)
+            and any(re.match(r"COPY --from=model /model (\S+)$", l) for l in lines)
+            and any(re.search(r"HELIX_MODEL_DIR=(\S+)", l) for l in lines)
+            and re.search(r"COPY --from=model /model (\S+)", text).group(1) == re.search(r"HELIX_MODEL_DIR=(\S+)", text).group(1))
     want = {
         "HEALTHCHECK": r'HEALTHCHECK .*CMD \["hx", ?"probe"\]',
         "ENTRYPOINT": r'ENTRYPOINT \["hx"\]',

@@ -138,6 +138,13 @@ pub async fn embedder(config: &HelixConfig) -> helix_runtime::Result<Arc<dyn Emb
 /// The search gRPC service, ready to be served: the index is open, its writer runs and
 /// the event indexer follows `helix.node.*`.
 pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<SearchServiceServer<SearchApi>> {
+    if let Some(url) = &ctx.config.qdrant_url {
+        tracing::warn!(
+            %url,
+            "HELIX_QDRANT_URL is set, but the Qdrant cluster backend is not built yet: vectors stay in this \
+             replica's embedded index (qdrant-edge)"
+        );
+    }
     let embedder = embedder(&ctx.config).await?;
     let info = embedder.info();
     let settings = IndexSettings {
