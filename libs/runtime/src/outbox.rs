@@ -69,7 +69,10 @@ pub async fn enqueue(
     Ok(())
 }
 
-const BATCH: i64 = 256;
+/// Events one relay round publishes at most. Each round reads and deletes in one
+/// statement each, so a bulk write's events leave in few rounds; under SQLite each
+/// round also waits for the single writer lock, which the bulk writes hold.
+const BATCH: i64 = 1024;
 /// How often the relay looks without being woken: events left by a crashed process, or
 /// by another replica whose relay stopped.
 const POLL: Duration = Duration::from_secs(1);
