@@ -116,7 +116,9 @@ fn check(status: StatusCode, text: &str) -> anyhow::Result<()> {
     let code = detail["error"]["code"].as_str().unwrap_or("http_error");
     let message = detail["error"]["message"].as_str().unwrap_or(text);
     if status == StatusCode::UNAUTHORIZED {
-        bail!("{message} ({code}); set HELIX_API_KEY or --api-key, or run on the gateway's machine (HELIX_HOME/admin.key)");
+        bail!(
+            "{message} ({code}); set HELIX_API_KEY or --api-key, or run on the gateway's machine (HELIX_HOME/admin.key)"
+        );
     }
     bail!("{message} ({code}, HTTP {})", status.as_u16())
 }

@@ -226,10 +226,15 @@ fn node_line(node: &Value) -> String {
 fn print_subgraph(graph: &Value) {
     let nodes = graph["nodes"].as_array().cloned().unwrap_or_default();
     let edges = graph["edges"].as_array().cloned().unwrap_or_default();
-    println!("{} nodes, {} edges{}", nodes.len(), edges.len(), match graph["truncated"].as_bool() {
-        Some(true) => " (stopped at max_nodes)",
-        _ => "",
-    });
+    println!(
+        "{} nodes, {} edges{}",
+        nodes.len(),
+        edges.len(),
+        match graph["truncated"].as_bool() {
+            Some(true) => " (stopped at max_nodes)",
+            _ => "",
+        }
+    );
     for node in &nodes {
         println!("  {}  {}  (degree {})", node["depth"], node_line(node), node["degree"]);
     }

@@ -169,7 +169,11 @@ async fn edges_crud_events_and_validation(backend: Backend) -> anyhow::Result<()
         ("no start", code(g.traverse(pb::TraverseRequest::default()).await), "invalid_start_ids"),
         ("path depth", code(g.find_paths(paths(11, 0)).await), "invalid_depth"),
         ("max_paths", code(g.find_paths(paths(0, 11)).await), "invalid_max_paths"),
-        ("path direction", code(g.find_paths(pb::FindPathsRequest { direction: "up".into(), ..paths(0, 0) }).await), "invalid_direction"),
+        (
+            "path direction",
+            code(g.find_paths(pb::FindPathsRequest { direction: "up".into(), ..paths(0, 0) }).await),
+            "invalid_direction",
+        ),
         (
             "undirected out",
             code(g.find_paths(pb::FindPathsRequest { direction: "out".into(), undirected: true, ..paths(0, 0) }).await),
@@ -793,8 +797,13 @@ async fn rest_paths(backend: Backend) -> anyhow::Result<()> {
             continue;
         }
         // the edges of every path, in path order, and every node on them once
-        let got_edges: Vec<&str> =
-            body["paths"].as_array().unwrap().iter().flat_map(|p| p["edges"].as_array().unwrap()).map(|e| e["id"].as_str().unwrap()).collect();
+        let got_edges: Vec<&str> = body["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["edges"].as_array().unwrap())
+            .map(|e| e["id"].as_str().unwrap())
+            .collect();
         assert_eq!(got_edges, edges.iter().map(|s| s.as_str()).collect::<Vec<_>>(), "{query}");
         let on_paths: BTreeSet<&str> = body["paths"]
             .as_array()
@@ -803,7 +812,8 @@ async fn rest_paths(backend: Backend) -> anyhow::Result<()> {
             .flat_map(|p| p["node_ids"].as_array().unwrap())
             .map(|id| id.as_str().unwrap())
             .collect();
-        let nodes: BTreeSet<&str> = body["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
+        let nodes: BTreeSet<&str> =
+            body["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
         assert_eq!(nodes, on_paths, "{query}");
     }
     // the graph routes are in the OpenAPI document
@@ -817,7 +827,10 @@ async fn rest_paths(backend: Backend) -> anyhow::Result<()> {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(parameters, BTreeSet::from(["from", "to", "max_depth", "relation", "direction", "weighted", "max_paths"]));
+    assert_eq!(
+        parameters,
+        BTreeSet::from(["from", "to", "max_depth", "relation", "direction", "weighted", "max_paths"])
+    );
     for schema in ["PathsBody", "PathBody", "StatsBody", "RelationCount"] {
         assert!(doc["components"]["schemas"][schema].is_object(), "{schema} missing from the OpenAPI document");
     }
@@ -853,33 +866,44 @@ async fn rest_stats_and_deleted_nodes(backend: Backend) -> anyhow::Result<()> {
     })
     .await?;
 
-    let relations = |list: &[(&str, u64)]| -> Value {
-        list.iter().map(|(r, n)| json!({"relation": r, "edges": n})).collect::<Vec<_>>().into()
+    // counts: (nodes, edges, edges by relation, components, largest component, isolated nodes, max degree)
+    let counts = |nodes, edges, relations: &[(&str, u64)], components, largest, isolated, max: u64| {
+        let relations: Vec<Value> = relations.iter().map(|(r, n)| json!({"relation": r, "edges": n})).collect();
+        json!({
+            "nodes": nodes, "edges": edges, "relations": relations, "connected_components": components,
+            "largest_component": largest, "isolated_nodes": isolated, "max_degree": max,
+        })
     };
-    // (query, nodes, edges, relations, components, largest, isolated, mean degree, max degree, top ids)
+    let everything = [("mentions", 3), ("relates_to", 2), ("part_of", 1)];
+    // (query, counts, mean degree, top node ids)
     #[rustfmt::skip]
-    let cases: Vec<(&str, u64, u64, Value, u64, u64, u64, f64, u64, Vec<&String>)> = vec![
-        ("top=3", 8, 6, relations(&[("mentions", 3), ("relates_to", 2), ("part_of", 1)]), 3, 5, 1, 1.5, 3, vec![h, x1, x2]),
-        ("", 8, 6, relations(&[("mentions", 3), ("relates_to", 2), ("part_of", 1)]), 3, 5, 1, 1.5, 3, vec![h, x1, x2, x3, y, p, q, z]),
-        ("namespace=kg&top=1", 5, 5, relations(&[("mentions", 3), ("part_of", 1), ("relates_to", 1)]), 1, 5, 0, 2.0, 3, vec![h]),
-        ("namespace=other", 3, 1, relations(&[("relates_to", 1)]), 2, 2, 1, 2.0 / 3.0, 1, vec![p, q, z]),
-        ("namespace=none", 0, 0, relations(&[]), 0, 0, 0, 0.0, 0, vec![]),
+    let cases: Vec<(&str, Value, f64, Vec<&String>)> = vec![
+        ("top=3", counts(8, 6, &everything, 3, 5, 1, 3), 1.5, vec![h, x1, x2]),
+        ("", counts(8, 6, &everything, 3, 5, 1, 3), 1.5, vec![h, x1, x2, x3, y, p, q, z]),
+        ("namespace=kg&top=1", counts(5, 5, &[("mentions", 3), ("part_of", 1), ("relates_to", 1)], 1, 5, 0, 3), 2.0, vec![h]),
+        ("namespace=other", counts(3, 1, &[("relates_to", 1)], 2, 2, 1, 1), 2.0 / 3.0, vec![p, q, z]),
+        ("namespace=none", counts(0, 0, &[], 0, 0, 0, 0), 0.0, vec![]),
     ];
-    for (query, nodes, edges, by_relation, components, largest, isolated, mean, max, top) in cases {
+    for (query, expected, mean, top) in cases {
         let (status, stats) = get(&helix, &format!("/api/v1/graph/stats?{query}")).await?;
         assert_eq!(status, 200, "{query}: {stats}");
-        let got = (&stats["nodes"], &stats["edges"], &stats["relations"], &stats["connected_components"]);
-        assert_eq!(got, (&json!(nodes), &json!(edges), &by_relation, &json!(components)), "{query}: {stats}");
-        let got = (&stats["largest_component"], &stats["isolated_nodes"], &stats["max_degree"]);
-        assert_eq!(got, (&json!(largest), &json!(isolated), &json!(max)), "{query}: {stats}");
+        for (field, value) in expected.as_object().unwrap() {
+            assert_eq!(&stats[field], value, "{query}: {field} in {stats}");
+        }
         assert!((stats["mean_degree"].as_f64().unwrap() - mean).abs() < 1e-9, "{query}: {stats}");
         // ties by id: ids are UUIDv7, so in creation order
-        let top_ids: Vec<&str> = stats["top_nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
+        let top_ids: Vec<&str> =
+            stats["top_nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
         assert_eq!(top_ids, top.iter().map(|s| s.as_str()).collect::<Vec<_>>(), "{query}: {stats}");
     }
     let (_, stats) = get(&helix, "/api/v1/graph/stats?top=1").await?;
-    assert_eq!(stats["top_nodes"], json!([{"id": h, "namespace": "kg", "kind": "note", "title": "h", "depth": 0, "degree": 3}]));
-    for (query, code) in [("top=101", "invalid_top"), ("top=x", "invalid_query"), ("namespace=a%20b", "invalid_namespace")] {
+    assert_eq!(
+        stats["top_nodes"],
+        json!([{"id": h, "namespace": "kg", "kind": "note", "title": "h", "depth": 0, "degree": 3}])
+    );
+    for (query, code) in
+        [("top=101", "invalid_top"), ("top=x", "invalid_query"), ("namespace=a%20b", "invalid_namespace")]
+    {
         let (status, body) = get(&helix, &format!("/api/v1/graph/stats?{query}")).await?;
         assert_eq!((status, crate::support::code(&body)), (400, code), "{query}");
     }
@@ -898,6 +922,20 @@ async fn rest_stats_and_deleted_nodes(backend: Backend) -> anyhow::Result<()> {
     assert_eq!((status, &around["edges"]), (200, &json!([])), "{around}");
     let (_, listed) = get(&helix, &format!("/api/v1/graph/edges?node_id={x3}")).await?;
     assert_eq!(listed["edges"], json!([]));
+    // degrees follow removed edges: h lost x3, x1 then loses h
+    let degree = |body: &Value, id: &str| {
+        body["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap()["degree"].clone()
+    };
+    let (_, around) = get(&helix, &format!("/api/v1/graph/{h}")).await?;
+    assert_eq!((degree(&around, h), degree(&around, x1)), (json!(2), json!(2)), "{around}");
+    let (_, listed) = get(&helix, &format!("/api/v1/graph/edges?node_id={h}&direction=out&relation=mentions")).await?;
+    let h_x1 =
+        listed["edges"].as_array().unwrap().iter().find(|e| e["target_id"] == x1.as_str()).unwrap()["id"].clone();
+    let (status, _) =
+        read(helix.api(Method::DELETE, &format!("/api/v1/graph/edges/{}", h_x1.as_str().unwrap())).send().await?).await;
+    assert_eq!(status, 204);
+    let (_, around) = get(&helix, &format!("/api/v1/graph/{x1}")).await?;
+    assert_eq!((degree(&around, x1), degree(&around, x2)), (json!(1), json!(2)), "{around}");
     let body = json!({"source_id": h, "target_id": x3});
     let (status, refused) = read(helix.api(Method::POST, "/api/v1/graph/edges").json(&body).send().await?).await;
     assert_eq!((status, crate::support::code(&refused)), (404, "node_deleted"));
@@ -955,7 +993,8 @@ async fn rest_neighbours_and_exports(backend: Backend) -> anyhow::Result<()> {
             .map(|n| (n["id"].as_str().unwrap().to_owned(), n["depth"].as_u64().unwrap() as u32))
             .collect();
         assert_eq!(got, nodes, "{root} {query}");
-        let got: EdgeIds = body["edges"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+        let got: EdgeIds =
+            body["edges"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
         assert_eq!(got, edges, "{root} {query}");
         assert_eq!(body["truncated"], json!(truncated), "{root} {query}");
     }
@@ -995,7 +1034,9 @@ async fn rest_neighbours_and_exports(backend: Backend) -> anyhow::Result<()> {
             "application/json" => {
                 let document: Value = serde_json::from_str(&text)?;
                 assert_eq!(document["truncated"], json!(truncated), "{query}");
-                let ids = |key: &str| document[key].as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap().to_owned()).collect();
+                let ids = |key: &str| {
+                    document[key].as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap().to_owned()).collect()
+                };
                 (ids("nodes"), ids("edges"))
             }
             "application/graphml+xml" => {
@@ -1055,7 +1096,8 @@ async fn hx_graph(helix: &TestHelix, args: &[&str]) -> anyhow::Result<(bool, Str
 
 async fn hx_graph_commands(backend: Backend) -> anyhow::Result<()> {
     let helix = TestHelix::start(backend).await?;
-    let (a, b, c) = (store(&helix, "alpha", "kg").await?, store(&helix, "beta", "kg").await?, store(&helix, "gamma", "kg").await?);
+    let (a, b, c) =
+        (store(&helix, "alpha", "kg").await?, store(&helix, "beta", "kg").await?, store(&helix, "gamma", "kg").await?);
     let d = Uuid::now_v7().to_string();
 
     let (ok, out) = hx_graph(&helix, &["link", &a, &b, "--relation", "mentions", "--weight", "2.5"]).await?;
@@ -1082,10 +1124,12 @@ async fn hx_graph_commands(backend: Backend) -> anyhow::Result<()> {
     assert!(ok && out.starts_with("3 nodes, 2 edges\n"), "{out}");
     assert!(out.contains(&format!("  0  {a}  alpha [kg/note]  (degree 1)")), "{out}");
     assert!(out.contains(&format!("  2  {c}  gamma [kg/note]  (degree 2)")), "{out}");
-    let (ok, out) = hx_graph(&helix, &["neighbors", &c, "-d", "2", "--direction", "in", "-r", "relates_to", "--json"]).await?;
+    let (ok, out) =
+        hx_graph(&helix, &["neighbors", &c, "-d", "2", "--direction", "in", "-r", "relates_to", "--json"]).await?;
     assert!(ok, "{out}");
     let around: Value = serde_json::from_str(&out)?;
-    let reached: BTreeSet<&str> = around["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
+    let reached: BTreeSet<&str> =
+        around["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
     assert_eq!(reached, BTreeSet::from([c.as_str(), b.as_str()]));
 
     let (ok, out) = hx_graph(&helix, &["path", &a, &d]).await?;
@@ -1103,10 +1147,18 @@ async fn hx_graph_commands(backend: Backend) -> anyhow::Result<()> {
 
     let (ok, out) = hx_graph(&helix, &["stats"]).await?;
     assert!(ok, "{out}");
-    for line in ["nodes       4", "edges       3", "components  1 (largest 4 nodes; 0 isolated nodes)", "degree      mean 1.50, max 2"] {
+    for line in [
+        "nodes       4",
+        "edges       3",
+        "components  1 (largest 4 nodes; 0 isolated nodes)",
+        "degree      mean 1.50, max 2",
+    ] {
         assert!(out.contains(line), "{line:?} in {out}");
     }
-    assert!(out.contains("  mentions             1") && out.contains(&format!("       2  {b}  beta [kg/note]")), "{out}");
+    assert!(
+        out.contains("  mentions             1") && out.contains(&format!("       2  {b}  beta [kg/note]")),
+        "{out}"
+    );
     let (ok, out) = hx_graph(&helix, &["stats", "-n", "kg", "--json"]).await?;
     let stats: Value = serde_json::from_str(&out)?;
     assert!(ok && (stats["nodes"].clone(), stats["edges"].clone()) == (json!(3), json!(2)), "{out}");

@@ -114,27 +114,27 @@ impl GraphService for GraphApi {
                 PathQuery::new(&r.source_id, &r.target_id, r.max_depth, r.relations, r.weighted, r.max_paths, direction)
             })
             .map(|query| {
-                    let memory = self.store.read();
-                    let paths = memory.paths(&query);
-                    let mut seen = HashSet::new();
-                    let nodes = paths
-                        .iter()
-                        .flat_map(|p| &p.node_ids)
-                        .filter(|id| seen.insert(**id))
-                        .map(|id| node_to_pb(memory.view(*id, 0)))
-                        .collect();
-                    pb::FindPathsResponse {
-                        paths: paths
-                            .into_iter()
-                            .map(|p| pb::GraphPath {
-                                node_ids: p.node_ids.iter().map(ToString::to_string).collect(),
-                                edges: p.edges.into_iter().map(edge_to_pb).collect(),
-                                total_weight: p.total_weight,
-                            })
-                            .collect(),
-                        nodes,
-                    }
-                });
+                let memory = self.store.read();
+                let paths = memory.paths(&query);
+                let mut seen = HashSet::new();
+                let nodes = paths
+                    .iter()
+                    .flat_map(|p| &p.node_ids)
+                    .filter(|id| seen.insert(**id))
+                    .map(|id| node_to_pb(memory.view(*id, 0)))
+                    .collect();
+                pb::FindPathsResponse {
+                    paths: paths
+                        .into_iter()
+                        .map(|p| pb::GraphPath {
+                            node_ids: p.node_ids.iter().map(ToString::to_string).collect(),
+                            edges: p.edges.into_iter().map(edge_to_pb).collect(),
+                            total_weight: p.total_weight,
+                        })
+                        .collect(),
+                    nodes,
+                }
+            });
         reply(result)
     }
 

@@ -5,20 +5,56 @@
 //!
 //! A vertex exists while it has an edge or a label: removing a node's last edge drops
 //! an unlabelled vertex.
+//!
+//! Each vertex also keeps its edges out and in as two arrays sorted by edge id
+//! ([`Adjacent`]): walks and paths step along those instead of petgraph's linked lists,
+//! which would chase a pointer into the edge storage for every edge of every node they
+//! expand, and take a node's edges oldest first without sorting them (`make bench`:
+//! a depth-3 walk on 100 000 edges went from 1.6 to ~0.2 ms at p50).
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use helix_core::graph::{Direction, Edge, NodeLabel, Order, PathQuery, Walk};
-use petgraph::Direction::{Incoming, Outgoing};
 use petgraph::stable_graph::{EdgeIndex, NodeIndex, StableDiGraph};
 use petgraph::unionfind::UnionFind;
-use petgraph::visit::{EdgeRef, NodeIndexable};
+use petgraph::visit::NodeIndexable;
 use uuid::Uuid;
 
 struct Vertex {
     id: Uuid,
     label: Option<NodeLabel>,
+    /// edges from this node, by id (oldest first: ids are UUIDv7)
+    out: Vec<Adjacent>,
+    /// edges to this node, by id
+    into: Vec<Adjacent>,
+}
+
+impl Vertex {
+    fn degree(&self) -> u32 {
+        (self.out.len() + self.into.len()) as u32
+    }
+}
+
+/// An edge as the vertex at one end holds it: its id, its index, the vertex at its other end.
+#[derive(Clone, Copy)]
+struct Adjacent {
+    id: u128,
+    edge: EdgeIndex,
+    other: NodeIndex,
+}
+
+/// Adds `adjacent` to a list sorted by id.
+fn attach(list: &mut Vec<Adjacent>, adjacent: Adjacent) {
+    let at = list.partition_point(|a| a.id < adjacent.id);
+    list.insert(at, adjacent);
+}
+
+fn detach(list: &mut Vec<Adjacent>, id: u128) {
+    if let Ok(at) = list.binary_search_by_key(&id, |a| a.id) {
+        list.remove(at);
+    }
 }
 
 #[derive(Default)]
@@ -121,12 +157,16 @@ impl Memory {
         let id = edge.id;
         let ix = self.graph.add_edge(source, target, edge);
         self.edges.insert(id, ix);
+        attach(&mut self.graph[source].out, Adjacent { id: id.as_u128(), edge: ix, other: target });
+        attach(&mut self.graph[target].into, Adjacent { id: id.as_u128(), edge: ix, other: source });
     }
 
     pub fn remove_edge(&mut self, id: Uuid) -> Option<Edge> {
         let ix = self.edges.remove(&id)?;
         let (source, target) = self.graph.edge_endpoints(ix)?;
         let edge = self.graph.remove_edge(ix);
+        detach(&mut self.graph[source].out, id.as_u128());
+        detach(&mut self.graph[target].into, id.as_u128());
         self.prune(source);
         self.prune(target);
         edge
@@ -143,13 +183,18 @@ impl Memory {
             self.deleted.insert(id);
         }
         let Some(ix) = self.nodes.remove(&id) else { return };
-        let neighbours: Vec<NodeIndex> = self.graph.neighbors_undirected(ix).collect();
-        for edge in [Outgoing, Incoming].into_iter().flat_map(|d| self.graph.edges_directed(ix, d)) {
-            self.edges.remove(&edge.weight().id);
+        let Some(vertex) = self.graph.remove_node(ix) else { return };
+        // no edge is a self-loop: the other end is another vertex
+        for adjacent in &vertex.out {
+            self.edges.remove(&Uuid::from_u128(adjacent.id));
+            detach(&mut self.graph[adjacent.other].into, adjacent.id);
         }
-        self.graph.remove_node(ix);
-        for neighbour in neighbours {
-            self.prune(neighbour);
+        for adjacent in &vertex.into {
+            self.edges.remove(&Uuid::from_u128(adjacent.id));
+            detach(&mut self.graph[adjacent.other].out, adjacent.id);
+        }
+        for adjacent in vertex.out.iter().chain(&vertex.into) {
+            self.prune(adjacent.other);
         }
     }
 
@@ -158,44 +203,55 @@ impl Memory {
     }
 
     fn vertex(&mut self, id: Uuid) -> NodeIndex {
-        *self.nodes.entry(id).or_insert_with(|| self.graph.add_node(Vertex { id, label: None }))
+        *self
+            .nodes
+            .entry(id)
+            .or_insert_with(|| self.graph.add_node(Vertex { id, label: None, out: Vec::new(), into: Vec::new() }))
     }
 
     /// Drops a vertex that has neither a label nor an edge left.
     fn prune(&mut self, ix: NodeIndex) {
         let Some(vertex) = self.graph.node_weight(ix) else { return };
-        if vertex.label.is_none() && self.graph.neighbors_undirected(ix).next().is_none() {
+        if vertex.label.is_none() && vertex.degree() == 0 {
             self.nodes.remove(&vertex.id);
             self.graph.remove_node(ix);
         }
     }
 
-    fn degree(&self, ix: NodeIndex) -> u32 {
-        (self.graph.edges_directed(ix, Outgoing).count() + self.graph.edges_directed(ix, Incoming).count()) as u32
-    }
-
     /// The node as a result shows it; a node the graph does not hold has no label and no edge.
     pub fn view(&self, id: Uuid, depth: u32) -> NodeView {
         match self.nodes.get(&id) {
-            Some(&ix) => NodeView { id, label: self.graph[ix].label.clone(), depth, degree: self.degree(ix) },
+            Some(&ix) => self.view_at(ix, depth),
             None => NodeView { id, label: None, depth, degree: 0 },
         }
     }
 
-    /// The edges a step from `ix` may follow, with the node each leads to, oldest edge first.
-    fn steps(&self, ix: NodeIndex, direction: Direction, relations: &[String]) -> Vec<(EdgeIndex, NodeIndex)> {
-        let wanted = |e: &Edge| relations.is_empty() || relations.contains(&e.relation);
-        let mut steps = Vec::new();
-        if direction != Direction::In {
-            let out = self.graph.edges_directed(ix, Outgoing).filter(|e| wanted(e.weight()));
-            steps.extend(out.map(|e| (e.id(), e.target())));
+    fn view_at(&self, ix: NodeIndex, depth: u32) -> NodeView {
+        let vertex = &self.graph[ix];
+        NodeView { id: vertex.id, label: vertex.label.clone(), depth, degree: vertex.degree() }
+    }
+
+    /// Puts in `steps` the edges a step from `ix` may follow, with the node each leads
+    /// to, oldest edge first (ids are UUIDv7): the vertex's two sorted lists merged. A
+    /// buffer, so that a walk allocates once.
+    fn steps(&self, ix: NodeIndex, direction: Direction, relations: &[String], steps: &mut Vec<Step>) {
+        steps.clear();
+        let vertex = &self.graph[ix];
+        let out: &[Adjacent] = if direction == Direction::In { &[] } else { &vertex.out };
+        let into: &[Adjacent] = if direction == Direction::Out { &[] } else { &vertex.into };
+        let (mut o, mut i) = (0, 0);
+        while o < out.len() || i < into.len() {
+            let next = if i == into.len() || (o < out.len() && out[o].id < into[i].id) {
+                o += 1;
+                out[o - 1]
+            } else {
+                i += 1;
+                into[i - 1]
+            };
+            if relations.is_empty() || relations.contains(&self.graph[next.edge].relation) {
+                steps.push(Step { edge: next.edge, next: next.other });
+            }
         }
-        if direction != Direction::Out {
-            let into = self.graph.edges_directed(ix, Incoming).filter(|e| wanted(e.weight()));
-            steps.extend(into.map(|e| (e.id(), e.source())));
-        }
-        steps.sort_by_key(|(e, _)| self.graph[*e].id);
-        steps
     }
 
     /// Every node within `walk.depth` hops of its start nodes, each with its smallest hop
@@ -206,30 +262,49 @@ impl Memory {
             Order::BreadthFirst => self.breadth_first(walk, &mut found),
             Order::DepthFirst => self.depth_first(walk, &mut found),
         }
+        let nodes = found
+            .order
+            .iter()
+            .map(|node| match node {
+                Ok(ix) => self.view_at(*ix, found.depth[ix]),
+                Err(id) => self.view(*id, 0),
+            })
+            .collect();
         Subgraph {
-            nodes: found.order.iter().map(|id| self.view(*id, found.depth[id])).collect(),
+            nodes,
             edges: found.edges.iter().map(|e| self.graph[*e].clone()).collect(),
             truncated: found.truncated,
         }
     }
 
+    /// A start node as a walk holds it: its index, or its id when the graph does not hold it.
+    fn start(&self, id: Uuid) -> Result<NodeIndex, Uuid> {
+        self.nodes.get(&id).copied().ok_or(id)
+    }
+
     fn breadth_first(&self, walk: &Walk, found: &mut Found) {
         let mut queue = VecDeque::new();
         for &id in &walk.start {
-            if found.add(id, 0) {
-                queue.push_back(id);
+            if let Ok(ix) = self.start(id) {
+                if found.add(ix, 0) {
+                    queue.push_back((ix, 0));
+                }
+            } else {
+                found.add_absent(id);
             }
         }
-        while let Some(id) = queue.pop_front() {
-            let depth = found.depth[&id];
-            let Some(&ix) = self.nodes.get(&id).filter(|_| depth < walk.depth) else { continue };
-            for (edge, next) in self.steps(ix, walk.direction, &walk.relations) {
-                let next = self.graph[next].id;
-                if found.depth.contains_key(&next) {
-                    found.edge(edge);
-                } else if found.add(next, depth + 1) {
-                    found.edge(edge);
-                    queue.push_back(next);
+        let mut steps = Vec::new();
+        while let Some((ix, depth)) = queue.pop_front() {
+            if depth >= walk.depth {
+                continue;
+            }
+            self.steps(ix, walk.direction, &walk.relations, &mut steps);
+            for step in &steps {
+                if found.depth.contains_key(&step.next) {
+                    found.edge(step.edge);
+                } else if found.add(step.next, depth + 1) {
+                    found.edge(step.edge);
+                    queue.push_back((step.next, depth + 1));
                 }
             }
         }
@@ -238,23 +313,35 @@ impl Memory {
     /// Visits a node again when it is reached by a shorter way, so that depths are hop
     /// counts as in a breadth-first walk and no node within reach is missed.
     fn depth_first(&self, walk: &Walk, found: &mut Found) {
-        let mut stack: Vec<(Uuid, u32, Option<EdgeIndex>)> = walk.start.iter().rev().map(|id| (*id, 0, None)).collect();
-        while let Some((id, depth, via)) = stack.pop() {
-            match found.depth.get(&id).copied() {
+        let mut stack: Vec<(Result<NodeIndex, Uuid>, u32, Option<EdgeIndex>)> =
+            walk.start.iter().rev().map(|id| (self.start(*id), 0, None)).collect();
+        let mut steps = Vec::new();
+        while let Some((node, depth, via)) = stack.pop() {
+            let ix = match node {
+                Ok(ix) => ix,
+                Err(id) => {
+                    found.add_absent(id);
+                    continue;
+                }
+            };
+            match found.depth.get(&ix).copied() {
                 Some(known) if known <= depth => {
                     via.into_iter().for_each(|e| found.edge(e));
                     continue;
                 }
                 Some(_) => {
-                    found.depth.insert(id, depth);
+                    found.depth.insert(ix, depth);
                 }
-                None if !found.add(id, depth) => continue,
+                None if !found.add(ix, depth) => continue,
                 None => {}
             }
             via.into_iter().for_each(|e| found.edge(e));
-            let Some(&ix) = self.nodes.get(&id).filter(|_| depth < walk.depth) else { continue };
-            for (edge, next) in self.steps(ix, walk.direction, &walk.relations).into_iter().rev() {
-                stack.push((self.graph[next].id, depth + 1, Some(edge)));
+            if depth >= walk.depth {
+                continue;
+            }
+            self.steps(ix, walk.direction, &walk.relations, &mut steps);
+            for step in steps.iter().rev() {
+                stack.push((Ok(step.next), depth + 1, Some(step.edge)));
             }
         }
     }
@@ -360,7 +447,8 @@ impl Memory {
         let direction = query.direction;
         let mut states = vec![State { node: from, via: None }];
         let mut heap = BinaryHeap::from([Reverse(Key(0.0, 0, 0))]);
-        let mut fewest_hops: HashMap<NodeIndex, u32> = HashMap::new();
+        let mut fewest_hops: ByIndex<u32> = ByIndex::default();
+        let mut steps = Vec::new();
         while let Some(Reverse(Key(cost, hops, at))) = heap.pop() {
             let node = states[at].node;
             if fewest_hops.get(&node).is_some_and(|&h| h <= hops) {
@@ -382,7 +470,8 @@ impl Memory {
             if hops == max_hops {
                 continue;
             }
-            for (edge, next) in self.steps(node, direction, &query.relations) {
+            self.steps(node, direction, &query.relations, &mut steps);
+            for &Step { edge, next, .. } in &steps {
                 if banned_edges.contains(&edge) || banned_nodes.contains(&next) {
                     continue;
                 }
@@ -441,30 +530,74 @@ impl Memory {
     }
 }
 
+/// An edge a step may follow, and the node it leads to.
+struct Step {
+    edge: EdgeIndex,
+    next: NodeIndex,
+}
+
+/// Hashes petgraph indices (a u32) with one multiplication: walks hash an index for every
+/// edge they look at, and SipHash's resistance to chosen keys buys nothing for indices
+/// the graph hands out itself.
+#[derive(Default)]
+struct IndexHasher(u64);
+
+impl Hasher for IndexHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u32(u32::from(*byte));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0.rotate_left(5) ^ u64::from(n)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type ByIndex<V> = HashMap<NodeIndex, V, BuildHasherDefault<IndexHasher>>;
+
 /// What a walk has found so far.
 #[derive(Default)]
 struct Found {
-    depth: HashMap<Uuid, u32>,
-    order: Vec<Uuid>,
+    depth: ByIndex<u32>,
+    /// in visiting order; a start node the graph does not hold is there by its id
+    order: Vec<Result<NodeIndex, Uuid>>,
     edges: Vec<EdgeIndex>,
-    seen_edges: HashSet<EdgeIndex>,
+    seen_edges: HashSet<EdgeIndex, BuildHasherDefault<IndexHasher>>,
     max: usize,
     truncated: bool,
 }
 
 impl Found {
     /// Adds a node not found before; false when it was, or when the budget is spent.
-    fn add(&mut self, id: Uuid, depth: u32) -> bool {
-        if self.depth.contains_key(&id) {
+    fn add(&mut self, ix: NodeIndex, depth: u32) -> bool {
+        if self.depth.contains_key(&ix) {
             return false;
         }
-        if self.order.len() >= self.max {
-            self.truncated = true;
+        if !self.has_room() {
             return false;
         }
-        self.depth.insert(id, depth);
-        self.order.push(id);
+        self.depth.insert(ix, depth);
+        self.order.push(Ok(ix));
         true
+    }
+
+    /// Adds a start node the graph does not hold (no edge, no label): it stands alone.
+    fn add_absent(&mut self, id: Uuid) {
+        if self.has_room() {
+            self.order.push(Err(id));
+        }
+    }
+
+    /// Whether the budget has room for one more node; notes that the walk was cut short if not.
+    fn has_room(&mut self) -> bool {
+        let room = self.order.len() < self.max;
+        self.truncated |= !room;
+        room
     }
 
     fn edge(&mut self, edge: EdgeIndex) {
