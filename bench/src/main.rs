@@ -17,6 +17,9 @@ use helix_testkit::{Backend, TestEnv};
 use hx::fleet::Role;
 use serde_json::{Value, json};
 
+mod graph;
+mod search;
+
 /// mimalloc: request handling allocates many small buffers; glibc malloc was a tenth
 /// of the gateway path's CPU in `make bench`.
 #[global_allocator]
@@ -30,6 +33,9 @@ struct Args {
     /// seconds each (backend, concurrency, path) is measured, after a warm-up
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// which benchmark: foundation, search (bench/src/search.rs) or graph (bench/src/graph.rs)
+    #[arg(long, default_value = "foundation")]
+    suite: String,
 }
 
 type Op = Arc<dyn Fn(u64) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
@@ -115,6 +121,12 @@ fn gateway_op(base: String, key: String) -> Op {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.suite == "search" {
+        return search::run(&args.out).await;
+    }
+    if args.suite == "graph" {
+        return graph::run(&args.out).await;
+    }
     let duration = Duration::from_secs(args.seconds);
     let mut runs = Vec::new();
     let mut ratios = Vec::new();

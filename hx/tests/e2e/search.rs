@@ -275,7 +275,10 @@ async fn query_language_filters_and_ranking(backend: Backend) -> anyhow::Result<
     let namespaces: Vec<(String, u64)> = stats.namespaces.into_iter().map(|n| (n.namespace, n.documents)).collect();
     assert_eq!(namespaces, [("default".into(), 2), ("life".into(), 2), ("tech".into(), 2)]);
     assert!(stats.index_bytes > 0 && stats.last_indexed_at.is_some(), "size and last commit are measured");
-    assert_eq!((stats.vectors, stats.embedder_model.as_str(), stats.embedding_dimensions), (6, "all-MiniLM-L6-v2", 384));
+    assert_eq!(
+        (stats.vectors, stats.embedder_model.as_str(), stats.embedding_dimensions),
+        (6, "all-MiniLM-L6-v2", 384)
+    );
     helix.stop().await;
     Ok(())
 }
@@ -385,7 +388,10 @@ async fn semantic_and_hybrid_modes(backend: Backend) -> anyhow::Result<()> {
     let suggest = |prefix: &str| pb::SuggestRequest { prefix: prefix.into(), ..Default::default() };
     let got = search.suggest(suggest("fel")).await?.into_inner();
     assert_eq!(got.completions, ["feline"]);
-    assert_eq!(got.titles.iter().map(|t| (t.id.clone(), t.title.clone())).collect::<Vec<_>>(), [(id[0].clone(), "Feline care".into())]);
+    assert_eq!(
+        got.titles.iter().map(|t| (t.id.clone(), t.title.clone())).collect::<Vec<_>>(),
+        [(id[0].clone(), "Feline care".into())]
+    );
     assert_eq!(search.suggest(suggest("stock ma")).await?.into_inner().completions, ["stock market"]);
     assert!(search.suggest(suggest("zz")).await?.into_inner().completions.is_empty());
     assert!(search.suggest(suggest("fel ")).await?.into_inner().completions.is_empty(), "a finished word");
@@ -415,13 +421,18 @@ async fn bad_requests_are_refused(backend: Backend) -> anyhow::Result<()> {
     for (request, error_code) in cases {
         let status = search.search(request.clone()).await.unwrap_err();
         let got = status.metadata().get(helix_core::error::ERROR_CODE_METADATA).map(|v| v.to_str().unwrap().to_owned());
-        assert_eq!((status.code(), got.as_deref()), (tonic::Code::InvalidArgument, Some(*error_code)), "{request:?}: {status:?}");
+        assert_eq!(
+            (status.code(), got.as_deref()),
+            (tonic::Code::InvalidArgument, Some(*error_code)),
+            "{request:?}: {status:?}"
+        );
     }
     let status = search.find_similar(pb::FindSimilarRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     let absent = pb::FindSimilarRequest { node_id: uuid::Uuid::now_v7().to_string(), ..Default::default() };
     assert_eq!(search.find_similar(absent).await.unwrap_err().code(), tonic::Code::NotFound);
-    let wrong_size = pb::SearchDocument { embedding: vec![0.5; 3], ..document(&uuid::Uuid::now_v7().to_string(), "x", 1) };
+    let wrong_size =
+        pb::SearchDocument { embedding: vec![0.5; 3], ..document(&uuid::Uuid::now_v7().to_string(), "x", 1) };
     let request = pb::IndexDocumentsRequest { documents: vec![wrong_size], wait_searchable: true };
     assert_eq!(search.index_documents(request).await.unwrap_err().code(), tonic::Code::InvalidArgument);
 
@@ -562,7 +573,11 @@ async fn rest_search_routes(backend: Backend) -> anyhow::Result<()> {
     assert_eq!((status, &seed["results"][0]["id"]), (200, &id));
     assert_eq!(seed["mode"], "hybrid", "hybrid is the default");
     let (status, meaning) = read(
-        helix.api(Method::POST, "/api/v1/search").json(&json!({"query": "lunar gravity and the sea", "mode": "semantic"})).send().await?,
+        helix
+            .api(Method::POST, "/api/v1/search")
+            .json(&json!({"query": "lunar gravity and the sea", "mode": "semantic"}))
+            .send()
+            .await?,
     )
     .await;
     assert_eq!((status, &meaning["results"][0]["id"], &meaning["mode"]), (200, &id, &json!("semantic")), "{meaning}");

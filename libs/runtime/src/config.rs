@@ -284,7 +284,9 @@ impl HelixConfig {
                 "HELIX_MAX_BODY_BYTES" => self.gateway.max_body_bytes = parse(name, &value)?,
                 "HELIX_REQUEST_TIMEOUT_SECS" => self.gateway.request_timeout_secs = parse(name, &value)?,
                 "HELIX_ADMIN_KEY" => self.gateway.admin_key = Some(Secret(value)).filter(|s| !s.0.is_empty()),
-                "HELIX_MODEL_DIR" => self.search.model_dir = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty()),
+                "HELIX_MODEL_DIR" => {
+                    self.search.model_dir = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty())
+                }
                 "HELIX_RRF_K" => self.search.rrf_k = parse(name, &value)?,
                 "HELIX_MIN_SIMILARITY" => self.search.min_similarity = parse(name, &value)?,
                 "HELIX_STORAGE_URL" => self.endpoints.storage = value,

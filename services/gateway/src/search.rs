@@ -178,7 +178,10 @@ pub struct Suggestions {
 #[utoipa::path(get, path = "/api/v1/search/suggest", tag = "search", params(SuggestParams),
     responses((status = 200, body = Suggestions), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn suggest(State(state): State<AppState>, Query(params): Query<SuggestParams>) -> ApiResult<Json<Suggestions>> {
+pub async fn suggest(
+    State(state): State<AppState>,
+    Query(params): Query<SuggestParams>,
+) -> ApiResult<Json<Suggestions>> {
     if params.q.chars().count() > 256 {
         return Err(Error::invalid("query_too_long", "q is longer than 256 characters").into());
     }
@@ -217,8 +220,12 @@ pub async fn similar(
         Some(n @ 1..=100) => n,
         Some(_) => return Err(Error::invalid("invalid_limit", "limit must be from 1 to 100").into()),
     };
-    let request =
-        pb::FindSimilarRequest { node_id: id, namespaces: params.ns.into_iter().collect(), limit, ..Default::default() };
+    let request = pb::FindSimilarRequest {
+        node_id: id,
+        namespaces: params.ns.into_iter().collect(),
+        limit,
+        ..Default::default()
+    };
     let response = state.search().find_similar(request).await?.into_inner();
     let results = response.hits.into_iter().map(result).collect::<Result<Vec<_>, _>>()?;
     Ok(Json(SearchResults {
@@ -276,9 +283,9 @@ pub async fn reindex(
             }),
             Err(status) => {
                 let error = Error::from(status);
-                Event::default().event("error").json_data(
-                    serde_json::json!({"error": {"code": error.code(), "message": error.message()}}),
-                )
+                Event::default()
+                    .event("error")
+                    .json_data(serde_json::json!({"error": {"code": error.code(), "message": error.message()}}))
             }
         };
         Ok(event.unwrap_or_else(|_| Event::default().event("error").data("unserialisable progress")))

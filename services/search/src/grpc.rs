@@ -48,11 +48,7 @@ impl SearchApi {
     }
 
     /// Starts a reindex of this replica from storage; its progress comes on the answer.
-    pub fn spawn_reindex(
-        &self,
-        namespace: Option<String>,
-        re_embed: bool,
-    ) -> Result<mpsc::Receiver<Result<Progress>>> {
+    pub fn spawn_reindex(&self, namespace: Option<String>, re_embed: bool) -> Result<mpsc::Receiver<Result<Progress>>> {
         let guard = self.index.claim_reindex()?;
         let (progress, updates) = mpsc::channel(64);
         let run = reindex::run(self.index.clone(), guard, self.storage.clone(), namespace, re_embed, progress);
@@ -121,11 +117,7 @@ impl SearchService for SearchApi {
             let suggestions = self.index.suggest(request.prefix, request.namespaces, limit).await?;
             Ok(pb::SuggestResponse {
                 completions: suggestions.completions,
-                titles: suggestions
-                    .titles
-                    .into_iter()
-                    .map(|(id, title)| pb::SuggestedTitle { id, title })
-                    .collect(),
+                titles: suggestions.titles.into_iter().map(|(id, title)| pb::SuggestedTitle { id, title }).collect(),
             })
         };
         reply(result.await)

@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -244,9 +244,9 @@ impl SearchIndex {
         let text = self
             .blocking(move || {
                 let searcher = index.reader.searcher();
-                let doc = index.live_document(&searcher, &key)?.ok_or_else(|| {
-                    Error::not_found("not_indexed", format!("node {key} is not in the search index"))
-                })?;
+                let doc = index
+                    .live_document(&searcher, &key)?
+                    .ok_or_else(|| Error::not_found("not_indexed", format!("node {key} is not in the search index")))?;
                 Ok(index.fields.read(&doc).embedding_text())
             })
             .await?;
@@ -292,7 +292,12 @@ impl SearchIndex {
     /// Completions of the last word of `typed` (from the words of matching titles), and
     /// the best matching titles, for a search box: every word typed must be in the
     /// title, the last one as a prefix.
-    pub async fn suggest(self: &Arc<Self>, typed: String, namespaces: Vec<String>, limit: usize) -> Result<Suggestions> {
+    pub async fn suggest(
+        self: &Arc<Self>,
+        typed: String,
+        namespaces: Vec<String>,
+        limit: usize,
+    ) -> Result<Suggestions> {
         let index = self.clone();
         self.blocking(move || index.suggest_now(&typed, namespaces, limit)).await
     }
@@ -425,14 +430,16 @@ impl SearchIndex {
                 break;
             }
             let highlights = match &snippets {
-                Some((title, content)) => [content.snippet_from_doc(&candidate.doc), title.snippet_from_doc(&candidate.doc)]
-                    .into_iter()
-                    .filter(|snippet| !snippet.highlighted().is_empty())
-                    .map(|mut snippet| {
-                        snippet.set_snippet_prefix_postfix("<mark>", "</mark>");
-                        snippet.to_html()
-                    })
-                    .collect(),
+                Some((title, content)) => {
+                    [content.snippet_from_doc(&candidate.doc), title.snippet_from_doc(&candidate.doc)]
+                        .into_iter()
+                        .filter(|snippet| !snippet.highlighted().is_empty())
+                        .map(|mut snippet| {
+                            snippet.set_snippet_prefix_postfix("<mark>", "</mark>");
+                            snippet.to_html()
+                        })
+                        .collect()
+                }
                 None => Vec::new(),
             };
             hits.push(Hit {
