@@ -1,4 +1,6 @@
-//! The full-text index of one replica: opening it on disk, searching it, measuring it.
+//! The index of one replica — tantivy for words, a vector store for meaning: opening
+//! both, searching them (fulltext, semantic, and hybrid by reciprocal rank fusion),
+//! suggesting, measuring.
 //! Writing is the [`writer`](crate::writer) thread's; everything here runs on blocking
 //! threads, never on the async executor.
 

@@ -1,21 +1,20 @@
-//! The search service: full-text search over knowledge nodes, fed by node events.
+//! The search service: knowledge nodes found by their words, by their meaning, or both,
+//! fed by node events.
 //!
-//! Its contract is `proto/helix/v1/search.proto`. What is built is the **full-text**
-//! part: a tantivy index on disk under `HELIX_HOME/search/index`, ranked by BM25 with
-//! field boosts (title 2.0, tags 1.5, content 1.0); filters by namespace (any of),
-//! kind (any of), tag (every one) and update time that restrict without scoring;
-//! highlighted fragments (`<mark></mark>`) of title and content; pages of at most 100
-//! hits whose cursor is the offset of the next hit. The query language (words joined by
-//! AND, `"phrases"`, `word*` prefixes, `-not`, `OR`, `field:`) is described in
-//! the `query` module. Title and content use the `en_stem` tokenizer (lowercased, English
-//! stemming: "running" finds "runs"); tags, namespace and kind match exactly.
-//!
-//! **Semantic search is not built yet.** There is no embedder and no vector index: a
-//! search in mode `vector` or `hybrid`, and `FindSimilar`, answer FAILED_PRECONDITION
-//! with code `mode_unavailable`. An empty mode means fulltext for now (the contract's
-//! default, hybrid, falls back to fulltext without an embedder), and every response
-//! reports mode `fulltext` with no vector score. Embeddings pushed with documents are
-//! ignored, `re_embed` does nothing, and the stats report no vectors.
+//! Its contract is `proto/helix/v1/search.proto`. Each replica keeps two indexes under
+//! `HELIX_HOME/search`: a tantivy full-text index (`index/`), ranked by BM25 with field
+//! boosts (title 2.0, tags 1.5, content 1.0), and a vector index (`vectors/`, Qdrant's
+//! engine in-process) of one embedding per node from the configured embedder (MiniLM
+//! in-process, an OpenAI-compatible endpoint, or the lexical hashing fallback). Modes:
+//! `fulltext` (words joined by AND by default), `semantic` (cosine similarity, at least
+//! `search.min_similarity`), and `hybrid`, the default: reciprocal rank fusion of the
+//! two lists (the full-text side joined by OR), each hit with its rank on each side.
+//! Filters by namespace (any of), kind (any of), tag (every one) and update time
+//! restrict both sides without scoring; highlighted fragments (`<mark></mark>`); pages
+//! of at most 100 hits whose cursor is the offset of the next hit. The query language
+//! (`"phrases"`, `word*` prefixes, `-not`, `OR`, `field:`) is described in the `query`
+//! module. Title and content use the `en_stem` tokenizer (lowercased, English stemming:
+//! "running" finds "runs"); tags, namespace and kind match exactly.
 //!
 //! # A replicated read model
 //!
@@ -48,8 +47,9 @@
 //!   stays on NATS until removed (`nats consumer rm`).
 //! - Tombstones (an id and a version each) stay until a full `Reindex`, which drops
 //!   those older than an hour.
-//! - `GetSearchStats` counts documents, bytes and the last commit of this replica only;
-//!   query metrics are not measured yet (zero).
+//! - `GetSearchStats` counts documents, vectors, bytes and the last commit of this
+//!   replica only; query metrics are not measured yet (zero).
+//! - Every replica embeds every node itself: N replicas do N times the embedding work.
 
 mod document;
 mod embedding;
