@@ -471,6 +471,17 @@ async fn pushes_reindex_and_restarts(backend: Backend) -> anyhow::Result<()> {
         created["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
     until_indexed(&mut search, 3).await?;
 
+    // a push of more documents than one embedding batch: every one gets its own vector
+    let many: Vec<pb::SearchDocument> = (0..150)
+        .map(|i| {
+            let id = uuid::Uuid::now_v7().to_string();
+            pb::SearchDocument { namespace: "many".into(), ..document(&id, &format!("numbered note {i}"), 1) }
+        })
+        .collect();
+    let request = pb::IndexDocumentsRequest { documents: many, wait_searchable: true };
+    assert_eq!(search.index_documents(request).await?.into_inner().indexed, 150);
+    assert_eq!(stats(&mut search).await?.vectors, 153, "one vector per document");
+
     // explicit pushes, searchable when they answer
     let phantom = uuid::Uuid::now_v7().to_string();
     let push = |docs: Vec<pb::SearchDocument>| pb::IndexDocumentsRequest { documents: docs, wait_searchable: true };

@@ -96,7 +96,9 @@ async fn embed(batch: &mut [Command], embedder: &dyn Embedder) -> Result<()> {
                 chunk.len()
             )));
         }
-        for (slot, vector) in slots.by_ref().zip(vectors) {
+        // vectors first: zip stops when its first side ends, and a slot taken from
+        // `slots` before that would be lost to the next chunk
+        for (vector, slot) in vectors.into_iter().zip(slots.by_ref()) {
             *slot = Some(vector);
         }
     }
