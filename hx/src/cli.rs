@@ -242,15 +242,7 @@ async fn store(args: StoreArgs) -> anyhow::Result<ExitCode> {
 
 /// Hybrid search: what the words say and what they mean.
 async fn recall(args: RecallArgs) -> anyhow::Result<ExitCode> {
-    let found = find(&args, "hybrid").await?;
-    if args.remote.json {
-        println!("{}", serde_json::to_string_pretty(&found)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let results = found["results"].as_array().cloned().unwrap_or_default();
-    if results.is_empty() {
-        println!("nothing found");
-    }
+    let Some(results) = find(&args, "hybrid").await? else { return Ok(ExitCode::SUCCESS) };
     for hit in results {
         let node = &hit["node"];
         let content = node["content"].as_str().unwrap_or_default();
@@ -266,24 +258,27 @@ async fn recall(args: RecallArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn find(args: &RecallArgs, mode: &str) -> anyhow::Result<Value> {
+/// Searches; with `--json` prints the answer and returns `None`, else returns the hits
+/// for the caller to print (after saying "nothing found" when there are none).
+async fn find(args: &RecallArgs, mode: &str) -> anyhow::Result<Option<Vec<Value>>> {
     let mut body = json!({ "query": args.words.join(" "), "limit": args.limit, "mode": mode });
     if let Some(namespace) = &args.namespace {
         body["namespace"] = json!(namespace);
     }
-    client(&args.remote)?.call(Method::POST, "/api/v1/search", &[], Some(&body)).await
-}
-
-async fn search(SearchArgs { query: args, mode }: SearchArgs) -> anyhow::Result<ExitCode> {
-    let found = find(&args, &mode).await?;
+    let found: Value = client(&args.remote)?.call(Method::POST, "/api/v1/search", &[], Some(&body)).await?;
     if args.remote.json {
         println!("{}", serde_json::to_string_pretty(&found)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(None);
     }
     let results = found["results"].as_array().cloned().unwrap_or_default();
     if results.is_empty() {
         println!("nothing found");
     }
+    Ok(Some(results))
+}
+
+async fn search(SearchArgs { query: args, mode }: SearchArgs) -> anyhow::Result<ExitCode> {
+    let Some(results) = find(&args, &mode).await? else { return Ok(ExitCode::SUCCESS) };
     for hit in results {
         let snippet = hit["snippet"].as_str().unwrap_or_default().replace("<mark>", "[").replace("</mark>", "]");
         let snippet: String = snippet.split_whitespace().collect::<Vec<_>>().join(" ");
