@@ -69,6 +69,7 @@ impl Fleet {
                 "HELIX_HOME" => self.env.home().join(service).display().to_string(),
                 "HELIX_DATABASE_URL" => config.database_url.clone().unwrap(),
                 "HELIX_NATS_URL" => config.events.nats_url.clone().unwrap(),
+                "HELIX_QDRANT_URL" => config.qdrant_url.clone().unwrap(),
                 "HELIX_GRPC_ADDR" => format!("127.0.0.1:{}", self.ports.get(service).map_or(0, |p| p.grpc)),
                 "HELIX_METRICS_ADDR" => format!("127.0.0.1:{}", self.ports.get(service).map_or(0, |p| p.metrics)),
                 "HELIX_GATEWAY_ADDR" => format!("127.0.0.1:{}", self.gateway_port),
@@ -76,7 +77,7 @@ impl Fleet {
                     let host = value.trim_start_matches("http://").split(':').next().unwrap_or_default();
                     match self.ports.get(host) {
                         Some(ports) => format!("http://127.0.0.1:{}", ports.grpc),
-                        None => value.clone(), // a dependency the tested services do not call yet (qdrant)
+                        None => value.clone(), // a dependency the tested services do not call yet
                     }
                 }
                 _ => value.clone(),

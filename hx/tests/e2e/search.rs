@@ -164,6 +164,43 @@ async fn writes_are_searchable_within_a_second(backend: Backend) -> anyhow::Resu
     assert!(!ids(&left).contains(&id), "gone from hybrid too: {left:?}");
     let stats = stats(&mut search).await?;
     assert_eq!((stats.documents, stats.vectors), (2, 2));
+    if let Some(qdrant) = helix.env.qdrant() {
+        assert_eq!(qdrant.points(), 2, "the fleet keeps its vectors in Qdrant");
+    }
+    helix.stop().await;
+    Ok(())
+}
+
+/// The fleet keeps its vectors in Qdrant. While Qdrant refuses every call, a new node
+/// is not indexed at all (never by its words alone) and the index reports why; once
+/// Qdrant answers again, the redelivered event indexes it both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qdrant_outage_delays_indexing_and_loses_nothing() -> anyhow::Result<()> {
+    let helix = TestHelix::start(Backend::Fleet).await?;
+    let qdrant = helix.env.qdrant().expect("the fleet backend has a Qdrant");
+    let collections = qdrant.collections();
+    assert!(
+        collections.len() == 1 && collections[0].starts_with("helix_nodes_") && collections[0].ends_with("_384"),
+        "one collection named after the embedder: {collections:?}"
+    );
+    let mut search = search_client(&helix).await?;
+    let okapi = create(&helix, json!({"content": "The okapi lives in the rainforest"})).await?;
+    until(&mut search, semantic("okapi rainforest"), Instant::now(), |r| ids(r) == [okapi.clone()]).await?;
+
+    qdrant.fail_next(usize::MAX);
+    let pangolin = create(&helix, json!({"content": "The pangolin rolls into a scaly ball"})).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(ids_of(&mut search, "pangolin").await?.is_empty(), "indexed by its words without its vector");
+    let ready = helix.http.get(format!("{}/readyz", helix.node.as_ref().unwrap().metrics_url())).send().await?;
+    assert_eq!(ready.status(), 503, "the failing index is not ready: {}", ready.text().await?);
+
+    let back = Instant::now();
+    qdrant.fail_next(0);
+    until(&mut search, query("pangolin"), back, |r| ids(r) == [pangolin.clone()]).await?;
+    until(&mut search, semantic("scaly pangolin ball"), back, |r| r.hits.first().is_some_and(|h| h.id == pangolin))
+        .await?;
+    assert_eq!(qdrant.points(), 2);
+    assert_eq!(stats(&mut search).await?.vectors, 2);
     helix.stop().await;
     Ok(())
 }

@@ -1,6 +1,7 @@
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::stream::{BoxStream, Stream, StreamExt};
 
@@ -85,11 +86,19 @@ impl Delivery {
     /// Gives the event back: it is redelivered now (to any member of the group), unless it has
     /// reached max_deliver. A no-op for a tail's delivery.
     pub async fn nak(self) -> Result<()> {
+        self.nak_after(Duration::ZERO).await
+    }
+
+    /// Gives the event back to be redelivered once `delay` has passed, unless it has reached
+    /// max_deliver: for work that failed on something that needs time to come back (a server
+    /// that is down), so its deliveries are not spent at once. A no-op for a tail's delivery.
+    pub async fn nak_after(self, delay: Duration) -> Result<()> {
         match self.acker {
             Acker::Nats(acker) => {
-                acker.ack_with(async_nats::jetstream::AckKind::Nak(None)).await.map_err(|err| Error::nats("nak", err))
+                let delay = (!delay.is_zero()).then_some(delay);
+                acker.ack_with(async_nats::jetstream::AckKind::Nak(delay)).await.map_err(|err| Error::nats("nak", err))
             }
-            Acker::InProcess(acker) => acker.nak(),
+            Acker::InProcess(acker) => acker.nak_after(delay),
             Acker::Tail => Ok(()),
         }
     }

@@ -517,7 +517,9 @@ impl Acker {
         Ok(())
     }
 
-    pub(crate) fn nak(self) -> Result<()> {
+    /// Redelivery now (`delay` zero), or once `delay` has passed: the delivery then stays
+    /// pending with that deadline, as one not acked in time does.
+    pub(crate) fn nak_after(self, delay: std::time::Duration) -> Result<()> {
         self.core.ensure_open()?;
         let stream = &self.core.streams[self.stream];
         {
@@ -525,10 +527,13 @@ impl Acker {
             let Some(consumer) = state.consumers.get_mut(&self.consumer) else {
                 return Ok(());
             };
-            if consumer.pending.get(&self.seq).is_none_or(|attempt| attempt.token != self.token) {
+            let Some(attempt) = consumer.pending.get_mut(&self.seq).filter(|attempt| attempt.token == self.token)
+            else {
                 return Ok(());
-            }
-            if let Some(attempt) = consumer.pending.remove(&self.seq) {
+            };
+            if !delay.is_zero() {
+                attempt.deadline = Instant::now() + delay;
+            } else if let Some(attempt) = consumer.pending.remove(&self.seq) {
                 consumer.requeue(self.seq, attempt, self.core.config.max_deliver);
             }
         }

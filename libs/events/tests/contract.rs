@@ -163,6 +163,7 @@ contract! {
     ack_stops_redelivery,
     unacked_event_is_redelivered_after_ack_wait,
     nak_redelivers_promptly,
+    delayed_nak_redelivers_after_the_delay,
     redelivery_stops_at_max_deliver,
     duplicate_id_is_stored_once,
     group_resumes_after_resubscribing,
@@ -361,6 +362,23 @@ async fn nak_redelivers_promptly(h: Harness) -> Result<()> {
     first.nak().await?;
     let again = recv(&mut subscription).await?;
     ensure!(again.envelope.id == published.id && again.redelivered && again.delivery_count == 2, "{again:?}");
+    again.ack().await?;
+    Ok(())
+}
+
+async fn delayed_nak_redelivers_after_the_delay(h: Harness) -> Result<()> {
+    const DELAY: Duration = Duration::from_millis(600);
+    let bus = h.bus_with(|config| config.ack_wait = Duration::from_secs(60)).await;
+    let published = event(subjects::WORKFLOW_STARTED, 1);
+    publish_all(&bus, std::slice::from_ref(&published)).await?;
+    let mut subscription = bus.subscribe("helix.workflow.*", "patient").await?;
+    let first = recv(&mut subscription).await?;
+    let since = std::time::Instant::now();
+    first.nak_after(DELAY).await?;
+    assert_quiet(&mut subscription, DELAY / 2).await?;
+    let again = recv(&mut subscription).await?;
+    ensure!(since.elapsed() >= DELAY, "redelivered after {:?}, before the delay", since.elapsed());
+    ensure!(again.envelope.id == published.id && again.delivery_count == 2, "{again:?}");
     again.ack().await?;
     Ok(())
 }

@@ -56,11 +56,20 @@ pub struct SearchConfig {
     pub model_dir: Option<PathBuf>,
     /// An OpenAI-compatible embeddings endpoint, used instead of the local model.
     pub openai: Option<OpenAiEmbeddings>,
+    /// With `qdrant_url`: the collection's name before the embedder suffix
+    /// (`<name>_<embedder>_<dim>`), so deployments sharing a Qdrant stay apart.
+    pub qdrant_collection: String,
 }
 
 impl Default for SearchConfig {
     fn default() -> Self {
-        Self { rrf_k: 60.0, min_similarity: 0.2, model_dir: None, openai: None }
+        Self {
+            rrf_k: 60.0,
+            min_similarity: 0.2,
+            model_dir: None,
+            openai: None,
+            qdrant_collection: "helix_nodes".to_owned(),
+        }
     }
 }
 
@@ -220,6 +229,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("HELIX_MODEL_DIR", "search.model_dir"),
     ("HELIX_RRF_K", "search.rrf_k"),
     ("HELIX_MIN_SIMILARITY", "search.min_similarity"),
+    ("HELIX_QDRANT_COLLECTION", "search.qdrant_collection"),
     ("HELIX_STORAGE_URL", "endpoints.storage"),
     ("HELIX_SEARCH_URL", "endpoints.search"),
     ("HELIX_GRAPH_URL", "endpoints.graph"),
@@ -289,6 +299,7 @@ impl HelixConfig {
                 }
                 "HELIX_RRF_K" => self.search.rrf_k = parse(name, &value)?,
                 "HELIX_MIN_SIMILARITY" => self.search.min_similarity = parse(name, &value)?,
+                "HELIX_QDRANT_COLLECTION" => self.search.qdrant_collection = value,
                 "HELIX_STORAGE_URL" => self.endpoints.storage = value,
                 "HELIX_SEARCH_URL" => self.endpoints.search = value,
                 "HELIX_GRAPH_URL" => self.endpoints.graph = value,
@@ -320,6 +331,15 @@ impl HelixConfig {
         }
         if !(-1.0..=1.0).contains(&self.search.min_similarity) {
             return Err(Error::Config("search.min_similarity must be within -1.0..=1.0".into()));
+        }
+        if let Some(url) = &self.qdrant_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(Error::Config("qdrant_url must be Qdrant's gRPC URL, http:// or https://".into()));
+        }
+        let collection = &self.search.qdrant_collection;
+        if collection.is_empty() || !collection.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(Error::Config("search.qdrant_collection takes letters, digits, - and _ only".into()));
         }
         Ok(())
     }

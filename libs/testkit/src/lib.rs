@@ -1,8 +1,11 @@
 //! Real Helix nodes for tests: services spawned in-process on port 0, against the
 //! embedded backends (SQLite, in-process bus) or the fleet backends (a fresh PostgreSQL
-//! database and an isolated NATS subject prefix per node). Nothing of ours is mocked.
+//! database, an isolated NATS subject prefix and a Qdrant per node). Nothing of ours is
+//! mocked; Qdrant, which cannot be installed here, is [`fake_qdrant`].
 //!
 //! An unreachable PostgreSQL or NATS fails the test: CI must prove the fleet column.
+
+pub mod fake_qdrant;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,7 +31,8 @@ pub fn nats_url() -> String {
 pub enum Backend {
     /// SQLite files under a temporary HELIX_HOME and the in-process bus
     Embedded,
-    /// A fresh PostgreSQL database and NATS JetStream under a unique subject prefix
+    /// A fresh PostgreSQL database, NATS JetStream under a unique subject prefix, and a
+    /// Qdrant (the test's own [`FakeQdrant`](fake_qdrant::FakeQdrant)) for vectors
     Fleet,
 }
 
@@ -39,6 +43,7 @@ pub struct TestEnv {
     pub admin_key: String,
     home: TempDir,
     database: Option<String>,
+    qdrant: Option<fake_qdrant::FakeQdrant>,
 }
 
 /// The sentence-embedding model tests search with: `HELIX_MODEL_DIR`, else the
@@ -63,6 +68,7 @@ impl TestEnv {
         config.log.level = "warn".to_owned();
         config.search.model_dir = Some(model_dir());
         let mut database = None;
+        let mut qdrant = None;
         if backend == Backend::Fleet {
             let name = format!("helix_test_{unique}");
             let mut admin = sqlx::PgConnection::connect(&postgres_url())
@@ -73,8 +79,16 @@ impl TestEnv {
             config.events.nats_url = Some(nats_url());
             config.events.prefix = format!("t{unique}");
             database = Some(name);
+            let fake = fake_qdrant::FakeQdrant::start().await?;
+            config.qdrant_url = Some(fake.url.clone());
+            qdrant = Some(fake);
         }
-        Ok(Self { backend, config, admin_key, home, database })
+        Ok(Self { backend, config, admin_key, home, database, qdrant })
+    }
+
+    /// The fleet backend's Qdrant.
+    pub fn qdrant(&self) -> Option<&fake_qdrant::FakeQdrant> {
+        self.qdrant.as_ref()
     }
 
     pub fn home(&self) -> PathBuf {
@@ -102,6 +116,9 @@ impl TestEnv {
         ];
         if let Some(url) = &self.config.database_url {
             env.push(("HELIX_DATABASE_URL", url.clone()));
+        }
+        if let Some(url) = &self.config.qdrant_url {
+            env.push(("HELIX_QDRANT_URL", url.clone()));
         }
         if let Some(url) = &self.config.events.nats_url {
             env.push(("HELIX_NATS_URL", url.clone()));

@@ -24,7 +24,7 @@ use helix_embed::Embedder;
 
 use crate::document::{Document, Fields, Indexed};
 use crate::query::{Mode, Operator, QueryBuilder, SearchQuery};
-use crate::vectors::{EdgeVectors, EmbedderMark, Neighbour, VectorFilter, VectorStore};
+use crate::vectors::{EdgeVectors, EmbedderMark, Neighbour, QdrantSettings, QdrantVectors, VectorFilter, VectorStore};
 use crate::writer::{self, WriterHandle, index_error};
 
 /// Longest highlighted fragment of the content, in characters.
@@ -83,13 +83,21 @@ pub struct Stats {
 pub struct IndexSettings {
     /// the full-text index's directory
     pub path: PathBuf,
-    /// the vector store's directory
-    pub vectors_path: PathBuf,
+    /// where the vectors live
+    pub vectors: VectorBackend,
     pub embedder: Arc<dyn Embedder>,
     /// the `k` of reciprocal rank fusion: 1/(k + rank)
     pub rrf_k: f64,
     /// vector neighbours less similar are not hits
     pub min_similarity: f64,
+}
+
+/// Where a replica keeps its vectors.
+pub enum VectorBackend {
+    /// its own qdrant-edge shard in this directory
+    Embedded(PathBuf),
+    /// a Qdrant deployment the replicas share
+    Qdrant(QdrantSettings),
 }
 
 /// What opening found.
@@ -137,14 +145,24 @@ impl SearchIndex {
     /// Opens the index at `path`, creating it when the directory holds none, and starts
     /// its writer thread on `tasks`. Answers whether the index was created.
     pub fn open(settings: IndexSettings, tasks: TaskTracker) -> Result<Opened> {
-        let IndexSettings { path, vectors_path, embedder, rrf_k, min_similarity } = settings;
+        let IndexSettings { path, vectors, embedder, rrf_k, min_similarity } = settings;
         let path = path.as_path();
         let info = embedder.info();
         let mark = EmbedderMark { name: info.name.clone(), dim: info.dim };
         let fulltext_exists = path.exists()
             && MmapDirectory::open(path).ok().is_some_and(|directory| Index::exists(&directory).unwrap_or(false));
-        let (vectors, vectors_created) = EdgeVectors::open(&vectors_path, &mark, !fulltext_exists)?;
-        let vectors: Arc<dyn VectorStore> = Arc::new(vectors);
+        let (vectors, vectors_created): (Arc<dyn VectorStore>, bool) = match vectors {
+            VectorBackend::Embedded(vectors_path) => {
+                let (store, created) = EdgeVectors::open(&vectors_path, &mark, !fulltext_exists)?;
+                (Arc::new(store), created)
+            }
+            // shared with the other replicas: a new full-text index here is no reason
+            // to drop them (start-up reindexes what this replica lacks)
+            VectorBackend::Qdrant(settings) => {
+                let (store, created) = QdrantVectors::open(&settings, &mark, tokio::runtime::Handle::current())?;
+                (Arc::new(store), created)
+            }
+        };
         std::fs::create_dir_all(path)
             .map_err(|e| Error::internal(format!("search index directory {}: {e}", path.display())))?;
         let directory = MmapDirectory::open(path).map_err(|e| Error::internal(format!("search index: {e}")))?;

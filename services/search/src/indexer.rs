@@ -1,7 +1,7 @@
 //! Follows `helix.node.*` events into the index: created and updated index the node of
 //! the payload, deleted drops it. An event is acked once the commit holding its change
-//! succeeded, and nak'd (redelivered) when it failed; while one batch commits, the next
-//! events are already on their way to the writer.
+//! succeeded, and nak'd (redelivered after a growing delay) when it failed; while one
+//! batch commits, the next events are already on their way to the writer.
 
 use std::time::Duration;
 
@@ -15,10 +15,60 @@ use tracing::Instrument;
 use crate::document::Document;
 use crate::writer::{Op, Source, WriterHandle};
 
-/// Events handed to the writer and not yet acked, at most.
+/// Events handed to the writer and not yet acked: at most what the index gets through
+/// in [`IN_FLIGHT_HORIZON`] at its measured pace, within these bounds. A taken event's
+/// ack_wait (30 s) is running: with a slow embedder (MiniLM on a CPU: ~40 nodes/s) a
+/// fixed 4096 would let the last of a burst wait past it and be redelivered.
+const MIN_IN_FLIGHT: usize = 64;
 const MAX_IN_FLIGHT: usize = 4096;
+const IN_FLIGHT_HORIZON: Duration = Duration::from_secs(10);
+
+/// How many events may be in flight, from how fast they have been settling.
+struct Pace {
+    limit: usize,
+    window: std::time::Instant,
+    settled: usize,
+    /// the most events in flight this window
+    peak: usize,
+}
+
+impl Pace {
+    fn new() -> Self {
+        Self { limit: MIN_IN_FLIGHT, window: std::time::Instant::now(), settled: 0, peak: 0 }
+    }
+
+    /// One event settled; `in_flight` were in flight with it.
+    fn settled(&mut self, in_flight: usize) {
+        self.settled += 1;
+        self.peak = self.peak.max(in_flight + 1);
+        let elapsed = self.window.elapsed();
+        if elapsed < Duration::from_secs(1) {
+            return;
+        }
+        // a pace measured while few events waited says nothing about how fast more
+        // would go: then the limit only grows
+        let pace = self.settled as f64 / elapsed.as_secs_f64();
+        let fits = (pace * IN_FLIGHT_HORIZON.as_secs_f64()) as usize;
+        let busy = self.peak >= self.limit / 2;
+        self.limit = if busy { fits } else { fits.max(self.limit) }.clamp(MIN_IN_FLIGHT, MAX_IN_FLIGHT);
+        self.window = std::time::Instant::now();
+        self.settled = 0;
+        self.peak = 0;
+    }
+}
 /// How long a stopping indexer waits for the outcome of events already handed over.
 const DRAIN: Duration = Duration::from_secs(5);
+/// A failed event comes back after 250 ms, doubling with each delivery up to 30 s: a
+/// commit fails when something needs time to return (Qdrant down, a full disk), and
+/// redelivering at once would spend the event's max_deliver attempts in a second.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MOST: Duration = Duration::from_secs(30);
+
+/// When a delivery that failed for the `delivery_count`-th time comes back.
+fn retry_delay(delivery_count: u64) -> Duration {
+    let doublings = u32::try_from(delivery_count.saturating_sub(1)).unwrap_or(u32::MAX).min(16);
+    (RETRY_FIRST * 2u32.pow(doublings)).min(RETRY_MOST)
+}
 
 /// The change an event asks for: `None` for an event the index does not follow.
 pub fn op_from_event(envelope: &Envelope) -> Result<Option<Op>, helix_events::Error> {
@@ -42,12 +92,13 @@ pub fn op_from_event(envelope: &Envelope) -> Result<Option<Op>, helix_events::Er
 
 pub async fn run(mut events: Subscription, writer: WriterHandle, group: String, shutdown: CancellationToken) {
     let mut in_flight = FuturesOrdered::new();
+    let mut pace = Pace::new();
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-            next = events.next(), if in_flight.len() < MAX_IN_FLIGHT => match next {
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => pace.settled(in_flight.len()),
+            next = events.next(), if in_flight.len() < pace.limit => match next {
                 None => {
                     tracing::warn!("the event bus closed, search indexing stopped");
                     break;
@@ -90,8 +141,9 @@ fn handle(delivery: Delivery, writer: &WriterHandle, group: &str) -> impl Future
         let settled = match outcome {
             Ok(()) => delivery.ack().await,
             Err(error) => {
-                tracing::warn!(%error, "indexing an event failed, it will be redelivered");
-                delivery.nak().await
+                let delay = retry_delay(delivery.delivery_count);
+                tracing::warn!(%error, retry_in = ?delay, "indexing an event failed, it will be redelivered");
+                delivery.nak_after(delay).await
             }
         };
         if let Err(error) = settled {

@@ -4,7 +4,8 @@
 //! Its contract is `proto/helix/v1/search.proto`. Each replica keeps two indexes under
 //! `HELIX_HOME/search`: a tantivy full-text index (`index/`), ranked by BM25 with field
 //! boosts (title 2.0, tags 1.5, content 1.0), and a vector index (`vectors/`, Qdrant's
-//! engine in-process) of one embedding per node from the configured embedder (MiniLM
+//! engine in-process; or a Qdrant server the replicas share, with `HELIX_QDRANT_URL`)
+//! of one embedding per node from the configured embedder (MiniLM
 //! in-process, an OpenAI-compatible endpoint, or the lexical hashing fallback). Modes:
 //! `fulltext` (words joined by AND by default), `semantic` (cosine similarity, at least
 //! `search.min_similarity`), and `hybrid`, the default: reciprocal rank fusion of the
@@ -73,7 +74,11 @@ use helix_runtime::{HelixConfig, ServiceContext};
 use tokio_util::sync::CancellationToken;
 
 pub use grpc::SearchApi;
-use index::{IndexSettings, Opened, SearchIndex};
+use index::{IndexSettings, Opened, SearchIndex, VectorBackend};
+use vectors::QdrantSettings;
+
+/// Where the Qdrant API key is read from, as Qdrant's own clients do.
+const QDRANT_API_KEY_ENV: &str = "QDRANT_API_KEY";
 
 pub const SERVICE: &str = "search";
 pub const GRPC_SERVICE: &str = helix_proto::service_names::SEARCH;
@@ -117,6 +122,18 @@ pub fn vectors_path(home: &Path) -> PathBuf {
     home.join("search").join("vectors")
 }
 
+/// Qdrant when `HELIX_QDRANT_URL` is set, else this replica's embedded store.
+fn vector_backend(config: &HelixConfig) -> VectorBackend {
+    match &config.qdrant_url {
+        Some(url) => VectorBackend::Qdrant(QdrantSettings {
+            url: url.clone(),
+            api_key: std::env::var(QDRANT_API_KEY_ENV).ok().filter(|key| !key.is_empty()),
+            collection: config.search.qdrant_collection.clone(),
+        }),
+        None => VectorBackend::Embedded(vectors_path(&config.home)),
+    }
+}
+
 /// The embedder the configuration asks for: an OpenAI-compatible endpoint, the local
 /// model, or, without either, the lexical hashing fallback (announced in the log).
 pub async fn embedder(config: &HelixConfig) -> helix_runtime::Result<Arc<dyn Embedder>> {
@@ -138,18 +155,11 @@ pub async fn embedder(config: &HelixConfig) -> helix_runtime::Result<Arc<dyn Emb
 /// The search gRPC service, ready to be served: the index is open, its writer runs and
 /// the event indexer follows `helix.node.*`.
 pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<SearchServiceServer<SearchApi>> {
-    if let Some(url) = &ctx.config.qdrant_url {
-        tracing::warn!(
-            %url,
-            "HELIX_QDRANT_URL is set, but the Qdrant cluster backend is not built yet: vectors stay in this \
-             replica's embedded index (qdrant-edge)"
-        );
-    }
     let embedder = embedder(&ctx.config).await?;
     let info = embedder.info();
     let settings = IndexSettings {
         path: index_path(&ctx.config.home),
-        vectors_path: vectors_path(&ctx.config.home),
+        vectors: vector_backend(&ctx.config),
         embedder,
         rrf_k: ctx.config.search.rrf_k,
         min_similarity: ctx.config.search.min_similarity,
@@ -162,7 +172,8 @@ pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<SearchServiceS
     if created {
         tracing::info!("created an empty search index; run Reindex if storage already holds nodes");
     }
-    tracing::info!(embedder = %info.name, dim = info.dim, kind = ?info.kind, "search index open");
+    let backend = if ctx.config.qdrant_url.is_some() { "qdrant" } else { "embedded" };
+    tracing::info!(embedder = %info.name, dim = info.dim, kind = ?info.kind, vectors = backend, "search index open");
     vectors::spawn_optimizer(index.vectors.clone(), ctx.shutdown.clone(), OPTIMIZE_EVERY, &ctx.tasks)?;
 
     let checked = index.clone();

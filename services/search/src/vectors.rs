@@ -7,6 +7,8 @@
 //! payload indexes for the filters). It is synchronous: the writer thread, blocking
 //! tasks and the optimiser thread call it, never the async executor.
 //!
+//! [`QdrantVectors`] is the cluster backend (`HELIX_QDRANT_URL`): see [`qdrant`].
+//!
 //! Only the [`writer`](crate::writer) changes the store, after its own version checks
 //! against the full-text index: a vector is written exactly when the node's full-text
 //! document is, and removed with it.
@@ -29,6 +31,9 @@ use qdrant_edge::{
 };
 use qdrant_edge::{CreateIndex, NamedQuery, OperationResult};
 use uuid::Uuid;
+
+pub mod qdrant;
+pub use qdrant::{QdrantSettings, QdrantVectors};
 
 /// The payload fields filters use; each has a keyword index (or a float range index).
 const NAMESPACE: &str = "namespace";
@@ -198,15 +203,16 @@ impl EdgeVectors {
     }
 
     fn check_dim(&self, vector: &[f32]) -> Result<()> {
-        if vector.len() != self.dim {
-            return Err(Error::internal(format!(
-                "a vector of {} dimensions cannot go in an index of {}",
-                vector.len(),
-                self.dim
-            )));
-        }
-        Ok(())
+        check_dim(self.dim, vector)
     }
+}
+
+/// A vector of another dimension than the store's is a bug of ours, not bad input.
+fn check_dim(dim: usize, vector: &[f32]) -> Result<()> {
+    if vector.len() != dim {
+        return Err(Error::internal(format!("a vector of {} dimensions cannot go in an index of {dim}", vector.len())));
+    }
+    Ok(())
 }
 
 /// `vectors` → `vectors.replaced-<unix seconds>` beside it.
