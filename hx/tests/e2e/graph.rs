@@ -683,6 +683,42 @@ async fn rest_graph_routes(backend: Backend) -> anyhow::Result<()> {
     assert_eq!(response.headers()["content-type"], "text/vnd.graphviz");
     assert!(response.text().await?.contains("digraph"));
 
+    // a walk from several roots, against the edges
+    let walk = json!({"start_ids": [ids[2]], "direction": "in", "max_depth": 1});
+    let (status, walked) = read(helix.api(Method::POST, "/api/v1/graph/traverse").json(&walk).send().await?).await;
+    assert_eq!(status, 200, "{walked}");
+    let reached: BTreeSet<&str> =
+        walked["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
+    assert_eq!(reached, [ids[1].as_str(), ids[2].as_str()].into(), "one hop against the edges: {walked}");
+    let (status, error) =
+        read(helix.api(Method::POST, "/api/v1/graph/traverse").json(&json!({"start_ids": ["nope"]})).send().await?)
+            .await;
+    assert_eq!((status, crate::support::code(&error)), (400, "invalid_id"), "{error}");
+    // labels for a vertex storage does not know, then the vertex removed with its edges
+    let outside = uuid::Uuid::now_v7().to_string();
+    let labels = json!({"nodes": [{"id": outside, "namespace": "ext", "title": "From elsewhere"}]});
+    let (status, upserted) = read(helix.api(Method::PUT, "/api/v1/graph/nodes").json(&labels).send().await?).await;
+    assert_eq!((status, &upserted["upserted"]), (200, &json!(1)), "{upserted}");
+    let (status, _) = read(
+        helix
+            .api(Method::POST, "/api/v1/graph/edges")
+            .json(&json!({"source_id": outside, "target_id": ids[0]}))
+            .send()
+            .await?,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, labelled) = read(helix.api(Method::GET, &format!("/api/v1/graph/{outside}")).send().await?).await;
+    assert_eq!(status, 200, "{labelled}");
+    let root = labelled["nodes"].as_array().unwrap().iter().find(|n| n["id"] == outside.as_str()).cloned();
+    assert_eq!(
+        root.map(|n| (n["namespace"].clone(), n["title"].clone())),
+        Some((json!("ext"), json!("From elsewhere")))
+    );
+    let (status, removed) =
+        read(helix.api(Method::DELETE, &format!("/api/v1/graph/nodes/{outside}")).send().await?).await;
+    assert_eq!((status, &removed["edges_removed"]), (200, &json!(1)), "{removed}");
+
     let cases = [
         (json!({"source_id": ids[0], "target_id": ids[0]}), 400, "self_loop"),
         (json!({"source_id": "nope", "target_id": ids[0]}), 400, "invalid_id"),

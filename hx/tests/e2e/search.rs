@@ -640,6 +640,27 @@ async fn rest_search_routes(backend: Backend) -> anyhow::Result<()> {
         read(helix.api(Method::GET, &format!("/api/v1/search/similar/{}", id.as_str().unwrap())).send().await?).await;
     assert_eq!((status, similar["results"].as_array().map(Vec::len)), (200, Some(0)), "{similar}");
 
+    // documents pushed straight into the index, searchable when the push answers, and removed
+    let pushed_id = uuid::Uuid::now_v7().to_string();
+    let push =
+        json!({"documents": [{"id": pushed_id, "content": "an albatross glides for hours", "namespace": "birds"}]});
+    let (status, pushed) = read(helix.api(Method::POST, "/api/v1/search/index").json(&push).send().await?).await;
+    assert_eq!((status, &pushed["indexed"], &pushed["skipped_stale"]), (200, &json!(1), &json!(0)), "{pushed}");
+    let find = json!({"query": "albatross", "mode": "fulltext"});
+    let (_, found) = read(helix.api(Method::POST, "/api/v1/search").json(&find).send().await?).await;
+    assert_eq!(found["results"][0]["id"], pushed_id.as_str(), "{found}");
+    let (status, stats) = read(helix.api(Method::GET, "/api/v1/search/stats?namespace=birds").send().await?).await;
+    assert_eq!((status, &stats["documents"]), (200, &json!(1)), "{stats}");
+    assert!(stats["vectors"].as_u64() >= Some(2) && stats["embedding_dimensions"] == 384, "{stats}");
+    let (status, removed) =
+        read(helix.api(Method::DELETE, &format!("/api/v1/search/index/{pushed_id}")).send().await?).await;
+    assert_eq!((status, &removed["removed"]), (200, &json!(1)), "{removed}");
+    let (_, found) = read(helix.api(Method::POST, "/api/v1/search").json(&find).send().await?).await;
+    assert_eq!(found["results"], json!([]), "{found}");
+    let bad = json!({"documents": [{"id": "not-a-uuid", "content": "x"}]});
+    let (status, error) = read(helix.api(Method::POST, "/api/v1/search/index").json(&bad).send().await?).await;
+    assert_eq!((status, crate::support::code(&error)), (400, "invalid_id"), "{error}");
+
     let cases = [
         (json!({"query": "moon", "mode": "psychic"}), 400, "invalid_mode"),
         (json!({"query": "  "}), 400, "empty_query"),

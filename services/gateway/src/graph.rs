@@ -351,3 +351,105 @@ pub async fn export(State(state): State<AppState>, Query(params): Query<ExportPa
     let headers = [(header::CONTENT_TYPE, exported.content_type), (TRUNCATED, exported.truncated.to_string())];
     Ok((headers, exported.document).into_response())
 }
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TraverseInput {
+    /// the roots of the walk
+    pub start_ids: Vec<String>,
+    /// bfs (default) or dfs
+    pub algorithm: Option<String>,
+    /// hops from the roots: default and at most 10
+    pub max_depth: Option<u32>,
+    /// only edges of these types
+    #[serde(default)]
+    pub relations: Vec<String>,
+    /// out (default), in or both
+    pub direction: Option<String>,
+    /// default 1000, at most 10000
+    pub max_nodes: Option<u32>,
+    /// keep only nodes of these namespaces; empty keeps all
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// keep only nodes of these kinds; empty keeps all
+    #[serde(default)]
+    pub kinds: Vec<String>,
+}
+
+/// A breadth- or depth-first walk from several roots.
+#[utoipa::path(post, path = "/api/v1/graph/traverse", tag = "graph", request_body = TraverseInput,
+    responses((status = 200, body = SubgraphBody), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn traverse(
+    State(state): State<AppState>,
+    Json(input): Json<TraverseInput>,
+) -> ApiResult<Json<SubgraphBody>> {
+    let request = pb::TraverseRequest {
+        start_ids: input.start_ids,
+        algorithm: input.algorithm.unwrap_or_default(),
+        max_depth: input.max_depth.unwrap_or(0),
+        relations: input.relations,
+        direction: input.direction.unwrap_or_default(),
+        max_nodes: input.max_nodes.unwrap_or(0),
+        namespaces: input.namespaces,
+        kinds: input.kinds,
+    };
+    let graph = state.graph().traverse(request).await?.into_inner();
+    Ok(Json(SubgraphBody {
+        nodes: graph.nodes.into_iter().map(node_body).collect(),
+        edges: graph.edges.into_iter().map(edge_body).collect(),
+        truncated: graph.truncated,
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NodeLabelInput {
+    pub id: String,
+    pub namespace: Option<String>,
+    pub kind: Option<String>,
+    pub title: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NodeLabelsInput {
+    pub nodes: Vec<NodeLabelInput>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct NodeLabelsOutcome {
+    pub upserted: u32,
+}
+
+/// Sets the labels (namespace, kind, title) the graph shows for nodes, as node events
+/// do: for vertices that are not nodes of storage.
+#[utoipa::path(put, path = "/api/v1/graph/nodes", tag = "graph", request_body = NodeLabelsInput,
+    responses((status = 200, body = NodeLabelsOutcome), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn upsert_nodes(
+    State(state): State<AppState>,
+    Json(input): Json<NodeLabelsInput>,
+) -> ApiResult<Json<NodeLabelsOutcome>> {
+    let nodes = input
+        .nodes
+        .into_iter()
+        .map(|n| pb::GraphNode {
+            id: n.id,
+            namespace: n.namespace.unwrap_or_default(),
+            kind: n.kind.unwrap_or_default(),
+            title: n.title.unwrap_or_default(),
+            ..Default::default()
+        })
+        .collect();
+    let outcome = state.graph().upsert_graph_nodes(pb::UpsertGraphNodesRequest { nodes }).await?.into_inner();
+    Ok(Json(NodeLabelsOutcome { upserted: outcome.upserted }))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct NodeRemoved {
+    pub edges_removed: u32,
+}
+
+/// Removes a vertex and every edge touching it (the node in storage stays).
+#[utoipa::path(delete, path = "/api/v1/graph/nodes/{id}", tag = "graph", params(("id" = String, Path)),
+    responses((status = 200, body = NodeRemoved), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn remove_node(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<NodeRemoved>> {
+    let outcome = state.graph().remove_graph_node(pb::RemoveGraphNodeRequest { id }).await?.into_inner();
+    Ok(Json(NodeRemoved { edges_removed: outcome.edges_removed }))
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use helix_proto::service_names;
 use helix_proto::v1::gateway_service_server::{GatewayService, GatewayServiceServer};
 use helix_proto::v1::graph_service_client::GraphServiceClient;
@@ -147,11 +147,17 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics: Arc<Metrics>) -> 
         .route("/api/v1/search/suggest", get(search::suggest))
         .route("/api/v1/search/similar/{id}", get(search::similar))
         .route("/api/v1/search/reindex", post(search::reindex))
+        .route("/api/v1/search/index", post(search::index_documents))
+        .route("/api/v1/search/index/{id}", delete(search::remove_document))
+        .route("/api/v1/search/stats", get(search::stats))
         .route("/api/v1/graph/edges", post(graph::create_edge).get(graph::list_edges))
         .route("/api/v1/graph/edges/{id}", get(graph::get_edge).delete(graph::delete_edge))
         .route("/api/v1/graph/export", get(graph::export))
         .route("/api/v1/graph/path", get(graph::path))
         .route("/api/v1/graph/stats", get(graph::stats))
+        .route("/api/v1/graph/traverse", post(graph::traverse))
+        .route("/api/v1/graph/nodes", put(graph::upsert_nodes))
+        .route("/api/v1/graph/nodes/{id}", delete(graph::remove_node))
         .route("/api/v1/graph/{id}", get(graph::neighborhood))
         .route("/api/v1/openapi.json", get(openapi_json))
         .route("/api/board", get(tower_log::board))
@@ -220,8 +226,9 @@ pub async fn serve(config: HelixConfig, shutdown: CancellationToken) -> helix_ru
         health::health, health::ready,
         nodes::create, nodes::bulk_create, nodes::get, nodes::update, nodes::delete, nodes::list, nodes::recall,
         tower_log::tower, tower_log::board, search::search, search::search_get, search::suggest, search::similar, search::reindex,
+        search::index_documents, search::remove_document, search::stats,
         graph::create_edge, graph::get_edge, graph::delete_edge, graph::list_edges, graph::neighborhood, graph::export,
-        graph::path, graph::stats,
+        graph::path, graph::stats, graph::traverse, graph::upsert_nodes, graph::remove_node,
         openapi_json,
     ),
     modifiers(&BearerAuth),

@@ -324,3 +324,147 @@ fn result(hit: pb::SearchHit) -> Result<SearchResult, Error> {
         node,
     })
 }
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct DocumentInput {
+    /// a UUID: the node's id
+    pub id: String,
+    pub namespace: Option<String>,
+    pub kind: Option<String>,
+    pub title: Option<String>,
+    #[serde(default)]
+    pub content: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub source: Option<String>,
+    pub importance: Option<f64>,
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// an older version than the indexed one is skipped; default 1
+    pub version: Option<i64>,
+    /// a precomputed embedding of the embedder's dimension; unset: the search service
+    /// embeds the text itself
+    #[serde(default)]
+    pub embedding: Vec<f32>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct IndexInput {
+    pub documents: Vec<DocumentInput>,
+    /// answer once the documents are searchable (default true)
+    pub wait_searchable: Option<bool>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct IndexOutcome {
+    pub indexed: u32,
+    /// older than what the index holds, left out
+    pub skipped_stale: u32,
+}
+
+/// Puts documents into both indexes, as node events do: for documents that are not
+/// nodes of storage, or to repair one replica. A reindex drops what storage lacks.
+#[utoipa::path(post, path = "/api/v1/search/index", tag = "search", request_body = IndexInput,
+    responses((status = 200, body = IndexOutcome), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn index_documents(
+    State(state): State<AppState>,
+    Json(input): Json<IndexInput>,
+) -> ApiResult<Json<IndexOutcome>> {
+    let documents = input
+        .documents
+        .into_iter()
+        .map(|d| pb::SearchDocument {
+            id: d.id,
+            namespace: d.namespace.unwrap_or_default(),
+            kind: d.kind.unwrap_or_default(),
+            title: d.title.unwrap_or_default(),
+            content: d.content,
+            tags: d.tags,
+            source: d.source.unwrap_or_default(),
+            importance: d.importance.unwrap_or(0.5),
+            metadata_json: d.metadata.map(|m| serde_json::Value::Object(m).to_string()).unwrap_or_default(),
+            version: d.version.unwrap_or(1),
+            embedding: d.embedding,
+            ..Default::default()
+        })
+        .collect();
+    let request = pb::IndexDocumentsRequest { documents, wait_searchable: input.wait_searchable.unwrap_or(true) };
+    let outcome = state.search().index_documents(request).await?.into_inner();
+    Ok(Json(IndexOutcome { indexed: outcome.indexed, skipped_stale: outcome.skipped_stale }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct RemoveParams {
+    /// answer once the removal is searchable (default true)
+    pub wait: Option<bool>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RemoveOutcome {
+    /// 0 when the index did not hold it
+    pub removed: u32,
+}
+
+/// Drops a document from both indexes of the replica that answers (not from storage:
+/// a reindex brings back a node storage still has).
+#[utoipa::path(delete, path = "/api/v1/search/index/{id}", tag = "search", params(("id" = String, Path), RemoveParams),
+    responses((status = 200, body = RemoveOutcome), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn remove_document(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Query<RemoveParams>,
+) -> ApiResult<Json<RemoveOutcome>> {
+    let request = pb::RemoveDocumentsRequest { ids: vec![id], wait_searchable: params.wait.unwrap_or(true) };
+    let outcome = state.search().remove_documents(request).await?.into_inner();
+    Ok(Json(RemoveOutcome { removed: outcome.removed }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct StatsParams {
+    /// count this namespace only
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct NamespaceCount {
+    pub namespace: String,
+    pub documents: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SearchStatsBody {
+    pub documents: u64,
+    pub vectors: u64,
+    pub index_bytes: u64,
+    pub embedder_model: String,
+    pub embedding_dimensions: u32,
+    pub namespaces: Vec<NamespaceCount>,
+    pub last_indexed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// What the answering replica's index holds.
+#[utoipa::path(get, path = "/api/v1/search/stats", tag = "search", params(StatsParams),
+    responses((status = 200, body = SearchStatsBody)), security(("bearer" = [])))]
+pub async fn stats(
+    State(state): State<AppState>,
+    Query(params): Query<StatsParams>,
+) -> ApiResult<Json<SearchStatsBody>> {
+    let request = pb::GetSearchStatsRequest { namespace: params.namespace, range: None };
+    let stats = state.search().get_search_stats(request).await?.into_inner();
+    Ok(Json(SearchStatsBody {
+        documents: stats.documents,
+        vectors: stats.vectors,
+        index_bytes: stats.index_bytes,
+        embedder_model: stats.embedder_model,
+        embedding_dimensions: stats.embedding_dimensions,
+        namespaces: stats
+            .namespaces
+            .into_iter()
+            .map(|n| NamespaceCount { namespace: n.namespace, documents: n.documents })
+            .collect(),
+        last_indexed_at: stats
+            .last_indexed_at
+            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)),
+    }))
+}

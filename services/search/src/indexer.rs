@@ -21,6 +21,10 @@ use crate::writer::{Op, Source, WriterHandle};
 /// fixed 4096 would let the last of a burst wait past it and be redelivered.
 const MIN_IN_FLIGHT: usize = 64;
 const MAX_IN_FLIGHT: usize = 4096;
+/// Before any pace is known: ~12 s of MiniLM's work, a fast start for anything quicker.
+const FIRST_IN_FLIGHT: usize = 512;
+/// How often the pace is measured.
+const PACE_WINDOW: Duration = Duration::from_millis(500);
 const IN_FLIGHT_HORIZON: Duration = Duration::from_secs(10);
 
 /// How many events may be in flight, from how fast they have been settling.
@@ -34,7 +38,7 @@ struct Pace {
 
 impl Pace {
     fn new() -> Self {
-        Self { limit: MIN_IN_FLIGHT, window: std::time::Instant::now(), settled: 0, peak: 0 }
+        Self { limit: FIRST_IN_FLIGHT, window: std::time::Instant::now(), settled: 0, peak: 0 }
     }
 
     /// One event settled; `in_flight` were in flight with it.
@@ -42,7 +46,7 @@ impl Pace {
         self.settled += 1;
         self.peak = self.peak.max(in_flight + 1);
         let elapsed = self.window.elapsed();
-        if elapsed < Duration::from_secs(1) {
+        if elapsed < PACE_WINDOW {
             return;
         }
         // a pace measured while few events waited says nothing about how fast more
