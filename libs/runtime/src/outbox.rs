@@ -69,6 +69,40 @@ pub async fn enqueue(
     Ok(())
 }
 
+/// Puts several events of one subject in the outbox with one statement per
+/// [`ROWS_PER_INSERT`]: a bulk write's events cost a few statements, not one each.
+/// They are relayed in the order given.
+pub async fn enqueue_all(
+    tx: &mut Transaction<'static, Any>,
+    subject: &str,
+    source: &str,
+    payloads: impl IntoIterator<Item = serde_json::Value>,
+) -> Result<()> {
+    let trace = helix_telemetry::current_trace();
+    let texts: Vec<String> = payloads
+        .into_iter()
+        .map(|payload| {
+            let mut envelope = Envelope::new(subject, source, payload);
+            if let Some((traceparent, tracestate)) = trace.clone() {
+                envelope = envelope.with_trace(TraceContext { traceparent, tracestate });
+            }
+            serde_json::to_string(&envelope).expect("serializing plain data cannot fail")
+        })
+        .collect();
+    for chunk in texts.chunks(ROWS_PER_INSERT) {
+        let sql = format!("INSERT INTO outbox (subject, envelope) VALUES {}", crate::db::value_rows(chunk.len(), 2));
+        let mut query = sqlx::query(&sql);
+        for text in chunk {
+            query = query.bind(subject).bind(text.as_str());
+        }
+        query.execute(&mut **tx).await.map_err(db_error)?;
+    }
+    Ok(())
+}
+
+/// Rows one multi-row INSERT writes at most (SQLite takes 32 766 bound values, PostgreSQL 65 535).
+pub const ROWS_PER_INSERT: usize = 256;
+
 /// Events one relay round publishes at most. Each round reads and deletes in one
 /// statement each, so a bulk write's events leave in few rounds; under SQLite each
 /// round also waits for the single writer lock, which the bulk writes hold.

@@ -152,11 +152,11 @@ impl GraphService for GraphApi {
                 .enumerate()
                 .map(|(i, n)| {
                     let label =
-                        node::parse_id(&n.id).and_then(|id| Ok((id, NodeLabel::new(n.namespace, n.kind, n.title)?)));
+                        node::parse_id(&n.id).and_then(|id| Ok((id, NodeLabel::new(n.namespace, n.kind, n.title)?, 0)));
                     label.map_err(|e| Error::new(e.kind(), e.code().to_owned(), format!("nodes[{i}]: {}", e.message())))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let upserted = self.store.set_labels(labels, 0).await?;
+            let upserted = self.store.set_labels(labels).await?;
             Ok(pb::UpsertGraphNodesResponse { upserted })
         };
         reply(result.await)

@@ -171,11 +171,11 @@ impl GraphStore {
     /// Sets the labels of nodes; returns how many were set. A deleted node keeps none; a
     /// label from a node event (`version` ≥ 1) replaces only an older one, a label from a
     /// caller (`version` 0) any, until the node's next event.
-    pub async fn set_labels(&self, labels: Vec<(Uuid, NodeLabel)>, version: i64) -> Result<u32> {
+    pub async fn set_labels(&self, labels: Vec<(Uuid, NodeLabel, i64)>) -> Result<u32> {
         let _writing = self.writing.lock().await;
         let mut tx = self.outbox.begin().await?;
         let mut applied = Vec::with_capacity(labels.len());
-        for (id, label) in labels {
+        for (id, label, version) in labels {
             let done = sqlx::query(
                 "INSERT INTO graph_nodes (id, namespace, kind, title, version, deleted) VALUES ($1, $2, $3, $4, $5, 0) \
                  ON CONFLICT (id) DO UPDATE SET namespace = excluded.namespace, kind = excluded.kind, \

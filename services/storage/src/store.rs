@@ -64,10 +64,13 @@ impl NodeStore {
             .map(|fields| Node { id: Uuid::now_v7(), fields, created_at: now, updated_at: now, version: 1 })
             .collect();
         let mut tx = self.outbox.begin().await?;
-        for node in &nodes {
-            insert_node(&mut tx, node).await?;
-            outbox::enqueue(&mut tx, subjects::NODE_CREATED, SERVICE, json!(node)).await?;
+        // multi-row statements: a bulk of 500 is a handful of round trips to the
+        // database, not three per node
+        for chunk in nodes.chunks(outbox::ROWS_PER_INSERT) {
+            insert_nodes(&mut tx, chunk).await?;
+            insert_tags(&mut tx, chunk).await?;
         }
+        outbox::enqueue_all(&mut tx, subjects::NODE_CREATED, SERVICE, nodes.iter().map(|node| json!(node))).await?;
         self.outbox.commit(tx).await?;
         Ok(nodes)
     }
@@ -118,7 +121,7 @@ impl NodeStore {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
-        insert_tags(&mut tx, &node).await?;
+        insert_tags(&mut tx, std::slice::from_ref(&node)).await?;
         outbox::enqueue(&mut tx, subjects::NODE_UPDATED, SERVICE, json!(node)).await?;
         self.outbox.commit(tx).await?;
         Ok(node)
@@ -213,36 +216,39 @@ impl NodeStore {
     }
 }
 
-async fn insert_node(tx: &mut Transaction<'static, Any>, node: &Node) -> Result<()> {
-    let f = &node.fields;
-    let sql = format!("INSERT INTO nodes ({NODE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)");
-    sqlx::query(&sql)
-        .bind(node.id.to_string())
-        .bind(&f.namespace)
-        .bind(&f.kind)
-        .bind(&f.title)
-        .bind(&f.content)
-        .bind(json_text(&f.tags))
-        .bind(json_text(&f.metadata))
-        .bind(f.source.clone())
-        .bind(f.importance)
-        .bind(micros(node.created_at))
-        .bind(micros(node.updated_at))
-        .bind(node.version)
-        .execute(&mut **tx)
-        .await
-        .map_err(db_error)?;
-    insert_tags(tx, node).await
+async fn insert_nodes(tx: &mut Transaction<'static, Any>, nodes: &[Node]) -> Result<()> {
+    let sql = format!("INSERT INTO nodes ({NODE_COLUMNS}) VALUES {}", db::value_rows(nodes.len(), 12));
+    let mut query = sqlx::query(&sql);
+    for node in nodes {
+        let f = &node.fields;
+        query = query
+            .bind(node.id.to_string())
+            .bind(&f.namespace)
+            .bind(&f.kind)
+            .bind(&f.title)
+            .bind(&f.content)
+            .bind(json_text(&f.tags))
+            .bind(json_text(&f.metadata))
+            .bind(f.source.clone())
+            .bind(f.importance)
+            .bind(micros(node.created_at))
+            .bind(micros(node.updated_at))
+            .bind(node.version);
+    }
+    query.execute(&mut **tx).await.map_err(db_error)?;
+    Ok(())
 }
 
-async fn insert_tags(tx: &mut Transaction<'static, Any>, node: &Node) -> Result<()> {
-    for tag in &node.fields.tags {
-        sqlx::query("INSERT INTO node_tags (tag, node_id) VALUES ($1, $2)")
-            .bind(tag)
-            .bind(node.id.to_string())
-            .execute(&mut **tx)
-            .await
-            .map_err(db_error)?;
+async fn insert_tags(tx: &mut Transaction<'static, Any>, nodes: &[Node]) -> Result<()> {
+    let tags: Vec<(&String, String)> =
+        nodes.iter().flat_map(|node| node.fields.tags.iter().map(|tag| (tag, node.id.to_string()))).collect();
+    for chunk in tags.chunks(outbox::ROWS_PER_INSERT) {
+        let sql = format!("INSERT INTO node_tags (tag, node_id) VALUES {}", db::value_rows(chunk.len(), 2));
+        let mut query = sqlx::query(&sql);
+        for (tag, id) in chunk {
+            query = query.bind(tag.as_str()).bind(id.as_str());
+        }
+        query.execute(&mut **tx).await.map_err(db_error)?;
     }
     Ok(())
 }
