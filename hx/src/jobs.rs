@@ -202,7 +202,8 @@ pub async fn run(JobsArgs { command, remote }: JobsArgs) -> anyhow::Result<ExitC
             job
         }
         JobsCommand::Stats { queue } => {
-            let stats: Value = gateway.call(Method::GET, "/api/v1/jobs/stats", &query([("queue", queue)]), None).await?;
+            let stats: Value =
+                gateway.call(Method::GET, "/api/v1/jobs/stats", &query([("queue", queue)]), None).await?;
             if !remote.json {
                 print_stats(&stats);
             }

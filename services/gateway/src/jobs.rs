@@ -223,19 +223,14 @@ fn job_list(page: pb::ListJobsResponse) -> JobList {
     JobList { jobs: page.jobs.into_iter().map(job_body).collect(), next_cursor: text(page.next_cursor) }
 }
 
-#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = JobInput,
-    responses((status = 201, body = JobBody), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn enqueue(
-    State(state): State<AppState>,
-    Json(input): Json<JobInput>,
-) -> ApiResult<(StatusCode, Json<JobBody>)> {
+fn enqueue_request(input: JobInput) -> Result<pb::EnqueueJobRequest, Error> {
     let run_at = match (input.run_at, input.delay_secs) {
-        (Some(_), Some(_)) => return Err(Error::invalid("invalid_run_at", "give run_at or delay_secs, not both").into()),
+        (Some(_), Some(_)) => return Err(Error::invalid("invalid_run_at", "give run_at or delay_secs, not both")),
         (Some(at), None) => Some(at),
         (None, Some(secs)) => Some(Utc::now() + chrono::Duration::seconds(i64::from(secs))),
         (None, None) => None,
     };
-    let request = pb::EnqueueJobRequest {
+    Ok(pb::EnqueueJobRequest {
         kind: input.kind,
         queue: input.queue.unwrap_or_default(),
         payload_json: input.payload.map(|p| Value::Object(p).to_string()).unwrap_or_default(),
@@ -244,9 +239,41 @@ pub async fn enqueue(
         run_at: run_at.map(timestamp),
         timeout_secs: input.timeout_secs,
         idempotency_key: input.idempotency_key.unwrap_or_default(),
-    };
-    let job = state.jobs().enqueue_job(request).await?.into_inner();
+    })
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = JobInput,
+    responses((status = 201, body = JobBody), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn enqueue(
+    State(state): State<AppState>,
+    Json(input): Json<JobInput>,
+) -> ApiResult<(StatusCode, Json<JobBody>)> {
+    let job = state.jobs().enqueue_job(enqueue_request(input)?).await?.into_inner();
     Ok((StatusCode::CREATED, Json(job_body(job))))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkInput {
+    /// 1 to 1000 jobs, enqueued all or none
+    pub jobs: Vec<JobInput>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BulkBody {
+    /// in the order given
+    pub jobs: Vec<JobBody>,
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/bulk", tag = "jobs", request_body = BulkInput,
+    responses((status = 201, body = BulkBody), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn enqueue_bulk(
+    State(state): State<AppState>,
+    Json(input): Json<BulkInput>,
+) -> ApiResult<(StatusCode, Json<BulkBody>)> {
+    let jobs = input.jobs.into_iter().map(enqueue_request).collect::<Result<Vec<_>, Error>>()?;
+    let jobs = state.jobs().enqueue_jobs(pb::EnqueueJobsRequest { jobs }).await?.into_inner().jobs;
+    Ok((StatusCode::CREATED, Json(BulkBody { jobs: jobs.into_iter().map(job_body).collect() })))
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(JobParams),

@@ -162,6 +162,7 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics: Arc<Metrics>) -> 
         .route("/api/v1/graph/stats", get(graph::stats))
         .route("/api/v1/graph/{id}", get(graph::neighborhood))
         .route("/api/v1/jobs", post(jobs::enqueue).get(jobs::list))
+        .route("/api/v1/jobs/bulk", post(jobs::enqueue_bulk))
         .route("/api/v1/jobs/stats", get(jobs::stats))
         .route("/api/v1/jobs/dead-letter", get(jobs::dead_letter))
         .route("/api/v1/jobs/purge", post(jobs::purge))
@@ -237,7 +238,7 @@ pub async fn serve(config: HelixConfig, shutdown: CancellationToken) -> helix_ru
         tower_log::tower, tower_log::board, search::search, search::search_get, search::suggest, search::similar, search::reindex,
         graph::create_edge, graph::get_edge, graph::delete_edge, graph::list_edges, graph::neighborhood, graph::export,
         graph::path, graph::stats,
-        jobs::enqueue, jobs::list, jobs::stats, jobs::dead_letter, jobs::purge, jobs::get, jobs::retry, jobs::cancel,
+        jobs::enqueue, jobs::enqueue_bulk, jobs::list, jobs::stats, jobs::dead_letter, jobs::purge, jobs::get, jobs::retry, jobs::cancel,
         openapi_json,
     ),
     modifiers(&BearerAuth),

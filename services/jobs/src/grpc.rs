@@ -35,21 +35,31 @@ fn reply<T>(result: Result<T>) -> Reply<T> {
 #[tonic::async_trait]
 impl JobsService for JobsApi {
     async fn enqueue_job(&self, request: Request<pb::EnqueueJobRequest>) -> Reply<pb::Job> {
-        let r = request.into_inner();
         let result = async {
-            let draft = JobDraft {
-                kind: r.kind,
-                queue: r.queue,
-                payload: r.payload_json,
-                priority: r.priority,
-                max_attempts: r.max_attempts,
-                run_at: r.run_at.map(from_timestamp).transpose()?,
-                timeout_secs: r.timeout_secs,
-                idempotency_key: r.idempotency_key,
-                schedule_id: None,
-            };
-            let (job, _) = self.store.enqueue(draft.validate()?).await?;
-            Ok(job_to_pb(job))
+            let new = draft(request.into_inner())?.validate()?;
+            let mut jobs = self.store.enqueue(vec![new]).await?;
+            Ok(job_to_pb(jobs.remove(0)))
+        };
+        reply(result.await)
+    }
+
+    async fn enqueue_jobs(&self, request: Request<pb::EnqueueJobsRequest>) -> Reply<pb::EnqueueJobsResponse> {
+        let requests = request.into_inner().jobs;
+        let result = async {
+            if requests.is_empty() || requests.len() > job::MAX_BULK {
+                return Err(Error::invalid("invalid_bulk", format!("jobs must hold 1 to {} jobs", job::MAX_BULK)));
+            }
+            let all = requests
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    draft(r)
+                        .and_then(JobDraft::validate)
+                        .map_err(|e| Error::new(e.kind(), e.code().to_owned(), format!("jobs[{i}]: {}", e.message())))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let jobs = self.store.enqueue(all).await?;
+            Ok(pb::EnqueueJobsResponse { jobs: jobs.into_iter().map(job_to_pb).collect() })
         };
         reply(result.await)
     }
@@ -179,10 +189,7 @@ impl JobsService for JobsApi {
                 n => n,
             };
             if r.wait_ms > job::MAX_LEASE_WAIT_MS {
-                return Err(Error::invalid(
-                    "invalid_wait",
-                    format!("wait_ms is at most {}", job::MAX_LEASE_WAIT_MS),
-                ));
+                return Err(Error::invalid("invalid_wait", format!("wait_ms is at most {}", job::MAX_LEASE_WAIT_MS)));
             }
             let request = LeaseRequest {
                 worker_id,
@@ -245,6 +252,20 @@ impl JobsService for JobsApi {
         };
         reply(result.await)
     }
+}
+
+fn draft(r: pb::EnqueueJobRequest) -> Result<JobDraft> {
+    Ok(JobDraft {
+        kind: r.kind,
+        queue: r.queue,
+        payload: r.payload_json,
+        priority: r.priority,
+        max_attempts: r.max_attempts,
+        run_at: r.run_at.map(from_timestamp).transpose()?,
+        timeout_secs: r.timeout_secs,
+        idempotency_key: r.idempotency_key,
+        schedule_id: None,
+    })
 }
 
 fn worker(id: &str) -> Result<String> {

@@ -19,6 +19,8 @@ pub const MAX_LEASE_SECS: u32 = 3600;
 pub const MAX_LEASE_BATCH: u32 = 1000;
 pub const MAX_LEASE_WAIT_MS: u32 = 30_000;
 pub const MAX_HEARTBEAT_WAIT_MS: u32 = 10_000;
+/// Jobs one bulk enqueue holds at most.
+pub const MAX_BULK: usize = 1000;
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 const MAX_NAME_CHARS: usize = 64;
 const MAX_KEY_CHARS: usize = 256;
@@ -141,7 +143,10 @@ impl JobDraft {
         }
         let timeout_secs = self.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
         if !(1..=MAX_TIMEOUT_SECS).contains(&timeout_secs) {
-            return Err(Error::invalid("invalid_timeout", format!("timeout_secs must be from 1 to {MAX_TIMEOUT_SECS}")));
+            return Err(Error::invalid(
+                "invalid_timeout",
+                format!("timeout_secs must be from 1 to {MAX_TIMEOUT_SECS}"),
+            ));
         }
         let idempotency_key = Some(self.idempotency_key).filter(|k| !k.is_empty());
         if idempotency_key.as_ref().is_some_and(|k| k.chars().count() > MAX_KEY_CHARS) {
@@ -184,7 +189,10 @@ pub fn validate_queue(queue: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid("invalid_queue", format!("queue must be 1-{MAX_NAME_CHARS} characters of A-Z a-z 0-9 . _ -")))
+        Err(Error::invalid(
+            "invalid_queue",
+            format!("queue must be 1-{MAX_NAME_CHARS} characters of A-Z a-z 0-9 . _ -"),
+        ))
     }
 }
 

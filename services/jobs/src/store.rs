@@ -112,77 +112,51 @@ impl JobStore {
         Self { db, outbox, ready: Notify::new(), cancelled: Notify::new() }
     }
 
-    /// Enqueues the job; with an idempotency key seen before, returns the job enqueued
-    /// then instead (`false`: nothing new was enqueued).
-    pub async fn enqueue(&self, new: NewJob) -> Result<(Job, bool)> {
+    /// Enqueues the jobs in one transaction, all or none, and returns them in the order
+    /// given. A job whose idempotency key was seen before (in an earlier call or earlier
+    /// in this one) is not enqueued again: the job enqueued then takes its place.
+    pub async fn enqueue(&self, all: Vec<NewJob>) -> Result<Vec<Job>> {
         let now = now();
-        let job = Job {
-            id: Uuid::now_v7(),
-            kind: new.kind,
-            queue: new.queue,
-            payload: new.payload,
-            state: State::Pending,
-            priority: new.priority,
-            retries: 0,
-            max_attempts: new.max_attempts,
-            attempt: 0,
-            last_error: String::new(),
-            result: None,
-            timeout_secs: new.timeout_secs,
-            idempotency_key: new.idempotency_key,
-            schedule_id: new.schedule_id,
-            worker_id: None,
-            lease_expires_at: None,
-            cancel_requested: false,
-            progress: 0.0,
-            progress_message: String::new(),
-            run_at: new.run_at.map(|t| db::from_micros(micros(t))).unwrap_or(now),
-            created_at: now,
-            updated_at: now,
-            started_at: None,
-            finished_at: None,
-        };
         let mut tx = self.outbox.begin().await?;
         let sql = format!(
             "INSERT INTO jobs ({COLUMNS}) VALUES ($1, $2, $3, $4, 'pending', $5, 0, $6, 0, '', NULL, $7, $8, $9, NULL, \
-             NULL, 0, 0, '', $10, $11, $11, NULL, NULL)"
+             NULL, 0, 0, '', $10, $11, $11, NULL, NULL) ON CONFLICT DO NOTHING"
         );
-        let inserted = sqlx::query(&sql)
-            .bind(job.id.to_string())
-            .bind(&job.kind)
-            .bind(&job.queue)
-            .bind(Value::Object(job.payload.clone()).to_string())
-            .bind(i64::from(job.priority))
-            .bind(i64::from(job.max_attempts))
-            .bind(i64::from(job.timeout_secs))
-            .bind(job.idempotency_key.clone())
-            .bind(job.schedule_id.map(|id| id.to_string()))
-            .bind(micros(job.run_at))
-            .bind(micros(now))
-            .execute(&mut *tx)
-            .await;
-        match inserted {
-            Ok(_) => {}
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                drop(tx);
-                let key = job.idempotency_key.unwrap_or_default();
+        let mut jobs = Vec::with_capacity(all.len());
+        for new in all {
+            let job = new_job(new, now);
+            let inserted = sqlx::query(&sql)
+                .bind(job.id.to_string())
+                .bind(&job.kind)
+                .bind(&job.queue)
+                .bind(Value::Object(job.payload.clone()).to_string())
+                .bind(i64::from(job.priority))
+                .bind(i64::from(job.max_attempts))
+                .bind(i64::from(job.timeout_secs))
+                .bind(job.idempotency_key.clone())
+                .bind(job.schedule_id.map(|id| id.to_string()))
+                .bind(micros(job.run_at))
+                .bind(micros(now))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            if inserted.rows_affected() == 0 {
+                // only the idempotency key can conflict: ids are fresh UUIDv7s
                 let sql = format!("SELECT {COLUMNS} FROM jobs WHERE idempotency_key = $1");
-                let row = sqlx::query(&sql).bind(&key).fetch_optional(&self.db.pool).await.map_err(db_error)?;
-                // the first job may have been purged since: then the key is free again
-                return match row {
-                    Some(row) => Ok((job_from_row(&row)?, false)),
-                    None => Err(Error::conflict("idempotency_conflict", "the key was just released; retry")),
-                };
+                let key = job.idempotency_key.clone().unwrap_or_default();
+                let row = sqlx::query(&sql).bind(&key).fetch_one(&mut *tx).await.map_err(db_error)?;
+                jobs.push(job_from_row(&row)?);
+                continue;
             }
-            Err(e) => return Err(db_error(e)),
+            let payload = json!({
+                "id": job.id, "kind": job.kind, "queue": job.queue, "priority": job.priority, "run_at": job.run_at,
+            });
+            outbox::enqueue(&mut tx, subjects::JOB_ENQUEUED, SERVICE, payload).await?;
+            jobs.push(job);
         }
-        let payload = json!({
-            "id": job.id, "kind": job.kind, "queue": job.queue, "priority": job.priority, "run_at": job.run_at,
-        });
-        outbox::enqueue(&mut tx, subjects::JOB_ENQUEUED, SERVICE, payload).await?;
         self.outbox.commit(tx).await?;
         self.ready.notify_waiters();
-        Ok((job, true))
+        Ok(jobs)
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Job> {
@@ -510,10 +484,7 @@ impl JobStore {
         let mut tx = self.db.pool.begin().await.map_err(db_error)?;
         if self.db.backend == Backend::Postgres {
             // both statements below see the same snapshot (SQLite's read transaction already does)
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await.map_err(db_error)?;
         }
         let filter = if queue.is_some() { " WHERE queue = $1" } else { "" };
         let sql = format!(
@@ -602,13 +573,43 @@ impl JobStore {
     }
 }
 
+fn new_job(new: NewJob, now: DateTime<Utc>) -> Job {
+    Job {
+        id: Uuid::now_v7(),
+        kind: new.kind,
+        queue: new.queue,
+        payload: new.payload,
+        state: State::Pending,
+        priority: new.priority,
+        retries: 0,
+        max_attempts: new.max_attempts,
+        attempt: 0,
+        last_error: String::new(),
+        result: None,
+        timeout_secs: new.timeout_secs,
+        idempotency_key: new.idempotency_key,
+        schedule_id: new.schedule_id,
+        worker_id: None,
+        lease_expires_at: None,
+        cancel_requested: false,
+        progress: 0.0,
+        progress_message: String::new(),
+        run_at: new.run_at.map(|t| from_micros(micros(t))).unwrap_or(now),
+        created_at: now,
+        updated_at: now,
+        started_at: None,
+        finished_at: None,
+    }
+}
+
 /// The event of a job's failed attempt, after [`JobStore::fail`] or the reaper decided
 /// what comes next.
 async fn enqueue_ended(tx: &mut Transaction<'static, Any>, job: &Job, cancel_reason: &str) -> Result<()> {
     let (subject, payload) = match job.state {
-        State::Cancelled => {
-            (subjects::JOB_CANCELLED, json!({"id": job.id, "kind": job.kind, "queue": job.queue, "reason": cancel_reason}))
-        }
+        State::Cancelled => (
+            subjects::JOB_CANCELLED,
+            json!({"id": job.id, "kind": job.kind, "queue": job.queue, "reason": cancel_reason}),
+        ),
         State::Dead => (
             subjects::JOB_DEAD_LETTERED,
             json!({"id": job.id, "kind": job.kind, "queue": job.queue, "attempt": job.attempt,
