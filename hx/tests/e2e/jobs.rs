@@ -24,6 +24,7 @@ crate::on_both_backends!(
     lapsed_leases_are_rescued_and_fenced,
     builtin_worker_over_rest,
     killed_worker_processes_lose_no_job,
+    schedules_fire_once_per_tick_across_replicas,
 );
 
 type Jobs = JobsServiceClient<Channel>;
@@ -597,4 +598,84 @@ async fn running_jobs(jobs: &mut Jobs) -> anyhow::Result<Vec<pb::Job>> {
         }
         cursor = answer.next_cursor;
     }
+}
+
+fn schedule(name: &str, cron: &str, interval_secs: u32) -> pb::CreateJobScheduleRequest {
+    pb::CreateJobScheduleRequest {
+        name: name.to_owned(),
+        cron: cron.to_owned(),
+        interval_secs,
+        kind: "t.tick".to_owned(),
+        allow_overlap: true,
+        ..Default::default()
+    }
+}
+
+async fn jobs_of(jobs: &mut Jobs, schedule_id: &str) -> anyhow::Result<Vec<pb::Job>> {
+    let request = pb::ListJobsRequest { kind: Some("t.tick".into()), ..Default::default() };
+    let all = jobs.list_jobs(request).await?.into_inner().jobs;
+    Ok(all.into_iter().filter(|j| j.schedule_id == schedule_id).collect())
+}
+
+/// Two jobs services on one database tick every second each; a schedule's tick still
+/// enqueues one job.
+async fn schedules_fire_once_per_tick_across_replicas(backend: Backend) -> anyhow::Result<()> {
+    let mut env = TestEnv::new(backend).await?;
+    env.config.jobs.worker_kinds = Vec::new();
+    let one = env.start(&[Role::Jobs]).await?;
+    let two = env.start(&[Role::Jobs]).await?;
+    let mut jobs = connect(&one).await?;
+    let mut other = connect(&two).await?;
+
+    let cases = [
+        (schedule("a", "", 0), "invalid_schedule"),
+        (schedule("a", "* * * * *", 5), "invalid_schedule"),
+        (schedule("a", "not cron at all", 0), "invalid_cron"),
+        (schedule("a", "61 * * * *", 0), "invalid_cron"),
+        (
+            pb::CreateJobScheduleRequest { timezone: "Europe/Paris".into(), ..schedule("a", "* * * * *", 0) },
+            "invalid_timezone",
+        ),
+        (pb::CreateJobScheduleRequest { kind: "Bad".into(), ..schedule("a", "* * * * *", 0) }, "invalid_kind"),
+        (schedule("", "* * * * *", 0), "invalid_name"),
+    ];
+    for (request, expected) in cases {
+        assert_eq!(refused(jobs.create_job_schedule(request.clone()).await), expected, "{request:?}");
+    }
+    // every second by cron (six fields, seconds first), and every second by interval
+    // without overlap: its pending job holds back its later ticks
+    let cron = jobs.create_job_schedule(schedule("by-cron", "* * * * * *", 0)).await?.into_inner();
+    let single = pb::CreateJobScheduleRequest { allow_overlap: false, ..schedule("single", "", 1) };
+    let single = other.create_job_schedule(single).await?.into_inner();
+    assert_eq!(refused(jobs.create_job_schedule(schedule("by-cron", "", 60)).await), "schedule_exists");
+    assert_eq!(other.get_job_schedule(pb::GetJobScheduleRequest { id: cron.id.clone() }).await?.into_inner(), cron);
+
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let fired = jobs_of(&mut jobs, &cron.id).await?;
+    assert!((3..=6).contains(&fired.len()), "{} jobs in 4.5 s", fired.len());
+    let mut times: Vec<f64> = fired.iter().map(|j| secs(&j.created_at)).collect();
+    times.sort_by(f64::total_cmp);
+    for pair in times.windows(2) {
+        assert!(pair[1] - pair[0] > 0.5, "two jobs for one tick: {times:?}");
+    }
+    assert_eq!(jobs_of(&mut jobs, &single.id).await?.len(), 1, "no overlap");
+    let got = jobs.get_job_schedule(pb::GetJobScheduleRequest { id: cron.id.clone() }).await?.into_inner();
+    assert!(secs(&got.next_run_at) > secs(&got.last_run_at) && !got.last_job_id.is_empty());
+
+    // trigger: now, whatever the ticks; disable: no more ticks; delete
+    let triggered = jobs.trigger_job_schedule(pb::TriggerJobScheduleRequest { id: single.id.clone() }).await?;
+    assert_eq!(triggered.into_inner().schedule_id, single.id);
+    assert_eq!(jobs_of(&mut jobs, &single.id).await?.len(), 2);
+    let off = pb::UpdateJobScheduleRequest { id: cron.id.clone(), enabled: Some(false), ..Default::default() };
+    assert!(!jobs.update_job_schedule(off).await?.into_inner().enabled);
+    let before = jobs_of(&mut jobs, &cron.id).await?.len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(jobs_of(&mut jobs, &cron.id).await?.len(), before, "a disabled schedule does not fire");
+    let listed = jobs.list_job_schedules(pb::ListJobSchedulesRequest { enabled: Some(true), page: None }).await?;
+    assert_eq!(listed.into_inner().schedules.iter().map(|s| &s.id).collect::<Vec<_>>(), [&single.id]);
+    jobs.delete_job_schedule(pb::DeleteJobScheduleRequest { id: cron.id.clone() }).await?;
+    assert_eq!(refused(jobs.get_job_schedule(pb::GetJobScheduleRequest { id: cron.id.clone() }).await), "not_found");
+    one.stop().await;
+    two.stop().await;
+    Ok(())
 }

@@ -14,6 +14,7 @@ use serde_json::Value;
 use tonic::{Request, Response, Status};
 
 use crate::job::{self, Job, JobDraft, State, parse_job_id, parse_object};
+use crate::schedule::{Schedule, ScheduleChanges, ScheduleDraft};
 use crate::store::{Counts, Heartbeat, JobFilter, JobStore, LeaseRequest};
 
 pub struct JobsApi {
@@ -165,6 +166,79 @@ impl JobsService for JobsApi {
         reply(result.await)
     }
 
+    async fn create_job_schedule(&self, request: Request<pb::CreateJobScheduleRequest>) -> Reply<pb::JobSchedule> {
+        let r = request.into_inner();
+        let result = async {
+            let draft = ScheduleDraft {
+                name: r.name,
+                cron: r.cron,
+                interval_secs: r.interval_secs,
+                timezone: r.timezone,
+                kind: r.kind,
+                queue: r.queue,
+                payload: r.payload_json,
+                priority: r.priority,
+                max_attempts: r.max_attempts,
+                enabled: r.enabled,
+                allow_overlap: r.allow_overlap,
+            };
+            let schedule = draft.validate(helix_runtime::db::now())?;
+            self.store.create_schedule(schedule).await.map(schedule_to_pb)
+        };
+        reply(result.await)
+    }
+
+    async fn list_job_schedules(
+        &self,
+        request: Request<pb::ListJobSchedulesRequest>,
+    ) -> Reply<pb::ListJobSchedulesResponse> {
+        let r = request.into_inner();
+        let result = async {
+            let page = r.page.unwrap_or_default();
+            let (limit, after) = parse_page(page.limit, Some(&page.cursor))?;
+            let (schedules, next) = self.store.list_schedules(r.enabled, limit, after).await?;
+            Ok(pb::ListJobSchedulesResponse {
+                schedules: schedules.into_iter().map(schedule_to_pb).collect(),
+                next_cursor: next.unwrap_or_default(),
+            })
+        };
+        reply(result.await)
+    }
+
+    async fn get_job_schedule(&self, request: Request<pb::GetJobScheduleRequest>) -> Reply<pb::JobSchedule> {
+        let id = parse_schedule_id(&request.into_inner().id);
+        reply(async { self.store.get_schedule(id?).await.map(schedule_to_pb) }.await)
+    }
+
+    async fn update_job_schedule(&self, request: Request<pb::UpdateJobScheduleRequest>) -> Reply<pb::JobSchedule> {
+        let r = request.into_inner();
+        let result = async {
+            let changes = ScheduleChanges {
+                name: r.name,
+                cron: r.cron,
+                interval_secs: r.interval_secs,
+                timezone: r.timezone,
+                payload: r.payload_json,
+                priority: r.priority,
+                max_attempts: r.max_attempts,
+                enabled: r.enabled,
+                allow_overlap: r.allow_overlap,
+            };
+            self.store.update_schedule(parse_schedule_id(&r.id)?, changes).await.map(schedule_to_pb)
+        };
+        reply(result.await)
+    }
+
+    async fn delete_job_schedule(&self, request: Request<pb::DeleteJobScheduleRequest>) -> Reply<pb::Empty> {
+        let id = parse_schedule_id(&request.into_inner().id);
+        reply(async { self.store.delete_schedule(id?).await.map(|()| pb::Empty {}) }.await)
+    }
+
+    async fn trigger_job_schedule(&self, request: Request<pb::TriggerJobScheduleRequest>) -> Reply<pb::Job> {
+        let id = parse_schedule_id(&request.into_inner().id);
+        reply(async { self.store.trigger_schedule(id?).await.map(job_to_pb) }.await)
+    }
+
     async fn lease_jobs(&self, request: Request<pb::LeaseJobsRequest>) -> Reply<pb::LeaseJobsResponse> {
         let r = request.into_inner();
         let result = async {
@@ -252,6 +326,32 @@ impl JobsService for JobsApi {
         };
         reply(result.await)
     }
+}
+
+fn schedule_to_pb(s: Schedule) -> pb::JobSchedule {
+    pb::JobSchedule {
+        id: s.id.to_string(),
+        name: s.name,
+        cron: s.cron,
+        timezone: s.timezone,
+        kind: s.kind,
+        queue: s.queue,
+        payload_json: Value::Object(s.payload).to_string(),
+        priority: s.priority,
+        max_attempts: s.max_attempts,
+        enabled: s.enabled,
+        allow_overlap: s.allow_overlap,
+        next_run_at: Some(timestamp(s.next_run_at)),
+        last_run_at: s.last_run_at.map(timestamp),
+        last_job_id: s.last_job_id.map(|id| id.to_string()).unwrap_or_default(),
+        created_at: Some(timestamp(s.created_at)),
+        updated_at: Some(timestamp(s.updated_at)),
+        interval_secs: s.interval_secs,
+    }
+}
+
+fn parse_schedule_id(id: &str) -> Result<uuid::Uuid> {
+    uuid::Uuid::try_parse(id).map_err(|_| Error::invalid("invalid_id", "not a schedule id (a UUID)"))
 }
 
 fn draft(r: pb::EnqueueJobRequest) -> Result<JobDraft> {

@@ -12,12 +12,15 @@
 //! - **The reaper** ([`reap`]) runs on every replica every second and puts jobs whose
 //!   lease lapsed back in their queue (counting a failed attempt), or in the dead-letter
 //!   queue when that was their last.
+//! - **Schedules** ([`schedule`]): cron expressions or intervals; every replica ticks
+//!   each second and a tick fires once, claimed by a conditional UPDATE.
 //! - **Workers** ([`worker`]) lease over gRPC, in any process: `hx worker`, or the
 //!   in-process worker a jobs service starts for `jobs.worker_kinds` (the built-in
 //!   `echo`, `sleep`, `fail`, `http.request`).
 
 pub mod grpc;
 pub mod job;
+pub mod schedule;
 pub mod store;
 pub mod worker;
 
@@ -55,6 +58,7 @@ pub async fn open(ctx: &ServiceContext) -> helix_runtime::Result<Arc<JobStore>> 
     let outbox = helix_runtime::outbox::Outbox::start(ctx, SERVICE, db.clone());
     let store = Arc::new(JobStore::new(db, outbox));
     ctx.tasks.spawn(reap(store.clone(), ctx.shutdown.clone()));
+    ctx.tasks.spawn(tick(store.clone(), ctx.shutdown.clone()));
     Ok(store)
 }
 
@@ -91,6 +95,20 @@ async fn reap(store: Arc<JobStore>, shutdown: CancellationToken) {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Fires due schedules every second until `shutdown`; every replica does, and each
+/// tick fires once (see [`schedule`]).
+async fn tick(store: Arc<JobStore>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if let Err(error) = store.fire_due().await {
+            tracing::warn!(%error, "firing schedules failed, will retry");
         }
     }
 }

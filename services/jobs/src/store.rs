@@ -99,10 +99,10 @@ pub struct Stats {
 }
 
 pub struct JobStore {
-    db: Database,
-    outbox: Outbox,
+    pub(crate) db: Database,
+    pub(crate) outbox: Outbox,
     /// Woken when a job becomes ready on this replica: waiting leases look at once.
-    ready: Notify,
+    pub(crate) ready: Notify,
     /// Woken when a running job is cancelled on this replica: waiting heartbeats answer at once.
     cancelled: Notify,
 }
@@ -118,41 +118,9 @@ impl JobStore {
     pub async fn enqueue(&self, all: Vec<NewJob>) -> Result<Vec<Job>> {
         let now = now();
         let mut tx = self.outbox.begin().await?;
-        let sql = format!(
-            "INSERT INTO jobs ({COLUMNS}) VALUES ($1, $2, $3, $4, 'pending', $5, 0, $6, 0, '', NULL, $7, $8, $9, NULL, \
-             NULL, 0, 0, '', $10, $11, $11, NULL, NULL) ON CONFLICT DO NOTHING"
-        );
         let mut jobs = Vec::with_capacity(all.len());
         for new in all {
-            let job = new_job(new, now);
-            let inserted = sqlx::query(&sql)
-                .bind(job.id.to_string())
-                .bind(&job.kind)
-                .bind(&job.queue)
-                .bind(Value::Object(job.payload.clone()).to_string())
-                .bind(i64::from(job.priority))
-                .bind(i64::from(job.max_attempts))
-                .bind(i64::from(job.timeout_secs))
-                .bind(job.idempotency_key.clone())
-                .bind(job.schedule_id.map(|id| id.to_string()))
-                .bind(micros(job.run_at))
-                .bind(micros(now))
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
-            if inserted.rows_affected() == 0 {
-                // only the idempotency key can conflict: ids are fresh UUIDv7s
-                let sql = format!("SELECT {COLUMNS} FROM jobs WHERE idempotency_key = $1");
-                let key = job.idempotency_key.clone().unwrap_or_default();
-                let row = sqlx::query(&sql).bind(&key).fetch_one(&mut *tx).await.map_err(db_error)?;
-                jobs.push(job_from_row(&row)?);
-                continue;
-            }
-            let payload = json!({
-                "id": job.id, "kind": job.kind, "queue": job.queue, "priority": job.priority, "run_at": job.run_at,
-            });
-            outbox::enqueue(&mut tx, subjects::JOB_ENQUEUED, SERVICE, payload).await?;
-            jobs.push(job);
+            jobs.push(insert_job(&mut tx, new_job(new, now)).await?);
         }
         self.outbox.commit(tx).await?;
         self.ready.notify_waiters();
@@ -573,7 +541,43 @@ impl JobStore {
     }
 }
 
-fn new_job(new: NewJob, now: DateTime<Utc>) -> Job {
+/// Inserts the job with its `enqueued` event; when its idempotency key was taken,
+/// returns the job that took it instead.
+pub(crate) async fn insert_job(tx: &mut Transaction<'static, Any>, job: Job) -> Result<Job> {
+    let sql = format!(
+        "INSERT INTO jobs ({COLUMNS}) VALUES ($1, $2, $3, $4, 'pending', $5, 0, $6, 0, '', NULL, $7, $8, $9, NULL, \
+         NULL, 0, 0, '', $10, $11, $11, NULL, NULL) ON CONFLICT DO NOTHING"
+    );
+    let inserted = sqlx::query(&sql)
+        .bind(job.id.to_string())
+        .bind(&job.kind)
+        .bind(&job.queue)
+        .bind(Value::Object(job.payload.clone()).to_string())
+        .bind(i64::from(job.priority))
+        .bind(i64::from(job.max_attempts))
+        .bind(i64::from(job.timeout_secs))
+        .bind(job.idempotency_key.clone())
+        .bind(job.schedule_id.map(|id| id.to_string()))
+        .bind(micros(job.run_at))
+        .bind(micros(job.created_at))
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    if inserted.rows_affected() == 0 {
+        // only the idempotency key can conflict: ids are fresh UUIDv7s
+        let sql = format!("SELECT {COLUMNS} FROM jobs WHERE idempotency_key = $1");
+        let key = job.idempotency_key.clone().unwrap_or_default();
+        let row = sqlx::query(&sql).bind(&key).fetch_one(&mut **tx).await.map_err(db_error)?;
+        return job_from_row(&row);
+    }
+    let payload = json!({
+        "id": job.id, "kind": job.kind, "queue": job.queue, "priority": job.priority, "run_at": job.run_at,
+    });
+    outbox::enqueue(tx, subjects::JOB_ENQUEUED, SERVICE, payload).await?;
+    Ok(job)
+}
+
+pub(crate) fn new_job(new: NewJob, now: DateTime<Utc>) -> Job {
     Job {
         id: Uuid::now_v7(),
         kind: new.kind,
@@ -624,19 +628,19 @@ async fn enqueue_ended(tx: &mut Transaction<'static, Any>, job: &Job, cancel_rea
     outbox::enqueue(tx, subject, SERVICE, payload).await
 }
 
-fn text(row: &AnyRow, column: &str) -> Result<String> {
+pub(crate) fn text(row: &AnyRow, column: &str) -> Result<String> {
     row.try_get(column).map_err(db_error)
 }
 
-fn int(row: &AnyRow, column: &str) -> Result<i64> {
+pub(crate) fn int(row: &AnyRow, column: &str) -> Result<i64> {
     row.try_get(column).map_err(db_error)
 }
 
-fn corrupt(id: impl std::fmt::Display, what: &str) -> Error {
+pub(crate) fn corrupt(id: impl std::fmt::Display, what: &str) -> Error {
     Error::internal(format!("stored job {id} has a corrupt {what}"))
 }
 
-fn job_from_row(row: &AnyRow) -> Result<Job> {
+pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
     let id = text(row, "id")?;
     let time = |column: &str| -> Result<Option<DateTime<Utc>>> {
         Ok(row.try_get::<Option<i64>, _>(column).map_err(db_error)?.map(from_micros))
