@@ -458,6 +458,39 @@ async fn builtin_worker_over_rest(backend: Backend) -> anyhow::Result<()> {
     assert_eq!((status, purged["purged"].as_u64()), (200, Some(3)), "{purged}");
     let (_, page) = read(helix.api(Method::GET, "/api/v1/jobs").send().await?).await;
     assert_eq!(page["jobs"].as_array().unwrap().len(), 1);
+
+    // schedules over REST
+    let schedules = |body: Value| helix.api(Method::POST, "/api/v1/jobs/schedules").json(&body);
+    let hourly = json!({"name": "hourly", "interval_secs": 3600, "kind": "echo", "payload": {"n": 1}});
+    let (status, created) = read(schedules(hourly.clone()).send().await?).await;
+    assert_eq!(
+        (status, &created["interval_secs"], &created["enabled"]),
+        (201, &json!(3600), &json!(true)),
+        "{created}"
+    );
+    for (body, status, expected) in [
+        (hourly, 409, "schedule_exists"),
+        (json!({"name": "x", "cron": "nope", "kind": "echo"}), 400, "invalid_cron"),
+        (json!({"name": "x", "kind": "echo"}), 400, "invalid_schedule"),
+        (json!({"name": "x", "cron": "* * * * *"}), 422, "invalid_body"),
+    ] {
+        let (got, answer) = read(schedules(body).send().await?).await;
+        assert_eq!((got, code(&answer)), (status, expected), "{answer}");
+    }
+    let path = format!("/api/v1/jobs/schedules/{}", created["id"].as_str().unwrap());
+    let (status, job) = read(helix.api(Method::POST, &format!("{path}/trigger")).send().await?).await;
+    assert_eq!((status, &job["schedule_id"]), (201, &created["id"]), "{job}");
+    let ran = rest_job(&helix, job["id"].as_str().unwrap(), |j| j["state"] == "completed").await?;
+    assert_eq!(ran["result"], json!({"n": 1}));
+    let (status, updated) =
+        read(helix.api(Method::PUT, &path).json(&json!({"cron": "0 3 * * *", "enabled": false})).send().await?).await;
+    assert_eq!((status, &updated["cron"], &updated["enabled"]), (200, &json!("0 3 * * *"), &json!(false)), "{updated}");
+    let (status, listed) = read(helix.api(Method::GET, "/api/v1/jobs/schedules?enabled=false").send().await?).await;
+    assert_eq!((status, listed["schedules"].as_array().map(Vec::len)), (200, Some(1)));
+    let (status, _) = read(helix.api(Method::DELETE, &path).send().await?).await;
+    assert_eq!(status, 204);
+    let (status, gone) = read(helix.api(Method::GET, &path).send().await?).await;
+    assert_eq!((status, code(&gone)), (404, "not_found"));
     helix.stop().await;
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! system's routes (`GET /api/v1/jobs`, `/stats`, `/dead-letter`, `/{id}`, `POST
 //! /{id}/retry`, `/{id}/cancel`, `/purge`) plus `POST /api/v1/jobs` to enqueue, which
 //! answers 201 with the job (`id`, `state`, ...). The worker protocol (lease,
-//! heartbeat, complete, fail) is gRPC only.
+//! heartbeat, complete, fail) is gRPC only. Schedules: `/api/v1/jobs/schedules[/{id}]`
+//! (create, list, get, update with PUT, delete) and `POST .../{id}/trigger`.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -398,4 +399,187 @@ pub async fn cancel(
     let reason = input.and_then(|Json(i)| i.reason).unwrap_or_default();
     let job = state.jobs().cancel_job(pb::CancelJobRequest { id, reason }).await?.into_inner();
     Ok(Json(job_body(job)))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleInput {
+    /// unique; 1-128 characters
+    pub name: String,
+    /// five fields (minute hour day month weekday) or six with seconds first; or interval_secs
+    pub cron: Option<String>,
+    /// fire every this many seconds (instead of cron)
+    pub interval_secs: Option<u32>,
+    /// UTC only (default)
+    pub timezone: Option<String>,
+    pub kind: String,
+    pub queue: Option<String>,
+    pub payload: Option<Map<String, Value>>,
+    pub priority: Option<i32>,
+    pub max_attempts: Option<u32>,
+    /// default true
+    pub enabled: Option<bool>,
+    /// enqueue even while the previous run's job is unfinished (default false)
+    pub allow_overlap: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleUpdate {
+    pub name: Option<String>,
+    pub cron: Option<String>,
+    pub interval_secs: Option<u32>,
+    pub timezone: Option<String>,
+    pub payload: Option<Map<String, Value>>,
+    pub priority: Option<i32>,
+    pub max_attempts: Option<u32>,
+    pub enabled: Option<bool>,
+    pub allow_overlap: Option<bool>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleBody {
+    pub id: String,
+    pub name: String,
+    pub cron: Option<String>,
+    pub interval_secs: Option<u32>,
+    pub timezone: String,
+    pub kind: String,
+    pub queue: String,
+    pub payload: Map<String, Value>,
+    pub priority: i32,
+    pub max_attempts: u32,
+    pub enabled: bool,
+    pub allow_overlap: bool,
+    pub next_run_at: Option<DateTime<Utc>>,
+    pub last_run_at: Option<DateTime<Utc>>,
+    pub last_job_id: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleList {
+    pub schedules: Vec<ScheduleBody>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ScheduleParams {
+    pub enabled: Option<bool>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+fn schedule_body(s: pb::JobSchedule) -> ScheduleBody {
+    ScheduleBody {
+        payload: object(&s.payload_json).unwrap_or_default(),
+        next_run_at: time(s.next_run_at),
+        last_run_at: time(s.last_run_at),
+        created_at: time(s.created_at),
+        updated_at: time(s.updated_at),
+        id: s.id,
+        name: s.name,
+        cron: text(s.cron),
+        interval_secs: Some(s.interval_secs).filter(|n| *n > 0),
+        timezone: s.timezone,
+        kind: s.kind,
+        queue: s.queue,
+        priority: s.priority,
+        max_attempts: s.max_attempts,
+        enabled: s.enabled,
+        allow_overlap: s.allow_overlap,
+        last_job_id: text(s.last_job_id),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/schedules", tag = "jobs", request_body = ScheduleInput,
+    responses((status = 201, body = ScheduleBody), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_schedule(
+    State(state): State<AppState>,
+    Json(input): Json<ScheduleInput>,
+) -> ApiResult<(StatusCode, Json<ScheduleBody>)> {
+    let request = pb::CreateJobScheduleRequest {
+        name: input.name,
+        cron: input.cron.unwrap_or_default(),
+        timezone: input.timezone.unwrap_or_default(),
+        kind: input.kind,
+        queue: input.queue.unwrap_or_default(),
+        payload_json: input.payload.map(|p| Value::Object(p).to_string()).unwrap_or_default(),
+        priority: input.priority.unwrap_or(0),
+        max_attempts: input.max_attempts,
+        enabled: input.enabled,
+        allow_overlap: input.allow_overlap.unwrap_or(false),
+        interval_secs: input.interval_secs.unwrap_or(0),
+    };
+    let schedule = state.jobs().create_job_schedule(request).await?.into_inner();
+    Ok((StatusCode::CREATED, Json(schedule_body(schedule))))
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/schedules", tag = "jobs", params(ScheduleParams),
+    responses((status = 200, body = ScheduleList), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list_schedules(
+    State(state): State<AppState>,
+    Query(params): Query<ScheduleParams>,
+) -> ApiResult<Json<ScheduleList>> {
+    let request = pb::ListJobSchedulesRequest {
+        enabled: params.enabled,
+        page: Some(pb::PageRequest { limit: params.limit.unwrap_or(0), cursor: params.cursor.unwrap_or_default() }),
+    };
+    let page = state.jobs().list_job_schedules(request).await?.into_inner();
+    Ok(Json(ScheduleList {
+        schedules: page.schedules.into_iter().map(schedule_body).collect(),
+        next_cursor: text(page.next_cursor),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/schedules/{id}", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = ScheduleBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn get_schedule(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<ScheduleBody>> {
+    let schedule = state.jobs().get_job_schedule(pb::GetJobScheduleRequest { id }).await?.into_inner();
+    Ok(Json(schedule_body(schedule)))
+}
+
+#[utoipa::path(put, path = "/api/v1/jobs/schedules/{id}", tag = "jobs", params(("id" = String, Path)),
+    request_body = ScheduleUpdate,
+    responses((status = 200, body = ScheduleBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_schedule(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(input): Json<ScheduleUpdate>,
+) -> ApiResult<Json<ScheduleBody>> {
+    let request = pb::UpdateJobScheduleRequest {
+        id,
+        name: input.name,
+        cron: input.cron,
+        timezone: input.timezone,
+        payload_json: input.payload.map(|p| Value::Object(p).to_string()),
+        priority: input.priority,
+        max_attempts: input.max_attempts,
+        enabled: input.enabled,
+        allow_overlap: input.allow_overlap,
+        interval_secs: input.interval_secs,
+    };
+    let schedule = state.jobs().update_job_schedule(request).await?.into_inner();
+    Ok(Json(schedule_body(schedule)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/jobs/schedules/{id}", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn delete_schedule(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    state.jobs().delete_job_schedule(pb::DeleteJobScheduleRequest { id }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/schedules/{id}/trigger", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 201, description = "the job enqueued now", body = JobBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn trigger_schedule(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<JobBody>)> {
+    let job = state.jobs().trigger_job_schedule(pb::TriggerJobScheduleRequest { id }).await?.into_inner();
+    Ok((StatusCode::CREATED, Json(job_body(job))))
 }

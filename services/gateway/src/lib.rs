@@ -166,6 +166,12 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics: Arc<Metrics>) -> 
         .route("/api/v1/jobs/stats", get(jobs::stats))
         .route("/api/v1/jobs/dead-letter", get(jobs::dead_letter))
         .route("/api/v1/jobs/purge", post(jobs::purge))
+        .route("/api/v1/jobs/schedules", post(jobs::create_schedule).get(jobs::list_schedules))
+        .route(
+            "/api/v1/jobs/schedules/{id}",
+            get(jobs::get_schedule).put(jobs::update_schedule).delete(jobs::delete_schedule),
+        )
+        .route("/api/v1/jobs/schedules/{id}/trigger", post(jobs::trigger_schedule))
         .route("/api/v1/jobs/{id}", get(jobs::get))
         .route("/api/v1/jobs/{id}/retry", post(jobs::retry))
         .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
@@ -239,6 +245,8 @@ pub async fn serve(config: HelixConfig, shutdown: CancellationToken) -> helix_ru
         graph::create_edge, graph::get_edge, graph::delete_edge, graph::list_edges, graph::neighborhood, graph::export,
         graph::path, graph::stats,
         jobs::enqueue, jobs::enqueue_bulk, jobs::list, jobs::stats, jobs::dead_letter, jobs::purge, jobs::get, jobs::retry, jobs::cancel,
+        jobs::create_schedule, jobs::list_schedules, jobs::get_schedule, jobs::update_schedule, jobs::delete_schedule,
+        jobs::trigger_schedule,
         openapi_json,
     ),
     modifiers(&BearerAuth),
