@@ -1,4 +1,5 @@
-//! `hx jobs`: the job queue through the gateway's `/api/v1/jobs` routes; and `hx worker`,
+//! `hx jobs`: the job queue and its schedules through the gateway's `/api/v1/jobs` routes;
+//! and `hx worker`,
 //! a worker process that leases jobs from the jobs service over gRPC and runs the
 //! built-in handlers (`helix_jobs::worker`).
 
@@ -89,6 +90,25 @@ pub enum JobsCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Enqueue KIND on a schedule: --cron "*/5 * * * *" (UTC) or --every SECONDS
+    Schedule {
+        name: String,
+        kind: String,
+        /// five fields (minute hour day month weekday), or six with seconds first
+        #[arg(long, conflicts_with = "every")]
+        cron: Option<String>,
+        /// seconds between runs
+        #[arg(long)]
+        every: Option<u32>,
+        /// the jobs' input, a JSON object
+        #[arg(short, long)]
+        payload: Option<String>,
+        /// enqueue even while the previous run is unfinished
+        #[arg(long)]
+        allow_overlap: bool,
+    },
+    /// The schedules, newest first
+    Schedules,
     /// Delete finished jobs (default: completed and cancelled)
     Purge {
         /// completed, cancelled or dead; may be given more than once
@@ -235,6 +255,45 @@ pub async fn run(JobsArgs { command, remote }: JobsArgs) -> anyhow::Result<ExitC
                 }
             }
             job
+        }
+        JobsCommand::Schedule { name, kind, cron, every, payload, allow_overlap } => {
+            let mut body = json!({ "name": name, "kind": kind, "cron": cron, "interval_secs": every,
+                "allow_overlap": allow_overlap });
+            if let Some(payload) = payload {
+                body["payload"] = serde_json::from_str(&payload).context("--payload is not JSON")?;
+            }
+            let schedule: Value = gateway.call(Method::POST, "/api/v1/jobs/schedules", &[], Some(&body)).await?;
+            if !remote.json {
+                println!(
+                    "scheduled {} ({}), next run {}",
+                    text(&schedule["name"]),
+                    text(&schedule["id"]),
+                    text(&schedule["next_run_at"])
+                );
+            }
+            schedule
+        }
+        JobsCommand::Schedules => {
+            let page: Value = gateway.call(Method::GET, "/api/v1/jobs/schedules", &[], None).await?;
+            if !remote.json {
+                for s in page["schedules"].as_array().cloned().unwrap_or_default() {
+                    let when = match s["cron"].as_str() {
+                        Some(cron) => cron.to_owned(),
+                        None => format!("every {} s", s["interval_secs"]),
+                    };
+                    let state = if s["enabled"] == true { "on" } else { "off" };
+                    println!(
+                        "{}  {:<20} {:<3} {:<16} {:<14} next {}",
+                        text(&s["id"]),
+                        text(&s["name"]),
+                        state,
+                        when,
+                        text(&s["kind"]),
+                        text(&s["next_run_at"])
+                    );
+                }
+            }
+            page
         }
         JobsCommand::Purge { states, older_than, kind } => {
             let mut body = json!({ "states": states, "kind": kind });

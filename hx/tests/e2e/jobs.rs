@@ -491,6 +491,25 @@ async fn builtin_worker_over_rest(backend: Backend) -> anyhow::Result<()> {
     assert_eq!(status, 204);
     let (status, gone) = read(helix.api(Method::GET, &path).send().await?).await;
     assert_eq!((status, code(&gone)), (404, "not_found"));
+
+    // the CLI over the same routes
+    let hx = |args: &[&str]| {
+        let mut command = std::process::Command::new(HX);
+        command.args(args).args(["--server", &helix.base_url, "--api-key", &helix.env.admin_key]);
+        command.output()
+    };
+    let out = hx(&["jobs", "enqueue", "echo", "--payload", r#"{"cli": true}"#, "--json"])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let job: Value = serde_json::from_slice(&out.stdout)?;
+    rest_job(&helix, job["id"].as_str().unwrap(), |j| j["state"] == "completed").await?;
+    let out = hx(&["jobs", "get", job["id"].as_str().unwrap()])?;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("completed"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = hx(&["jobs", "schedule", "nightly", "echo", "--cron", "0 3 * * *"])?;
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("scheduled nightly"), "{out:?}");
+    let out = hx(&["jobs", "schedules"])?;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 3 * * *"), "{out:?}");
+    let out = hx(&["jobs", "retry", "not-an-id"])?;
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("invalid_id"), "{out:?}");
     helix.stop().await;
     Ok(())
 }
