@@ -704,7 +704,8 @@ async fn schedules_fire_once_per_tick_across_replicas(backend: Backend) -> anyho
 
     tokio::time::sleep(Duration::from_millis(4500)).await;
     let fired = jobs_of(&mut jobs, &cron.id).await?;
-    assert!((3..=6).contains(&fired.len()), "{} jobs in 4.5 s", fired.len());
+    // a tick a second: at most 6 in 4.5 s, and at least 2 even on a loaded machine
+    assert!((2..=6).contains(&fired.len()), "{} jobs in 4.5 s", fired.len());
     let mut times: Vec<f64> = fired.iter().map(|j| secs(&j.created_at)).collect();
     times.sort_by(f64::total_cmp);
     for pair in times.windows(2) {
