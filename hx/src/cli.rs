@@ -40,6 +40,10 @@ pub enum Command {
     Reindex(ReindexArgs),
     /// Relate nodes and explore the graph: link, unlink, neighbours, path, export, stats
     Graph(crate::graph::GraphArgs),
+    /// The job queue: enqueue, list, show, stats, dead-letter, retry, cancel, purge
+    Jobs(crate::jobs::JobsArgs),
+    /// Run jobs: lease jobs of the given kinds from the jobs service over gRPC, run them
+    Worker(crate::jobs::WorkerArgs),
     /// Show the gateway's health and its dependencies'
     Health(Remote),
     /// Run every service's database migrations, then exit (once per release)
@@ -129,6 +133,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Search(args) => search(args).await,
         Command::Reindex(args) => reindex(args).await,
         Command::Graph(args) => crate::graph::run(args).await,
+        Command::Jobs(args) => crate::jobs::run(args).await,
+        Command::Worker(args) => crate::jobs::worker(args).await,
         Command::Health(remote) => health(remote).await,
         Command::Migrate => migrate().await,
         Command::Probe { url } => probe(url).await,
@@ -140,6 +146,7 @@ async fn migrate() -> anyhow::Result<ExitCode> {
     let _telemetry = helix_telemetry::init(&config.log, "helix-migrate");
     helix_storage::migrate(&config).await.context("storage migrations")?;
     helix_graph::migrate(&config).await.context("graph migrations")?;
+    helix_jobs::migrate(&config).await.context("jobs migrations")?;
     helix_gateway::migrate(&config).await.context("gateway migrations")?;
     println!("migrations applied");
     Ok(ExitCode::SUCCESS)
@@ -176,7 +183,7 @@ async fn run_node(roles: &[Role], service_name: &str) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

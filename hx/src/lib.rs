@@ -6,3 +6,4 @@ pub mod cli;
 pub mod client;
 pub mod fleet;
 pub mod graph;
+pub mod jobs;

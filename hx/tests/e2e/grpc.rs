@@ -55,8 +55,8 @@ async fn every_service_serves_health_reflection_and_its_contract() -> anyhow::Re
     let mut llm = pb::llm_router_service_client::LlmRouterServiceClient::new(channel.clone());
     let status = llm.generate(pb::GenerateRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented);
-    let mut jobs = pb::jobs_service_client::JobsServiceClient::new(channel);
-    let status = jobs.list_jobs(pb::ListJobsRequest::default()).await.unwrap_err();
+    let mut notifications = pb::notifications_service_client::NotificationsServiceClient::new(channel);
+    let status = notifications.list_notifications(pb::ListNotificationsRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented);
     node.stop().await;
     Ok(())

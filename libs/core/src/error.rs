@@ -25,6 +25,9 @@ pub enum ErrorKind {
     NotFound,
     /// The write lost a race: a stale version, an id that already exists.
     Conflict,
+    /// The target is not in a state that allows the operation: a job that is not
+    /// failed cannot be retried, a worker whose lease lapsed cannot complete the job.
+    FailedPrecondition,
     PayloadTooLarge,
     UnsupportedMediaType,
     MethodNotAllowed,
@@ -61,6 +64,10 @@ impl Error {
         Self::new(ErrorKind::Conflict, code, message)
     }
 
+    pub fn failed_precondition(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::FailedPrecondition, code, message)
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Unavailable, "unavailable", message)
     }
@@ -88,7 +95,7 @@ impl Error {
             ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
             ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
-            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::Conflict | ErrorKind::FailedPrecondition => StatusCode::CONFLICT,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -111,6 +118,7 @@ impl Error {
             ErrorKind::PermissionDenied => Code::PermissionDenied,
             ErrorKind::NotFound => Code::NotFound,
             ErrorKind::Conflict => Code::Aborted,
+            ErrorKind::FailedPrecondition => Code::FailedPrecondition,
             ErrorKind::RateLimited => Code::ResourceExhausted,
             ErrorKind::Unimplemented => Code::Unimplemented,
             ErrorKind::Unavailable => Code::Unavailable,
@@ -133,7 +141,8 @@ impl From<Error> for tonic::Status {
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Self {
         let kind = match status.code() {
-            Code::InvalidArgument | Code::FailedPrecondition => ErrorKind::InvalidArgument,
+            Code::InvalidArgument => ErrorKind::InvalidArgument,
+            Code::FailedPrecondition => ErrorKind::FailedPrecondition,
             Code::OutOfRange => ErrorKind::PayloadTooLarge,
             Code::Unauthenticated => ErrorKind::Unauthenticated,
             Code::PermissionDenied => ErrorKind::PermissionDenied,
@@ -163,6 +172,7 @@ fn default_code(kind: ErrorKind) -> &'static str {
         ErrorKind::PermissionDenied => "permission_denied",
         ErrorKind::NotFound => "not_found",
         ErrorKind::Conflict => "conflict",
+        ErrorKind::FailedPrecondition => "failed_precondition",
         ErrorKind::PayloadTooLarge => "payload_too_large",
         ErrorKind::UnsupportedMediaType => "unsupported_media_type",
         ErrorKind::MethodNotAllowed => "method_not_allowed",
@@ -184,6 +194,7 @@ mod tests {
             (Error::invalid("invalid_id", "bad id"), StatusCode::BAD_REQUEST),
             (Error::not_found("node", "x"), StatusCode::NOT_FOUND),
             (Error::conflict("version_conflict", "stale"), StatusCode::CONFLICT),
+            (Error::failed_precondition("lease_lost", "not yours"), StatusCode::CONFLICT),
             (Error::unavailable("db down"), StatusCode::SERVICE_UNAVAILABLE),
             (Error::internal("boom"), StatusCode::INTERNAL_SERVER_ERROR),
         ];

@@ -148,21 +148,29 @@ pub const WORKFLOW_REPORT_GENERATED: &str = "helix.workflow.report.generated";
 // job — published by jobs
 // ---------------------------------------------------------------------------------------------
 
-/// A job was enqueued. Publisher: jobs. Payload: `{"id", "kind", "priority", "run_at"?}`.
+/// A job was enqueued (not for an idempotency key seen before). Publisher: jobs. Payload:
+/// `{"id", "kind", "queue", "priority", "run_at"}`.
 pub const JOB_ENQUEUED: &str = "helix.job.enqueued";
-/// A worker started a job attempt. Publisher: jobs. Payload: `{"id", "kind", "attempt", "worker"}`.
+/// A worker leased a job: an attempt started. Publisher: jobs. Payload:
+/// `{"id", "kind", "queue", "attempt", "worker"}` (`attempt` is the lease's fencing token).
 pub const JOB_STARTED: &str = "helix.job.started";
-/// A job succeeded. Publisher: jobs. Payload: `{"id", "kind", "attempt", "duration_ms"}`.
+/// A job succeeded. Publisher: jobs. Payload: `{"id", "kind", "queue", "attempt", "duration_ms"}`.
 pub const JOB_COMPLETED: &str = "helix.job.completed";
-/// A job attempt failed and a retry is scheduled after `min(5*2^retries, 3600)` s. Publisher: jobs.
-/// Payload: `{"id", "kind", "attempt", "error", "retry_at"}`.
+/// A job attempt failed (the worker said so, or its lease lapsed) and a retry is scheduled:
+/// after `min(5*2^(retries-1), 3600)` s ±10% for a reported failure, at once for a lapsed
+/// lease. Publisher: jobs. Payload: `{"id", "kind", "queue", "attempt", "retries", "error", "retry_at"}`.
 pub const JOB_FAILED: &str = "helix.job.failed";
-/// A job ran out of retries and moved to the dead-letter queue. Publisher: jobs. Payload:
-/// `{"id", "kind", "attempts", "error"}`. Consumers: notifications.
+/// A job ran out of attempts (or failed permanently) and moved to the dead-letter queue.
+/// Publisher: jobs. Payload: `{"id", "kind", "queue", "attempt", "retries", "error"}`.
+/// Consumers: notifications.
 pub const JOB_DEAD_LETTERED: &str = "helix.job.dead_lettered";
-/// A job was cancelled. Publisher: jobs. Payload: `{"id", "kind"}`.
+/// A job was cancelled: at once when it was waiting, when its worker stopped when it was
+/// running. Publisher: jobs. Payload: `{"id", "kind", "queue", "reason"}`.
 pub const JOB_CANCELLED: &str = "helix.job.cancelled";
-/// A cron schedule fired and enqueued its job. Publisher: jobs. Payload:
+/// A failed, dead or cancelled job was put back in its queue by hand (`RetryJob`).
+/// Publisher: jobs. Payload: `{"id", "kind", "queue", "retries"}`.
+pub const JOB_RETRIED: &str = "helix.job.retried";
+/// A schedule fired and enqueued its job. Publisher: jobs. Payload:
 /// `{"schedule_id", "cron", "job_id"}`.
 pub const JOB_SCHEDULE_FIRED: &str = "helix.job.schedule.fired";
 
@@ -239,6 +247,7 @@ pub const ALL: &[&str] = &[
     JOB_FAILED,
     JOB_DEAD_LETTERED,
     JOB_CANCELLED,
+    JOB_RETRIED,
     JOB_SCHEDULE_FIRED,
     NOTIFICATION_CREATED,
     NOTIFICATION_DELIVERED,

@@ -30,6 +30,7 @@ pub struct HelixConfig {
     pub grpc: GrpcConfig,
     pub gateway: GatewayConfig,
     pub search: SearchConfig,
+    pub jobs: JobsConfig,
     /// Where each service's gRPC API is reached. Services running in this process
     /// override these with their own bound address.
     pub endpoints: Endpoints,
@@ -83,6 +84,26 @@ pub struct OpenAiEmbeddings {
     pub api_key_env: Option<String>,
     /// The vectors' dimension when known; else learnt from a first request.
     pub dim: Option<usize>,
+}
+
+/// The jobs service's own worker, which runs the built-in kinds beside the queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// The kinds the in-process worker of a jobs service runs; empty runs none (every
+    /// job then waits for an external worker, `hx worker`).
+    pub worker_kinds: Vec<String>,
+    /// Jobs the in-process worker runs at once.
+    pub worker_concurrency: u32,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            worker_kinds: ["echo", "sleep", "fail", "http.request"].map(str::to_owned).to_vec(),
+            worker_concurrency: 8,
+        }
+    }
 }
 
 /// The admin HTTP listener every process has: `/metrics`, `/livez`, `/readyz`.
@@ -167,6 +188,7 @@ impl Default for HelixConfig {
             grpc: GrpcConfig::default(),
             gateway: GatewayConfig::default(),
             search: SearchConfig::default(),
+            jobs: JobsConfig::default(),
             endpoints: Endpoints::default(),
         }
     }
@@ -230,6 +252,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("HELIX_RRF_K", "search.rrf_k"),
     ("HELIX_MIN_SIMILARITY", "search.min_similarity"),
     ("HELIX_QDRANT_COLLECTION", "search.qdrant_collection"),
+    ("HELIX_JOBS_WORKER_KINDS", "jobs.worker_kinds (comma-separated; empty: none)"),
+    ("HELIX_JOBS_WORKER_CONCURRENCY", "jobs.worker_concurrency"),
     ("HELIX_STORAGE_URL", "endpoints.storage"),
     ("HELIX_SEARCH_URL", "endpoints.search"),
     ("HELIX_GRAPH_URL", "endpoints.graph"),
@@ -300,6 +324,11 @@ impl HelixConfig {
                 "HELIX_RRF_K" => self.search.rrf_k = parse(name, &value)?,
                 "HELIX_MIN_SIMILARITY" => self.search.min_similarity = parse(name, &value)?,
                 "HELIX_QDRANT_COLLECTION" => self.search.qdrant_collection = value,
+                "HELIX_JOBS_WORKER_KINDS" => {
+                    self.jobs.worker_kinds =
+                        value.split(',').map(str::trim).filter(|k| !k.is_empty()).map(str::to_owned).collect()
+                }
+                "HELIX_JOBS_WORKER_CONCURRENCY" => self.jobs.worker_concurrency = parse(name, &value)?,
                 "HELIX_STORAGE_URL" => self.endpoints.storage = value,
                 "HELIX_SEARCH_URL" => self.endpoints.search = value,
                 "HELIX_GRAPH_URL" => self.endpoints.graph = value,
@@ -340,6 +369,9 @@ impl HelixConfig {
         let collection = &self.search.qdrant_collection;
         if collection.is_empty() || !collection.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             return Err(Error::Config("search.qdrant_collection takes letters, digits, - and _ only".into()));
+        }
+        if self.jobs.worker_concurrency == 0 || self.jobs.worker_concurrency > 1000 {
+            return Err(Error::Config("jobs.worker_concurrency must be from 1 to 1000".into()));
         }
         Ok(())
     }

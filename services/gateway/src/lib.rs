@@ -6,6 +6,7 @@ mod auth;
 mod error;
 mod graph;
 mod health;
+mod jobs;
 mod nodes;
 mod search;
 mod tower_log;
@@ -19,6 +20,7 @@ use axum::routing::{delete, get, post, put};
 use helix_proto::service_names;
 use helix_proto::v1::gateway_service_server::{GatewayService, GatewayServiceServer};
 use helix_proto::v1::graph_service_client::GraphServiceClient;
+use helix_proto::v1::jobs_service_client::JobsServiceClient;
 use helix_proto::v1::search_service_client::SearchServiceClient;
 use helix_proto::v1::storage_service_client::StorageServiceClient;
 use helix_runtime::db::Database;
@@ -56,6 +58,7 @@ pub struct AppState {
     storage: GrpcChannel,
     search: GrpcChannel,
     graph: GrpcChannel,
+    jobs: GrpcChannel,
     /// (name in /health, gRPC service name, channel) of every service the gateway calls
     services: Vec<(&'static str, &'static str, GrpcChannel)>,
     tower: Arc<tower_log::TowerLog>,
@@ -69,6 +72,10 @@ impl AppState {
 
     fn graph(&self) -> GraphServiceClient<GrpcChannel> {
         GraphServiceClient::new(self.graph.clone()).max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    fn jobs(&self) -> JobsServiceClient<GrpcChannel> {
+        JobsServiceClient::new(self.jobs.clone()).max_decoding_message_size(64 * 1024 * 1024)
     }
 
     fn search(&self) -> SearchServiceClient<GrpcChannel> {
@@ -112,18 +119,19 @@ pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<Gateway> {
     let storage = connect(&e.storage)?;
     let search = connect(&e.search)?;
     let graph = connect(&e.graph)?;
+    let jobs = connect(&e.jobs)?;
     let services = vec![
         ("storage", service_names::STORAGE, storage.clone()),
         ("search", service_names::SEARCH, search.clone()),
         ("graph", service_names::GRAPH, graph.clone()),
         ("llm-router", service_names::LLM_ROUTER, connect(&e.llm_router)?),
         ("orchestrator", service_names::ORCHESTRATOR, connect(&e.orchestrator)?),
-        ("jobs", service_names::JOBS, connect(&e.jobs)?),
+        ("jobs", service_names::JOBS, jobs.clone()),
         ("notifications", service_names::NOTIFICATIONS, connect(&e.notifications)?),
     ];
     let tower = Arc::new(tower_log::TowerLog::default());
     ctx.tasks.spawn(tower_log::follow(ctx.bus.clone(), tower.clone(), ctx.shutdown.clone()));
-    let state = AppState { keys, storage, search, graph, services, tower, started_at: chrono::Utc::now() };
+    let state = AppState { keys, storage, search, graph, jobs, services, tower, started_at: chrono::Utc::now() };
     let http = router(state, config.gateway.max_body_bytes, ctx.metrics.clone());
     Ok(Gateway { http, grpc: GatewayServiceServer::new(GatewayApi) })
 }
@@ -159,6 +167,20 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics: Arc<Metrics>) -> 
         .route("/api/v1/graph/nodes", put(graph::upsert_nodes))
         .route("/api/v1/graph/nodes/{id}", delete(graph::remove_node))
         .route("/api/v1/graph/{id}", get(graph::neighborhood))
+        .route("/api/v1/jobs", post(jobs::enqueue).get(jobs::list))
+        .route("/api/v1/jobs/bulk", post(jobs::enqueue_bulk))
+        .route("/api/v1/jobs/stats", get(jobs::stats))
+        .route("/api/v1/jobs/dead-letter", get(jobs::dead_letter))
+        .route("/api/v1/jobs/purge", post(jobs::purge))
+        .route("/api/v1/jobs/schedules", post(jobs::create_schedule).get(jobs::list_schedules))
+        .route(
+            "/api/v1/jobs/schedules/{id}",
+            get(jobs::get_schedule).put(jobs::update_schedule).delete(jobs::delete_schedule),
+        )
+        .route("/api/v1/jobs/schedules/{id}/trigger", post(jobs::trigger_schedule))
+        .route("/api/v1/jobs/{id}", get(jobs::get))
+        .route("/api/v1/jobs/{id}/retry", post(jobs::retry))
+        .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/api/v1/openapi.json", get(openapi_json))
         .route("/api/board", get(tower_log::board))
         .route("/tower", get(tower_log::tower))
@@ -229,10 +251,13 @@ pub async fn serve(config: HelixConfig, shutdown: CancellationToken) -> helix_ru
         search::index_documents, search::remove_document, search::stats,
         graph::create_edge, graph::get_edge, graph::delete_edge, graph::list_edges, graph::neighborhood, graph::export,
         graph::path, graph::stats, graph::traverse, graph::upsert_nodes, graph::remove_node,
+        jobs::enqueue, jobs::enqueue_bulk, jobs::list, jobs::stats, jobs::dead_letter, jobs::purge, jobs::get, jobs::retry, jobs::cancel,
+        jobs::create_schedule, jobs::list_schedules, jobs::get_schedule, jobs::update_schedule, jobs::delete_schedule,
+        jobs::trigger_schedule,
         openapi_json,
     ),
     modifiers(&BearerAuth),
-    tags((name = "nodes", description = "knowledge nodes"), (name = "health"), (name = "search"), (name = "graph"), (name = "observability"), (name = "meta"))
+    tags((name = "nodes", description = "knowledge nodes"), (name = "health"), (name = "search"), (name = "graph"), (name = "jobs", description = "the durable job queue"), (name = "observability"), (name = "meta"))
 )]
 pub struct ApiDoc;
 

@@ -1,0 +1,680 @@
+//! The queue in the service's database. Every state change is one conditional UPDATE
+//! whose WHERE clause is the rule (a lease takes only waiting jobs, a completion only
+//! its own attempt of a running job), with the change's event put in the outbox of the
+//! same transaction; so two replicas, two workers or a worker and the reaper can race
+//! freely and exactly one of them wins.
+//!
+//! On PostgreSQL a lease and the reaper pick their rows `FOR UPDATE SKIP LOCKED`: a
+//! concurrent lease skips the rows another one is taking instead of waiting for it.
+//! SQLite has one writer at a time, so the same statements without the clause are
+//! already exclusive; a lease takes its whole batch in one write transaction.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use helix_core::{Error, Result};
+use helix_events::subjects;
+use helix_runtime::db::{self, Backend, Database, db_error, from_micros, micros, now};
+use helix_runtime::outbox::{self, Outbox};
+use serde_json::{Map, Value, json};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::SERVICE;
+use crate::job::{Job, NewJob, State, backoff, clip_error, lease_lost};
+
+const COLUMNS: &str = "id, kind, queue, payload, state, priority, retries, max_attempts, attempt, last_error, result, \
+     timeout_secs, idempotency_key, schedule_id, worker_id, lease_expires_at, cancel_requested, progress, \
+     progress_message, run_at, created_at, updated_at, started_at, finished_at";
+
+/// How often a waiting lease or heartbeat looks at the database again: what it cannot be
+/// woken for (a job enqueued on another replica, a retry coming due, a cancel made on
+/// another replica) reaches it within this.
+const POLL: Duration = Duration::from_millis(250);
+/// Expired leases the reaper rescues per statement.
+pub(crate) const REAP_BATCH: i64 = 1000;
+
+pub struct JobFilter {
+    pub state: Option<State>,
+    pub kind: Option<String>,
+    pub queue: Option<String>,
+    pub limit: u32,
+    pub after: Option<Uuid>,
+}
+
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    pub next_cursor: Option<String>,
+}
+
+/// What a lease asks for.
+pub struct LeaseRequest {
+    pub worker_id: String,
+    pub kinds: Vec<String>,
+    pub queues: Vec<String>,
+    pub max_jobs: u32,
+    pub lease: Duration,
+    pub wait: Duration,
+}
+
+pub struct Heartbeat {
+    pub id: Uuid,
+    pub attempt: u32,
+    pub lease: Duration,
+    pub progress: Option<f64>,
+    pub message: String,
+    pub wait: Duration,
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Counts {
+    pub by_state: [u64; 6],
+}
+
+impl Counts {
+    pub fn get(&self, state: State) -> u64 {
+        self.by_state[State::ALL.iter().position(|s| *s == state).unwrap_or(0)]
+    }
+    fn add(&mut self, state: State, n: u64) {
+        if let Some(i) = State::ALL.iter().position(|s| *s == state) {
+            self.by_state[i] += n;
+        }
+    }
+    fn total(&self) -> u64 {
+        self.by_state.iter().sum()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub total: u64,
+    pub counts: Counts,
+    /// (kind, counts, mean seconds of completed attempts)
+    pub by_kind: Vec<(String, Counts, f64)>,
+    pub by_queue: Vec<(String, Counts)>,
+    pub oldest_pending_at: Option<DateTime<Utc>>,
+    pub active_workers: u32,
+}
+
+pub struct JobStore {
+    pub(crate) db: Database,
+    pub(crate) outbox: Outbox,
+    /// Woken when a job becomes ready on this replica: waiting leases look at once.
+    pub(crate) ready: Notify,
+    /// Woken when a running job is cancelled on this replica: waiting heartbeats answer at once.
+    cancelled: Notify,
+}
+
+impl JobStore {
+    pub fn new(db: Database, outbox: Outbox) -> Self {
+        Self { db, outbox, ready: Notify::new(), cancelled: Notify::new() }
+    }
+
+    /// Enqueues the jobs in one transaction, all or none, and returns them in the order
+    /// given. A job whose idempotency key was seen before (in an earlier call or earlier
+    /// in this one) is not enqueued again: the job enqueued then takes its place.
+    pub async fn enqueue(&self, all: Vec<NewJob>) -> Result<Vec<Job>> {
+        let now = now();
+        let mut tx = self.outbox.begin().await?;
+        let mut jobs = Vec::with_capacity(all.len());
+        for new in all {
+            jobs.push(insert_job(&mut tx, new_job(new, now)).await?);
+        }
+        self.outbox.commit(tx).await?;
+        self.ready.notify_waiters();
+        Ok(jobs)
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Job> {
+        let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = $1");
+        let row = sqlx::query(&sql).bind(id.to_string()).fetch_optional(&self.db.pool).await.map_err(db_error)?;
+        row.map(|row| job_from_row(&row)).transpose()?.ok_or_else(|| Error::not_found("job", id))
+    }
+
+    /// Newest first.
+    pub async fn list(&self, filter: &JobFilter) -> Result<JobPage> {
+        let mut sql = format!("SELECT {COLUMNS} FROM jobs WHERE 1 = 1");
+        let mut args = Vec::new();
+        for (column, value) in [
+            ("state", filter.state.map(|s| s.as_str().to_owned())),
+            ("kind", filter.kind.clone()),
+            ("queue", filter.queue.clone()),
+        ] {
+            if let Some(value) = value {
+                args.push(value);
+                sql.push_str(&format!(" AND {column} = ${}", args.len()));
+            }
+        }
+        let (jobs, next_cursor) =
+            db::newest_first(&self.db.pool, sql, args, filter.after, filter.limit, job_from_row, |j| j.id).await?;
+        Ok(JobPage { jobs, next_cursor })
+    }
+
+    /// Leases up to `max_jobs` ready jobs of the given kinds, waiting up to `wait` for one.
+    pub async fn lease(&self, request: &LeaseRequest) -> Result<Vec<Job>> {
+        let deadline = Instant::now() + request.wait;
+        loop {
+            // registered before looking, so an enqueue between the look and the wait wakes it
+            let ready = self.ready.notified();
+            let jobs = self.lease_now(request).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !jobs.is_empty() || left.is_zero() {
+                return Ok(jobs);
+            }
+            tokio::select! {
+                _ = ready => {}
+                _ = tokio::time::sleep(left.min(POLL)) => {}
+            }
+        }
+    }
+
+    async fn lease_now(&self, request: &LeaseRequest) -> Result<Vec<Job>> {
+        let now = now();
+        let expires = now + chrono::Duration::from_std(request.lease).unwrap_or_default();
+        // $1..$3 are the worker, the expiry and now; the kinds and queues follow
+        let mut next = 3;
+        let mut placeholders = |n: usize| {
+            let list: Vec<String> = (1..=n).map(|i| format!("${}", next + i)).collect();
+            next += n;
+            list.join(", ")
+        };
+        let kinds = placeholders(request.kinds.len());
+        let queues = (!request.queues.is_empty()).then(|| placeholders(request.queues.len()));
+        let queue_filter = queues.map(|q| format!(" AND queue IN ({q})")).unwrap_or_default();
+        let lock = match self.db.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE jobs SET state = 'running', attempt = attempt + 1, worker_id = $1, lease_expires_at = $2, \
+             started_at = $3, updated_at = $3, progress = 0, progress_message = '' \
+             WHERE id IN (SELECT id FROM jobs WHERE state IN ('pending', 'failed') AND run_at <= $3 \
+             AND kind IN ({kinds}){queue_filter} ORDER BY priority DESC, id LIMIT {}{lock}) \
+             RETURNING {COLUMNS}",
+            request.max_jobs
+        );
+        let mut query = sqlx::query(&sql).bind(&request.worker_id).bind(micros(expires)).bind(micros(now));
+        for value in request.kinds.iter().chain(&request.queues) {
+            query = query.bind(value);
+        }
+        let mut tx = self.outbox.begin().await?;
+        let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
+        if rows.is_empty() {
+            drop(tx);
+            return Ok(Vec::new());
+        }
+        let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+        jobs.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        for job in &jobs {
+            let payload = json!({
+                "id": job.id, "kind": job.kind, "queue": job.queue, "attempt": job.attempt, "worker": request.worker_id,
+            });
+            outbox::enqueue(&mut tx, subjects::JOB_STARTED, SERVICE, payload).await?;
+        }
+        self.outbox.commit(tx).await?;
+        Ok(jobs)
+    }
+
+    /// Extends the lease of attempt `attempt` when the call answers: after `wait`, or at
+    /// once when the job is cancelled. Returns the new expiry and whether to stop.
+    pub async fn heartbeat(&self, beat: &Heartbeat) -> Result<(DateTime<Utc>, bool)> {
+        let deadline = Instant::now() + beat.wait;
+        loop {
+            let cancelled = self.cancelled.notified();
+            let (state, attempt, cancel) = self.lease_state(beat.id).await?;
+            if state != State::Running || attempt != beat.attempt {
+                return Err(lease_lost(beat.id, beat.attempt, Some((state, attempt))));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if cancel || left.is_zero() {
+                break;
+            }
+            tokio::select! {
+                _ = cancelled => {}
+                _ = tokio::time::sleep(left.min(POLL)) => {}
+            }
+        }
+        let now = now();
+        let expires = now + chrono::Duration::from_std(beat.lease).unwrap_or_default();
+        let row = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = $1, updated_at = $2, progress = COALESCE($3, progress), \
+             progress_message = $4 WHERE id = $5 AND attempt = $6 AND state = 'running' RETURNING cancel_requested",
+        )
+        .bind(micros(expires))
+        .bind(micros(now))
+        .bind(beat.progress)
+        .bind(clip_error(&beat.message))
+        .bind(beat.id.to_string())
+        .bind(i64::from(beat.attempt))
+        .fetch_optional(&self.db.pool)
+        .await
+        .map_err(db_error)?;
+        match row {
+            Some(row) => Ok((expires, row.try_get::<i64, _>("cancel_requested").map_err(db_error)? != 0)),
+            None => Err(self.refusal(beat.id, beat.attempt).await),
+        }
+    }
+
+    async fn lease_state(&self, id: Uuid) -> Result<(State, u32, bool)> {
+        let row = sqlx::query("SELECT state, attempt, cancel_requested FROM jobs WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.db.pool)
+            .await
+            .map_err(db_error)?
+            .ok_or_else(|| Error::not_found("job", id))?;
+        let state = State::parse(&text(&row, "state")?).map_err(|_| corrupt(id, "state"))?;
+        Ok((state, int(&row, "attempt")? as u32, int(&row, "cancel_requested")? != 0))
+    }
+
+    /// Why a write guarded by (id, attempt, running) matched nothing.
+    async fn refusal(&self, id: Uuid, attempt: u32) -> Error {
+        match self.lease_state(id).await {
+            Ok((state, current, _)) => lease_lost(id, attempt, Some((state, current))),
+            Err(error) => error,
+        }
+    }
+
+    pub async fn complete(&self, id: Uuid, attempt: u32, result: Map<String, Value>) -> Result<Job> {
+        let now = now();
+        let mut tx = self.outbox.begin().await?;
+        let sql = format!(
+            "UPDATE jobs SET state = 'completed', result = $1, finished_at = $2, updated_at = $2, \
+             lease_expires_at = NULL, progress = 1 WHERE id = $3 AND attempt = $4 AND state = 'running' \
+             RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(Value::Object(result).to_string())
+            .bind(micros(now))
+            .bind(id.to_string())
+            .bind(i64::from(attempt))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let Some(row) = row else {
+            drop(tx);
+            return Err(self.refusal(id, attempt).await);
+        };
+        let job = job_from_row(&row)?;
+        let duration_ms = job.started_at.map(|s| (now - s).num_milliseconds()).unwrap_or(0);
+        let payload = json!({
+            "id": job.id, "kind": job.kind, "queue": job.queue, "attempt": job.attempt, "duration_ms": duration_ms,
+        });
+        outbox::enqueue(&mut tx, subjects::JOB_COMPLETED, SERVICE, payload).await?;
+        self.outbox.commit(tx).await?;
+        Ok(job)
+    }
+
+    /// The attempt failed: retried after the backoff, dead once out of attempts (or at
+    /// once when `permanent`), cancelled when a cancel was asked for while it ran.
+    pub async fn fail(&self, id: Uuid, attempt: u32, error: &str, permanent: bool) -> Result<Job> {
+        let job = self.get(id).await?;
+        if job.state != State::Running || job.attempt != attempt {
+            return Err(lease_lost(id, attempt, Some((job.state, job.attempt))));
+        }
+        let now = now();
+        let retries = job.retries + 1;
+        let (state, run_at, finished_at) = if job.cancel_requested {
+            (State::Cancelled, job.run_at, Some(now))
+        } else if permanent || retries >= job.max_attempts {
+            (State::Dead, job.run_at, Some(now))
+        } else {
+            let wait = chrono::Duration::from_std(backoff(retries)).unwrap_or_default();
+            (State::Failed, from_micros(micros(now + wait)), None)
+        };
+        let mut tx = self.outbox.begin().await?;
+        let sql = format!(
+            "UPDATE jobs SET state = $1, retries = $2, last_error = $3, run_at = $4, finished_at = $5, updated_at = $6, \
+             lease_expires_at = NULL WHERE id = $7 AND attempt = $8 AND state = 'running' RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(state.as_str())
+            .bind(i64::from(retries))
+            .bind(clip_error(error))
+            .bind(micros(run_at))
+            .bind(finished_at.map(micros))
+            .bind(micros(now))
+            .bind(id.to_string())
+            .bind(i64::from(attempt))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let Some(row) = row else {
+            drop(tx);
+            return Err(self.refusal(id, attempt).await);
+        };
+        let job = job_from_row(&row)?;
+        enqueue_ended(&mut tx, &job, "cancelled while running").await?;
+        self.outbox.commit(tx).await?;
+        Ok(job)
+    }
+
+    /// A waiting job is cancelled now; a running one is flagged, its worker told on its
+    /// heartbeat, and cancelled when the worker stops (or its lease lapses).
+    pub async fn cancel(&self, id: Uuid, reason: &str) -> Result<Job> {
+        let now = micros(now());
+        let mut tx = self.outbox.begin().await?;
+        let sql = format!(
+            "UPDATE jobs SET state = 'cancelled', finished_at = $1, updated_at = $1, last_error = $2 \
+             WHERE id = $3 AND state IN ('pending', 'failed') RETURNING {COLUMNS}"
+        );
+        let row =
+            sqlx::query(&sql).bind(now).bind(clip_error(reason)).bind(id.to_string()).fetch_optional(&mut *tx).await;
+        if let Some(row) = row.map_err(db_error)? {
+            let job = job_from_row(&row)?;
+            enqueue_ended(&mut tx, &job, reason).await?;
+            self.outbox.commit(tx).await?;
+            return Ok(job);
+        }
+        let sql = format!(
+            "UPDATE jobs SET cancel_requested = 1, updated_at = $1 WHERE id = $2 AND state = 'running' RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query(&sql).bind(now).bind(id.to_string()).fetch_optional(&mut *tx).await;
+        if let Some(row) = row.map_err(db_error)? {
+            let job = job_from_row(&row)?;
+            self.outbox.commit(tx).await?;
+            self.cancelled.notify_waiters();
+            return Ok(job);
+        }
+        drop(tx);
+        let job = self.get(id).await?;
+        match job.state {
+            State::Cancelled => Ok(job),
+            state => Err(Error::failed_precondition(
+                "not_cancellable",
+                format!("job {id} is {} and can no longer be cancelled", state.as_str()),
+            )),
+        }
+    }
+
+    /// Puts a failed, dead or cancelled job back in its queue, to run now.
+    pub async fn retry(&self, id: Uuid, reset_retries: bool) -> Result<Job> {
+        let now = micros(now());
+        let mut tx = self.outbox.begin().await?;
+        let sql = format!(
+            "UPDATE jobs SET state = 'pending', run_at = $1, updated_at = $1, finished_at = NULL, cancel_requested = 0, \
+             retries = CASE WHEN $2 = 1 THEN 0 ELSE retries END \
+             WHERE id = $3 AND state IN ('failed', 'dead', 'cancelled') RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(now)
+            .bind(i64::from(reset_retries))
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let Some(row) = row else {
+            drop(tx);
+            let job = self.get(id).await?;
+            return Err(Error::failed_precondition(
+                "not_retryable",
+                format!("job {id} is {}: only failed, dead and cancelled jobs can be retried", job.state.as_str()),
+            ));
+        };
+        let job = job_from_row(&row)?;
+        let payload = json!({"id": job.id, "kind": job.kind, "queue": job.queue, "retries": job.retries});
+        outbox::enqueue(&mut tx, subjects::JOB_RETRIED, SERVICE, payload).await?;
+        self.outbox.commit(tx).await?;
+        self.ready.notify_waiters();
+        Ok(job)
+    }
+
+    /// Deletes finished jobs in `states`, finished before `before` when given.
+    pub async fn purge(&self, states: &[State], before: Option<DateTime<Utc>>, kind: Option<&str>) -> Result<u64> {
+        let list: Vec<String> = (1..=states.len()).map(|i| format!("${i}")).collect();
+        let mut sql = format!("DELETE FROM jobs WHERE state IN ({})", list.join(", "));
+        let mut next = states.len();
+        if kind.is_some() {
+            next += 1;
+            sql.push_str(&format!(" AND kind = ${next}"));
+        }
+        if before.is_some() {
+            next += 1;
+            sql.push_str(&format!(" AND finished_at < ${next}"));
+        }
+        let mut query = sqlx::query(&sql);
+        for state in states {
+            query = query.bind(state.as_str());
+        }
+        if let Some(kind) = kind {
+            query = query.bind(kind);
+        }
+        if let Some(before) = before {
+            query = query.bind(micros(before));
+        }
+        let done = query.execute(&self.db.pool).await.map_err(db_error)?;
+        Ok(done.rows_affected())
+    }
+
+    /// Counts by queue, kind and state, all from one snapshot of the table.
+    pub async fn stats(&self, queue: Option<&str>) -> Result<Stats> {
+        let mut tx = self.db.pool.begin().await.map_err(db_error)?;
+        if self.db.backend == Backend::Postgres {
+            // both statements below see the same snapshot (SQLite's read transaction already does)
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await.map_err(db_error)?;
+        }
+        let filter = if queue.is_some() { " WHERE queue = $1" } else { "" };
+        let sql = format!(
+            "SELECT queue, kind, state, COUNT(*) AS n, \
+             CAST(SUM(CASE WHEN state = 'completed' AND started_at IS NOT NULL THEN finished_at - started_at ELSE 0 END) AS BIGINT) AS busy, \
+             MIN(created_at) AS oldest FROM jobs{filter} GROUP BY queue, kind, state"
+        );
+        let mut query = sqlx::query(&sql);
+        if let Some(queue) = queue {
+            query = query.bind(queue);
+        }
+        let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
+        let sql = format!(
+            "SELECT COUNT(DISTINCT worker_id) AS workers FROM jobs WHERE state = 'running'{}",
+            if queue.is_some() { " AND queue = $1" } else { "" }
+        );
+        let mut query = sqlx::query(&sql);
+        if let Some(queue) = queue {
+            query = query.bind(queue);
+        }
+        let workers: i64 = query.fetch_one(&mut *tx).await.and_then(|r| r.try_get("workers")).map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+
+        let mut stats = Stats { active_workers: workers as u32, ..Stats::default() };
+        let mut kinds: std::collections::BTreeMap<String, (Counts, i64)> = Default::default();
+        let mut queues: std::collections::BTreeMap<String, Counts> = Default::default();
+        for row in &rows {
+            let state = State::parse(&text(row, "state")?)?;
+            let n = int(row, "n")? as u64;
+            let busy: Option<i64> = row.try_get("busy").map_err(db_error)?;
+            stats.counts.add(state, n);
+            let kind = kinds.entry(text(row, "kind")?).or_default();
+            kind.0.add(state, n);
+            kind.1 += busy.unwrap_or(0);
+            queues.entry(text(row, "queue")?).or_default().add(state, n);
+            if state == State::Pending {
+                let oldest = from_micros(int(row, "oldest")?);
+                stats.oldest_pending_at = Some(stats.oldest_pending_at.map_or(oldest, |o| o.min(oldest)));
+            }
+        }
+        stats.total = stats.counts.total();
+        stats.by_kind = kinds
+            .into_iter()
+            .map(|(kind, (counts, busy))| {
+                let completed = counts.get(State::Completed);
+                let mean = if completed > 0 { busy as f64 / 1e6 / completed as f64 } else { 0.0 };
+                (kind, counts, mean)
+            })
+            .collect();
+        stats.by_queue = queues.into_iter().collect();
+        Ok(stats)
+    }
+
+    /// Rescues jobs whose lease lapsed (their worker crashed, was killed or cut off):
+    /// each goes back to its queue at once, counting a failed attempt, or to the
+    /// dead-letter queue when that was its last one. Returns how many it rescued.
+    pub async fn reap(&self) -> Result<usize> {
+        let now = micros(now());
+        let lock = match self.db.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE jobs SET \
+             state = CASE WHEN cancel_requested = 1 THEN 'cancelled' WHEN retries + 1 >= max_attempts THEN 'dead' ELSE 'pending' END, \
+             finished_at = CASE WHEN cancel_requested = 1 OR retries + 1 >= max_attempts THEN $1 ELSE NULL END, \
+             retries = retries + 1, run_at = $1, updated_at = $1, lease_expires_at = NULL, \
+             last_error = 'the lease of attempt ' || CAST(attempt AS TEXT) || ' (worker ' || COALESCE(worker_id, '') || ') lapsed' \
+             WHERE state = 'running' AND lease_expires_at < $1 AND id IN (SELECT id FROM jobs WHERE state = 'running' \
+             AND lease_expires_at < $1 ORDER BY lease_expires_at LIMIT {REAP_BATCH}{lock}) RETURNING {COLUMNS}"
+        );
+        let mut tx = self.outbox.begin().await?;
+        let rows = sqlx::query(&sql).bind(now).fetch_all(&mut *tx).await.map_err(db_error)?;
+        if rows.is_empty() {
+            drop(tx);
+            return Ok(0);
+        }
+        for row in &rows {
+            let job = job_from_row(row)?;
+            tracing::info!(job = %job.id, kind = %job.kind, state = job.state.as_str(), "rescued a job whose lease lapsed");
+            enqueue_ended(&mut tx, &job, "cancelled while running").await?;
+        }
+        self.outbox.commit(tx).await?;
+        self.ready.notify_waiters();
+        Ok(rows.len())
+    }
+}
+
+/// Inserts the job with its `enqueued` event; when its idempotency key was taken,
+/// returns the job that took it instead.
+pub(crate) async fn insert_job(tx: &mut Transaction<'static, Any>, job: Job) -> Result<Job> {
+    let sql = format!(
+        "INSERT INTO jobs ({COLUMNS}) VALUES ($1, $2, $3, $4, 'pending', $5, 0, $6, 0, '', NULL, $7, $8, $9, NULL, \
+         NULL, 0, 0, '', $10, $11, $11, NULL, NULL) ON CONFLICT DO NOTHING"
+    );
+    let inserted = sqlx::query(&sql)
+        .bind(job.id.to_string())
+        .bind(&job.kind)
+        .bind(&job.queue)
+        .bind(Value::Object(job.payload.clone()).to_string())
+        .bind(i64::from(job.priority))
+        .bind(i64::from(job.max_attempts))
+        .bind(i64::from(job.timeout_secs))
+        .bind(job.idempotency_key.clone())
+        .bind(job.schedule_id.map(|id| id.to_string()))
+        .bind(micros(job.run_at))
+        .bind(micros(job.created_at))
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    if inserted.rows_affected() == 0 {
+        // only the idempotency key can conflict: ids are fresh UUIDv7s
+        let sql = format!("SELECT {COLUMNS} FROM jobs WHERE idempotency_key = $1");
+        let key = job.idempotency_key.clone().unwrap_or_default();
+        let row = sqlx::query(&sql).bind(&key).fetch_one(&mut **tx).await.map_err(db_error)?;
+        return job_from_row(&row);
+    }
+    let payload = json!({
+        "id": job.id, "kind": job.kind, "queue": job.queue, "priority": job.priority, "run_at": job.run_at,
+    });
+    outbox::enqueue(tx, subjects::JOB_ENQUEUED, SERVICE, payload).await?;
+    Ok(job)
+}
+
+pub(crate) fn new_job(new: NewJob, now: DateTime<Utc>) -> Job {
+    Job {
+        id: Uuid::now_v7(),
+        kind: new.kind,
+        queue: new.queue,
+        payload: new.payload,
+        state: State::Pending,
+        priority: new.priority,
+        retries: 0,
+        max_attempts: new.max_attempts,
+        attempt: 0,
+        last_error: String::new(),
+        result: None,
+        timeout_secs: new.timeout_secs,
+        idempotency_key: new.idempotency_key,
+        schedule_id: new.schedule_id,
+        worker_id: None,
+        lease_expires_at: None,
+        cancel_requested: false,
+        progress: 0.0,
+        progress_message: String::new(),
+        run_at: new.run_at.map(|t| from_micros(micros(t))).unwrap_or(now),
+        created_at: now,
+        updated_at: now,
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+/// The event of a job's failed attempt, after [`JobStore::fail`] or the reaper decided
+/// what comes next.
+async fn enqueue_ended(tx: &mut Transaction<'static, Any>, job: &Job, cancel_reason: &str) -> Result<()> {
+    let (subject, payload) = match job.state {
+        State::Cancelled => (
+            subjects::JOB_CANCELLED,
+            json!({"id": job.id, "kind": job.kind, "queue": job.queue, "reason": cancel_reason}),
+        ),
+        State::Dead => (
+            subjects::JOB_DEAD_LETTERED,
+            json!({"id": job.id, "kind": job.kind, "queue": job.queue, "attempt": job.attempt,
+                   "retries": job.retries, "error": job.last_error}),
+        ),
+        _ => (
+            subjects::JOB_FAILED,
+            json!({"id": job.id, "kind": job.kind, "queue": job.queue, "attempt": job.attempt,
+                   "retries": job.retries, "error": job.last_error, "retry_at": job.run_at}),
+        ),
+    };
+    outbox::enqueue(tx, subject, SERVICE, payload).await
+}
+
+pub(crate) fn text(row: &AnyRow, column: &str) -> Result<String> {
+    row.try_get(column).map_err(db_error)
+}
+
+pub(crate) fn int(row: &AnyRow, column: &str) -> Result<i64> {
+    row.try_get(column).map_err(db_error)
+}
+
+pub(crate) fn corrupt(id: impl std::fmt::Display, what: &str) -> Error {
+    Error::internal(format!("stored job {id} has a corrupt {what}"))
+}
+
+pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
+    let id = text(row, "id")?;
+    let time = |column: &str| -> Result<Option<DateTime<Utc>>> {
+        Ok(row.try_get::<Option<i64>, _>(column).map_err(db_error)?.map(from_micros))
+    };
+    let object = |text: &str, what: &str| match serde_json::from_str(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(corrupt(&id, what)),
+    };
+    let result: Option<String> = row.try_get("result").map_err(db_error)?;
+    let schedule: Option<String> = row.try_get("schedule_id").map_err(db_error)?;
+    Ok(Job {
+        id: Uuid::try_parse(&id).map_err(|_| corrupt(&id, "id"))?,
+        kind: text(row, "kind")?,
+        queue: text(row, "queue")?,
+        payload: object(&text(row, "payload")?, "payload")?,
+        state: State::parse(&text(row, "state")?).map_err(|_| corrupt(&id, "state"))?,
+        priority: int(row, "priority")? as i32,
+        retries: int(row, "retries")? as u32,
+        max_attempts: int(row, "max_attempts")? as u32,
+        attempt: int(row, "attempt")? as u32,
+        last_error: text(row, "last_error")?,
+        result: result.map(|r| object(&r, "result")).transpose()?,
+        timeout_secs: int(row, "timeout_secs")? as u32,
+        idempotency_key: row.try_get("idempotency_key").map_err(db_error)?,
+        schedule_id: schedule.map(|s| Uuid::try_parse(&s).map_err(|_| corrupt(&id, "schedule_id"))).transpose()?,
+        worker_id: row.try_get("worker_id").map_err(db_error)?,
+        lease_expires_at: time("lease_expires_at")?,
+        cancel_requested: int(row, "cancel_requested")? != 0,
+        progress: row.try_get("progress").map_err(db_error)?,
+        progress_message: text(row, "progress_message")?,
+        run_at: from_micros(int(row, "run_at")?),
+        created_at: from_micros(int(row, "created_at")?),
+        updated_at: from_micros(int(row, "updated_at")?),
+        started_at: time("started_at")?,
+        finished_at: time("finished_at")?,
+    })
+}
