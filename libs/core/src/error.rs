@@ -14,6 +14,9 @@ pub const ERROR_CODE_METADATA: &str = "x-helix-error-code";
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The code of every [`ErrorKind::BudgetExceeded`] error.
+pub const BUDGET_EXCEEDED: &str = "budget_exceeded";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The request is malformed: bad syntax, a bad id, an invalid field value.
@@ -29,6 +32,8 @@ pub enum ErrorKind {
     UnsupportedMediaType,
     MethodNotAllowed,
     RateLimited,
+    /// A spending cap refuses the call (HTTP 402); nothing was sent upstream.
+    BudgetExceeded,
     Unimplemented,
     /// A dependency (database, bus, another service) cannot be reached right now.
     Unavailable,
@@ -93,6 +98,7 @@ impl Error {
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::BudgetExceeded => StatusCode::PAYMENT_REQUIRED,
             ErrorKind::Unimplemented => StatusCode::NOT_IMPLEMENTED,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -111,7 +117,7 @@ impl Error {
             ErrorKind::PermissionDenied => Code::PermissionDenied,
             ErrorKind::NotFound => Code::NotFound,
             ErrorKind::Conflict => Code::Aborted,
-            ErrorKind::RateLimited => Code::ResourceExhausted,
+            ErrorKind::RateLimited | ErrorKind::BudgetExceeded => Code::ResourceExhausted,
             ErrorKind::Unimplemented => Code::Unimplemented,
             ErrorKind::Unavailable => Code::Unavailable,
             ErrorKind::Timeout => Code::DeadlineExceeded,
@@ -151,6 +157,11 @@ impl From<tonic::Status> for Error {
             .and_then(|value| value.to_str().ok())
             .map(|code| Cow::Owned(code.to_owned()))
             .unwrap_or_else(|| Cow::Borrowed(default_code(kind)));
+        // two kinds share RESOURCE_EXHAUSTED; the stable code tells them apart
+        let kind = match (kind, code.as_ref()) {
+            (ErrorKind::RateLimited, BUDGET_EXCEEDED) => ErrorKind::BudgetExceeded,
+            _ => kind,
+        };
         Self { kind, code, message: status.message().to_owned() }
     }
 }
@@ -167,6 +178,7 @@ fn default_code(kind: ErrorKind) -> &'static str {
         ErrorKind::UnsupportedMediaType => "unsupported_media_type",
         ErrorKind::MethodNotAllowed => "method_not_allowed",
         ErrorKind::RateLimited => "rate_limited",
+        ErrorKind::BudgetExceeded => BUDGET_EXCEEDED,
         ErrorKind::Unimplemented => "unimplemented",
         ErrorKind::Unavailable => "unavailable",
         ErrorKind::Timeout => "timeout",
@@ -186,6 +198,8 @@ mod tests {
             (Error::conflict("version_conflict", "stale"), StatusCode::CONFLICT),
             (Error::unavailable("db down"), StatusCode::SERVICE_UNAVAILABLE),
             (Error::internal("boom"), StatusCode::INTERNAL_SERVER_ERROR),
+            (Error::new(ErrorKind::BudgetExceeded, BUDGET_EXCEEDED, "cap"), StatusCode::PAYMENT_REQUIRED),
+            (Error::new(ErrorKind::RateLimited, "rate_limited", "slow down"), StatusCode::TOO_MANY_REQUESTS),
         ];
         for (error, http) in cases {
             let back = Error::from(tonic::Status::from(error.clone()));
