@@ -140,6 +140,7 @@ async fn migrate() -> anyhow::Result<ExitCode> {
     let _telemetry = helix_telemetry::init(&config.log, "helix-migrate");
     helix_storage::migrate(&config).await.context("storage migrations")?;
     helix_graph::migrate(&config).await.context("graph migrations")?;
+    helix_llm_router::migrate(&config).await.context("llm-router migrations")?;
     helix_gateway::migrate(&config).await.context("gateway migrations")?;
     println!("migrations applied");
     Ok(ExitCode::SUCCESS)
