@@ -17,7 +17,7 @@ build:
 ## The whole suite: unit, contract and end-to-end tests on SQLite + in-process bus and
 ## on PostgreSQL + NATS (both must be reachable: see README), then lints, then the
 ## deployment checks.
-test: model
+test: model venv
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -43,12 +43,14 @@ bench: model
 model:
 	python3 deploy/fetch_model.py
 
-## Python tools for deploy-check, pinned in deploy/requirements.txt, in .venv
+## Python tools for deploy-check (deploy/requirements.txt) and the official LLM clients
+## the e2e tests drive (hx/tests/e2e/clients/requirements.txt), pinned, in .venv
 venv: .venv/.installed
 
-.venv/.installed: deploy/requirements.txt
+.venv/.installed: deploy/requirements.txt hx/tests/e2e/clients/requirements.txt
 	python3 -m venv .venv
 	.venv/bin/pip install --quiet --disable-pip-version-check --no-input -r deploy/requirements.txt
+	.venv/bin/pip install --quiet --disable-pip-version-check --no-input -r hx/tests/e2e/clients/requirements.txt
 	touch $@
 
 ## The container image every service runs from (needs a Docker engine)

@@ -9,6 +9,7 @@ mod fleet;
 mod gateway;
 mod graph;
 mod grpc;
+mod llm;
 mod nodes;
 mod observability;
 mod search;

@@ -4,6 +4,8 @@
 //!
 //! An unreachable PostgreSQL or NATS fails the test: CI must prove the fleet column.
 
+pub mod llm;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
