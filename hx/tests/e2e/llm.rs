@@ -14,7 +14,11 @@ use serde_json::{Value, json};
 
 use crate::support::read;
 
-crate::on_both_backends!(translation_both_ways_and_streams, budget_reject_calls_no_provider, budget_holds_under_50_concurrent_calls);
+crate::on_both_backends!(
+    translation_both_ways_and_streams,
+    budget_reject_calls_no_provider,
+    budget_holds_under_50_concurrent_calls
+);
 
 /// A Helix whose providers are fakes, configured by `configure` before it starts.
 async fn start(backend: Backend, configure: impl FnOnce(&mut HelixConfig)) -> anyhow::Result<TestHelix> {
@@ -27,7 +31,11 @@ async fn start(backend: Backend, configure: impl FnOnce(&mut HelixConfig)) -> an
 }
 
 fn alias(targets: &[&str]) -> LlmAlias {
-    LlmAlias { policy: "fallback".to_owned(), targets: targets.iter().map(|t| (*t).to_owned()).collect(), weights: vec![] }
+    LlmAlias {
+        policy: "fallback".to_owned(),
+        targets: targets.iter().map(|t| (*t).to_owned()).collect(),
+        weights: vec![],
+    }
 }
 
 async fn chat(helix: &TestHelix, body: Value) -> anyhow::Result<reqwest::Response> {
@@ -127,8 +135,11 @@ async fn translation_both_ways_and_streams(backend: Backend) -> anyhow::Result<(
     .await?;
 
     // OpenAI in, OpenAI out
-    let response = chat(&helix, json!({"model": "openai/gpt-4o-mini",
-        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}))
+    let response = chat(
+        &helix,
+        json!({"model": "openai/gpt-4o-mini",
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}),
+    )
     .await?;
     let overhead = response.headers().get("x-helix-router-overhead-us").map(|v| v.to_str().unwrap().to_owned());
     assert_eq!(response.headers()["x-helix-provider"], "openai");
@@ -138,7 +149,10 @@ async fn translation_both_ways_and_streams(backend: Backend) -> anyhow::Result<(
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["choices"][0]["message"]["content"], "Hello from the fake");
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
-    assert_eq!((body["usage"]["prompt_tokens"].as_u64(), body["usage"]["completion_tokens"].as_u64()), (Some(11), Some(4)));
+    assert_eq!(
+        (body["usage"]["prompt_tokens"].as_u64(), body["usage"]["completion_tokens"].as_u64()),
+        (Some(11), Some(4))
+    );
     let sent = &openai.received()[0];
     assert_eq!(sent.key.as_deref(), Some("sk-test-openai"));
     assert_eq!(sent.body["model"], "gpt-4o-mini");
@@ -151,8 +165,11 @@ async fn translation_both_ways_and_streams(backend: Backend) -> anyhow::Result<(
         arguments: WEATHER_ARGS.into(),
     }]);
     let (status, body) = read(
-        chat(&helix, json!({"model": "anthropic/claude-haiku-4-5", "tools": tools(), "tool_choice": "required",
-            "messages": [{"role": "system", "content": "Use tools."}, {"role": "user", "content": "Weather?"}]}))
+        chat(
+            &helix,
+            json!({"model": "anthropic/claude-haiku-4-5", "tools": tools(), "tool_choice": "required",
+            "messages": [{"role": "system", "content": "Use tools."}, {"role": "user", "content": "Weather?"}]}),
+        )
         .await?,
     )
     .await;
@@ -175,11 +192,14 @@ async fn translation_both_ways_and_streams(backend: Backend) -> anyhow::Result<(
 
     // the tool's answer goes back as a tool_result block
     let (status, body) = read(
-        chat(&helix, json!({"model": "anthropic/claude-haiku-4-5", "messages": [
+        chat(
+            &helix,
+            json!({"model": "anthropic/claude-haiku-4-5", "messages": [
             {"role": "user", "content": "Weather?"},
             {"role": "assistant", "content": null, "tool_calls": [{"id": "toolu_1", "type": "function",
                 "function": {"name": WEATHER_TOOL, "arguments": WEATHER_ARGS}}]},
-            {"role": "tool", "tool_call_id": "toolu_1", "content": "18 C"}]}))
+            {"role": "tool", "tool_call_id": "toolu_1", "content": "18 C"}]}),
+        )
         .await?,
     )
     .await;
@@ -187,7 +207,10 @@ async fn translation_both_ways_and_streams(backend: Backend) -> anyhow::Result<(
     let sent = &anthropic.received()[1].body["messages"];
     assert_eq!(sent[1]["content"][0]["type"], "tool_use");
     assert_eq!(sent[1]["content"][0]["input"]["city"], "Paris");
-    assert_eq!(sent[2], json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "18 C"}]}));
+    assert_eq!(
+        sent[2],
+        json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "18 C"}]})
+    );
 
     // Anthropic in, OpenAI out
     let response = helix
@@ -206,12 +229,18 @@ async fn translation_both_ways_and_streams(backend: Backend) -> anyhow::Result<(
     assert_eq!(body["stop_reason"], "end_turn");
     assert_eq!(body["usage"]["input_tokens"], 11);
     let sent = &openai.received()[1].body;
-    assert_eq!(sent["messages"], json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]));
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    );
     assert_eq!(sent["max_tokens"], 100);
 
     // OpenAI stream over Anthropic, text, with usage
-    let response = chat(&helix, json!({"model": "anthropic/claude-haiku-4-5", "stream": true,
-        "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "Hi"}]}))
+    let response = chat(
+        &helix,
+        json!({"model": "anthropic/claude-haiku-4-5", "stream": true,
+        "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "Hi"}]}),
+    )
     .await?;
     assert_eq!(response.status(), 200);
     assert!(response.headers()["content-type"].to_str()?.starts_with("text/event-stream"));
@@ -220,12 +249,22 @@ async fn translation_both_ways_and_streams(backend: Backend) -> anyhow::Result<(
     assert_eq!(stream.text, "Hello from the fake");
     assert!(stream.done && stream.error.is_none(), "{stream:?}");
     assert_eq!(stream.finish.as_deref(), Some("stop"));
-    assert_eq!(stream.usage.as_ref().map(|u| (u["prompt_tokens"].clone(), u["completion_tokens"].clone())), Some((json!(11), json!(4))));
+    assert_eq!(
+        stream.usage.as_ref().map(|u| (u["prompt_tokens"].clone(), u["completion_tokens"].clone())),
+        Some((json!(11), json!(4)))
+    );
 
     // OpenAI stream of tool-call deltas over Anthropic's input_json_delta
-    anthropic.script([Behaviour::ToolCall { id: "toolu_2".into(), name: WEATHER_TOOL.into(), arguments: WEATHER_ARGS.into() }]);
-    let response = chat(&helix, json!({"model": "anthropic/claude-haiku-4-5", "stream": true, "tools": tools(),
-        "messages": [{"role": "user", "content": "Weather?"}]}))
+    anthropic.script([Behaviour::ToolCall {
+        id: "toolu_2".into(),
+        name: WEATHER_TOOL.into(),
+        arguments: WEATHER_ARGS.into(),
+    }]);
+    let response = chat(
+        &helix,
+        json!({"model": "anthropic/claude-haiku-4-5", "stream": true, "tools": tools(),
+        "messages": [{"role": "user", "content": "Weather?"}]}),
+    )
     .await?;
     let stream = read_openai_stream(&sse(response).await?);
     assert_eq!(stream.tools, vec![(WEATHER_TOOL.to_owned(), WEATHER_ARGS.to_owned())], "{stream:?}");
@@ -233,7 +272,11 @@ async fn translation_both_ways_and_streams(backend: Backend) -> anyhow::Result<(
     assert!(stream.done && stream.usage.is_none(), "usage only when asked for");
 
     // Anthropic stream over OpenAI, text then a tool call
-    openai.script([Behaviour::ToolCall { id: "call_9".into(), name: WEATHER_TOOL.into(), arguments: WEATHER_ARGS.into() }]);
+    openai.script([Behaviour::ToolCall {
+        id: "call_9".into(),
+        name: WEATHER_TOOL.into(),
+        arguments: WEATHER_ARGS.into(),
+    }]);
     let response = helix
         .api(Method::POST, "/v1/messages")
         .json(&json!({"model": "openai/gpt-4o-mini", "max_tokens": 50, "stream": true, "tools": [
@@ -313,8 +356,14 @@ async fn fault_matrix() -> anyhow::Result<()> {
         primary_openai.serve_as(config, "openai", Wire::OpenAi);
         primary_anthropic.serve_as(config, "anthropic", Wire::Anthropic);
         backup.serve_as(config, "mistral", Wire::OpenAi);
-        config.llm.aliases.insert("chain-openai".into(), alias(&["openai/gpt-4o-mini", "mistral/mistral-small-latest"]));
-        config.llm.aliases.insert("chain-anthropic".into(), alias(&["anthropic/claude-haiku-4-5", "mistral/mistral-small-latest"]));
+        config
+            .llm
+            .aliases
+            .insert("chain-openai".into(), alias(&["openai/gpt-4o-mini", "mistral/mistral-small-latest"]));
+        config
+            .llm
+            .aliases
+            .insert("chain-anthropic".into(), alias(&["anthropic/claude-haiku-4-5", "mistral/mistral-small-latest"]));
     })
     .await?;
     let reply = || Behaviour::reply("Primary answer here");
@@ -336,7 +385,12 @@ async fn fault_matrix() -> anyhow::Result<()> {
             Expect::Retried(2),
             Expect::Retried(2),
         ),
-        ("error after the first chunk", vec![Behaviour::ErrorAfterFirstChunk, reply()], Expect::Retried(2), Expect::VisibleError),
+        (
+            "error after the first chunk",
+            vec![Behaviour::ErrorAfterFirstChunk, reply()],
+            Expect::Retried(2),
+            Expect::VisibleError,
+        ),
         ("stream cut without end marker", vec![Behaviour::CutMidway], Expect::FellBack, Expect::VisibleError),
         ("malformed JSON", vec![Behaviour::MalformedJson], Expect::FellBack, Expect::FellBack),
         ("400 is the caller's", vec![Behaviour::status(400)], Expect::Retried(0), Expect::Retried(0)),
@@ -350,9 +404,11 @@ async fn fault_matrix() -> anyhow::Result<()> {
                 primary.script(script.clone());
                 let (before, backup_before) = (primary.count(), backup.count());
                 let started = Instant::now();
-                let response =
-                    chat(&helix, json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "Hi"}]}))
-                        .await?;
+                let response = chat(
+                    &helix,
+                    json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "Hi"}]}),
+                )
+                .await?;
                 let status = response.status().as_u16();
                 let (text, complete, error) = if stream && status == 200 {
                     let s = read_openai_stream(&sse(response).await?);
@@ -371,11 +427,19 @@ async fn fault_matrix() -> anyhow::Result<()> {
                         assert_eq!((to_primary, to_backup), (1, 0), "{cell}: no retry, no fallback");
                     }
                     Expect::Retried(n) => {
-                        assert_eq!((status, text.as_str(), complete), (200, "Primary answer here", true), "{cell}: {error:?}");
+                        assert_eq!(
+                            (status, text.as_str(), complete),
+                            (200, "Primary answer here", true),
+                            "{cell}: {error:?}"
+                        );
                         assert_eq!((to_primary, to_backup), (n, 0), "{cell}");
                     }
                     Expect::FellBack => {
-                        assert_eq!((status, text.as_str(), complete), (200, "Backup answer here", true), "{cell}: {error:?}");
+                        assert_eq!(
+                            (status, text.as_str(), complete),
+                            (200, "Backup answer here", true),
+                            "{cell}: {error:?}"
+                        );
                         assert_eq!(to_backup, 1, "{cell}");
                     }
                     Expect::VisibleError => {
@@ -440,8 +504,11 @@ async fn budget_reject_calls_no_provider(backend: Backend) -> anyhow::Result<()>
     .await?;
     for stream in [false, true] {
         let (status, body) = read(
-            chat(&helix, json!({"model": "openai/gpt-4o-mini", "stream": stream,
-                "messages": [{"role": "user", "content": "Hi"}]}))
+            chat(
+                &helix,
+                json!({"model": "openai/gpt-4o-mini", "stream": stream,
+                "messages": [{"role": "user", "content": "Hi"}]}),
+            )
             .await?,
         )
         .await;
@@ -461,7 +528,11 @@ async fn budget_reject_calls_no_provider(backend: Backend) -> anyhow::Result<()>
     assert_eq!(status, 402, "{body}");
     assert_eq!((body["type"].as_str(), body["error"]["code"].as_str()), (Some("error"), Some("budget_exceeded")));
     let (status, body) = read(
-        helix.api(Method::POST, "/api/generate").json(&json!({"prompt": "Hi", "model": "openai/gpt-4o-mini"})).send().await?,
+        helix
+            .api(Method::POST, "/api/generate")
+            .json(&json!({"prompt": "Hi", "model": "openai/gpt-4o-mini"}))
+            .send()
+            .await?,
     )
     .await;
     assert_eq!(status, 402, "{body}");
@@ -477,7 +548,10 @@ async fn budget_holds_under_50_concurrent_calls(backend: Backend) -> anyhow::Res
     for action in ["reject", "downgrade"] {
         let fake = FakeLlm::start().await?;
         // slow answers keep reservations overlapping
-        fake.set_default(Behaviour::Slow { delay: Duration::from_millis(150), then: Box::new(Behaviour::reply("ok then")) });
+        fake.set_default(Behaviour::Slow {
+            delay: Duration::from_millis(150),
+            then: Box::new(Behaviour::reply("ok then")),
+        });
         // gpt-4o with max_tokens 1000 reserves ~0.01 USD: three fit under 0.03 at once
         let cap = 0.03;
         let helix = start(backend, |config| {
@@ -487,8 +561,11 @@ async fn budget_holds_under_50_concurrent_calls(backend: Backend) -> anyhow::Res
         })
         .await?;
         let calls = (0..50).map(|_| {
-            let request = chat(&helix, json!({"model": "openai/gpt-4o", "max_tokens": 1000,
-                "messages": [{"role": "user", "content": "Hi"}]}));
+            let request = chat(
+                &helix,
+                json!({"model": "openai/gpt-4o", "max_tokens": 1000,
+                "messages": [{"role": "user", "content": "Hi"}]}),
+            );
             async move {
                 let response = request.await?;
                 let model = response.headers().get("x-helix-model").map(|v| v.to_str().unwrap_or_default().to_owned());
@@ -535,9 +612,21 @@ async fn bad_llm_input_is_a_clear_4xx() -> anyhow::Result<()> {
         (json!({"model": "openai/gpt-4o-mini"}), 422, "invalid_body"),
         (json!({"model": "openai/gpt-4o-mini", "messages": []}), 400, "empty_messages"),
         (json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "wizard", "content": "x"}]}), 400, "invalid_role"),
-        (json!({"model": "openai/not-a-priced-model", "messages": [{"role": "user", "content": "x"}]}), 400, "unpriced_model"),
-        (json!({"model": "openai/gpt-4o-mini", "temperature": 7, "messages": [{"role": "user", "content": "x"}]}), 400, "invalid_temperature"),
-        (json!({"model": "openai/gpt-4o-mini", "tools": [{"type": "function"}], "messages": [{"role": "user", "content": "x"}]}), 400, "invalid_tools"),
+        (
+            json!({"model": "openai/not-a-priced-model", "messages": [{"role": "user", "content": "x"}]}),
+            400,
+            "unpriced_model",
+        ),
+        (
+            json!({"model": "openai/gpt-4o-mini", "temperature": 7, "messages": [{"role": "user", "content": "x"}]}),
+            400,
+            "invalid_temperature",
+        ),
+        (
+            json!({"model": "openai/gpt-4o-mini", "tools": [{"type": "function"}], "messages": [{"role": "user", "content": "x"}]}),
+            400,
+            "invalid_tools",
+        ),
     ];
     for (body, status, code) in cases {
         let (got, answer) = read(chat(&helix, body.clone()).await?).await;
@@ -545,14 +634,23 @@ async fn bad_llm_input_is_a_clear_4xx() -> anyhow::Result<()> {
         assert!(answer["error"]["message"].is_string() && answer["error"]["type"].is_string(), "{answer}");
     }
     let (status, answer) = read(
-        helix.api(Method::POST, "/v1/chat/completions").header("content-type", "application/json").body("{nope").send().await?,
+        helix
+            .api(Method::POST, "/v1/chat/completions")
+            .header("content-type", "application/json")
+            .body("{nope")
+            .send()
+            .await?,
     )
     .await;
     assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("malformed_json")));
     let (status, _) = read(helix.http.post(helix.url("/v1/chat/completions")).json(&json!({})).send().await?).await;
     assert_eq!(status, 401);
     let (status, answer) = read(
-        helix.api(Method::POST, "/v1/messages").json(&json!({"model": "openai/gpt-4o-mini", "messages": []})).send().await?,
+        helix
+            .api(Method::POST, "/v1/messages")
+            .json(&json!({"model": "openai/gpt-4o-mini", "messages": []}))
+            .send()
+            .await?,
     )
     .await;
     assert_eq!((status, answer["type"].as_str()), (422, Some("error")), "{answer}");

@@ -431,7 +431,9 @@ impl HelixConfig {
         }
         let llm = &self.llm;
         if !(llm.daily_budget_usd.is_finite() && llm.daily_budget_usd >= 0.0) {
-            return Err(Error::Config("llm.daily_budget_usd (HELIX_DAILY_BUDGET) must be a number of at least 0".into()));
+            return Err(Error::Config(
+                "llm.daily_budget_usd (HELIX_DAILY_BUDGET) must be a number of at least 0".into(),
+            ));
         }
         if !matches!(llm.budget_action.as_str(), "downgrade" | "reject") {
             return Err(Error::Config("llm.budget_action (HELIX_BUDGET_ACTION) must be downgrade or reject".into()));

@@ -200,7 +200,9 @@ async fn respond(wire: Wire, mut behaviour: Behaviour, request: Value) -> Respon
             let message = format!("fake failure {code}");
             let body = match wire {
                 Wire::OpenAi => json!({"error": {"message": message, "type": "server_error", "code": null}}),
-                Wire::Anthropic => json!({"type": "error", "error": {"type": anthropic_type(*code), "message": message}}),
+                Wire::Anthropic => {
+                    json!({"type": "error", "error": {"type": anthropic_type(*code), "message": message}})
+                }
             };
             let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let mut response = (status, axum::Json(body)).into_response();
@@ -210,7 +212,9 @@ async fn respond(wire: Wire, mut behaviour: Behaviour, request: Value) -> Respon
             response
         }
         (Behaviour::MalformedJson, false) => json_text("{\"id\": \"broken\", \"choices\": [ {"),
-        (Behaviour::CutMidway, false) => json_text("{\"id\": \"cut\", \"choices\": [{\"index\": 0, \"message\": {\"role\":"),
+        (Behaviour::CutMidway, false) => {
+            json_text("{\"id\": \"cut\", \"choices\": [{\"index\": 0, \"message\": {\"role\":")
+        }
         (Behaviour::ErrorAfterFirstChunk, false) => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
         (_, false) => axum::Json(whole(wire, &behaviour, &model)).into_response(),
         (_, true) => event_stream(events(wire, &behaviour, &model, include_usage)),
@@ -312,7 +316,10 @@ fn openai_events(behaviour: &Behaviour, model: &str, include_usage: bool) -> Vec
         }
         Behaviour::ErrorAfterFirstChunk => {
             out.push(chunk(json!({"content": "Partial"}), Value::Null));
-            out.push(format!("data: {}\n\n", json!({"error": {"message": "fake failure mid-stream", "type": "server_error"}})));
+            out.push(format!(
+                "data: {}\n\n",
+                json!({"error": {"message": "fake failure mid-stream", "type": "server_error"}})
+            ));
             return out;
         }
         Behaviour::CutMidway => {
@@ -354,8 +361,7 @@ fn anthropic_events(behaviour: &Behaviour, model: &str) -> Vec<String> {
         ),
         event("ping", json!({"type": "ping"})),
     ];
-    let text_start =
-        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}});
+    let text_start = json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}});
     let text_delta =
         |t: &str| json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}});
     let (completion, stop) = match behaviour {
@@ -395,7 +401,9 @@ fn anthropic_events(behaviour: &Behaviour, model: &str) -> Vec<String> {
             out.push(event("content_block_delta", text_delta("Partial")));
             return out;
         }
-        Behaviour::MalformedJson => return vec!["event: message_start\ndata: {\"type\": \"message_start\", \n\n".into()],
+        Behaviour::MalformedJson => {
+            return vec!["event: message_start\ndata: {\"type\": \"message_start\", \n\n".into()];
+        }
         Behaviour::Status { .. } | Behaviour::Slow { .. } => return out,
     };
     out.push(event(

@@ -220,7 +220,7 @@ fn openai_to_pb(input: ChatCompletionInput) -> Result<pb::GenerateRequest, Error
 }
 
 fn openai_usage(usage: Option<&pb::TokenUsage>, done: &pb::GenerateResponse) -> Value {
-    let usage = usage.cloned().unwrap_or_default();
+    let usage = usage.copied().unwrap_or_default();
     json!({
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
@@ -467,9 +467,7 @@ struct AnthropicTool {
 fn block_text(content: &Value) -> String {
     match content {
         Value::String(text) => text.clone(),
-        Value::Array(blocks) => {
-            blocks.iter().filter_map(|b| b["text"].as_str()).collect::<Vec<_>>().join("\n")
-        }
+        Value::Array(blocks) => blocks.iter().filter_map(|b| b["text"].as_str()).collect::<Vec<_>>().join("\n"),
         _ => String::new(),
     }
 }
@@ -544,7 +542,11 @@ fn anthropic_to_pb(input: MessagesInput) -> Result<pb::GenerateRequest, Error> {
             let text: Vec<&str> = parts.iter().filter_map(|p| p["text"].as_str()).collect();
             pb::ChatMessage { role: "user".into(), content: text.join("\n"), ..Default::default() }
         } else {
-            pb::ChatMessage { role: "user".into(), content_parts_json: Value::Array(parts).to_string(), ..Default::default() }
+            pb::ChatMessage {
+                role: "user".into(),
+                content_parts_json: Value::Array(parts).to_string(),
+                ..Default::default()
+            }
         });
     }
     let tools: Vec<Value> = input
@@ -586,7 +588,7 @@ fn stop_reason(finish: &str) -> &'static str {
 }
 
 fn anthropic_usage(done: &pb::GenerateResponse) -> Value {
-    let usage = done.usage.clone().unwrap_or_default();
+    let usage = done.usage.unwrap_or_default();
     json!({
         "input_tokens": usage.prompt_tokens.saturating_sub(done.cached_prompt_tokens),
         "output_tokens": usage.completion_tokens,
@@ -624,7 +626,8 @@ async fn messages_inner(state: AppState, headers: &HeaderMap, body: &Bytes) -> L
                 .as_str()
                 .and_then(|a| serde_json::from_str(a).ok())
                 .unwrap_or_else(|| json!({}));
-            content.push(json!({"type": "tool_use", "id": call["id"], "name": call["function"]["name"], "input": input}));
+            content
+                .push(json!({"type": "tool_use", "id": call["id"], "name": call["function"]["name"], "input": input}));
         }
         let body = json!({
             "id": id, "type": "message", "role": "assistant", "model": format!("{}/{}", done.provider, done.model),
@@ -690,7 +693,10 @@ impl AnthropicRelay {
         let index = self.next_index;
         self.next_index += 1;
         self.block = Some((block, index));
-        self.emit("content_block_start", &json!({"type": "content_block_start", "index": index, "content_block": start}));
+        self.emit(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": index, "content_block": start}),
+        );
         index
     }
 }
@@ -801,7 +807,7 @@ pub async fn generate(State(state): State<AppState>, headers: HeaderMap, body: B
         let response = state.llm().generate(request).await.map_err(|s| LlmError(d, s.into()))?;
         let overhead = overhead_of(response.metadata());
         let done = response.into_inner();
-        let usage = done.usage.clone().unwrap_or_default();
+        let usage = done.usage.unwrap_or_default();
         let routing = done.routing.clone().unwrap_or_default();
         let body = json!({
             "content": done.content, "response": done.content, "provider": done.provider, "model": done.model,
@@ -828,7 +834,8 @@ pub async fn budget(State(state): State<AppState>) -> Response {
         Ok(response) => {
             let b = response.into_inner();
             let time = |t: Option<helix_proto::Timestamp>| {
-                t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)).map(|t| t.to_rfc3339())
+                t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+                    .map(|t| t.to_rfc3339())
             };
             let providers: Vec<Value> = b
                 .providers
@@ -838,8 +845,11 @@ pub async fn budget(State(state): State<AppState>) -> Response {
                         "requests_today": p.requests_today, "tokens_today": p.tokens_today})
                 })
                 .collect();
-            let history: Vec<Value> =
-                b.history.iter().map(|d| json!({"date": d.date, "cost_usd": d.cost_usd, "requests": d.requests})).collect();
+            let history: Vec<Value> = b
+                .history
+                .iter()
+                .map(|d| json!({"date": d.date, "cost_usd": d.cost_usd, "requests": d.requests}))
+                .collect();
             axum::Json(json!({
                 "daily_limit_usd": b.daily_limit_usd, "spent_today_usd": b.spent_today_usd,
                 "remaining_usd": b.remaining_usd, "action": b.action, "exceeded": b.exceeded,

@@ -232,7 +232,11 @@ impl Budget {
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(db_error)?;
-        let today = history.iter().find(|d| d.day == day).cloned().unwrap_or(DaySpend { day: day.clone(), ..Default::default() });
+        let today = history
+            .iter()
+            .find(|d| d.day == day)
+            .cloned()
+            .unwrap_or(DaySpend { day: day.clone(), ..Default::default() });
         let rows = sqlx::query(
             "SELECT provider, CAST(SUM(cost_micros) AS BIGINT) AS cost, COUNT(*) AS requests, \
              CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT) AS tokens FROM llm_usage WHERE day = $1 \

@@ -50,26 +50,31 @@ impl LlmRouterService for LlmApi {
         Ok(response)
     }
 
-    async fn generate_stream(&self, request: Request<pb::GenerateRequest>) -> Reply<BoxStream<pb::GenerateStreamEvent>> {
+    async fn generate_stream(
+        &self,
+        request: Request<pb::GenerateRequest>,
+    ) -> Reply<BoxStream<pb::GenerateStreamEvent>> {
         let call = call_from_pb(request.into_inner()).map_err(Status::from)?;
         let request_id = call.request_id.clone();
         let stream = self.router.stream(call).await.map_err(Status::from)?;
         let overhead = stream.overhead;
-        let events = futures::stream::unfold((stream, 0u32, request_id), |(mut stream, index, request_id)| async move {
-            let item = stream.next().await?;
-            let event = match item {
-                Ok(StreamItem::Delta(delta)) => {
-                    let first = index == 0;
-                    let chunk = chunk_to_pb(delta, index, first.then(|| (stream.provider.clone(), stream.model.clone())));
-                    Ok(pb::GenerateStreamEvent { event: Some(pb::generate_stream_event::Event::Chunk(chunk)) })
-                }
-                Ok(StreamItem::Done(answer)) => Ok(pb::GenerateStreamEvent {
-                    event: Some(pb::generate_stream_event::Event::Done(answer_to_pb(&answer, &request_id))),
-                }),
-                Err(error) => Err(Status::from(error)),
-            };
-            Some((event, (stream, index + 1, request_id)))
-        });
+        let events =
+            futures::stream::unfold((stream, 0u32, request_id), |(mut stream, index, request_id)| async move {
+                let item = stream.next().await?;
+                let event = match item {
+                    Ok(StreamItem::Delta(delta)) => {
+                        let first = index == 0;
+                        let chunk =
+                            chunk_to_pb(delta, index, first.then(|| (stream.provider.clone(), stream.model.clone())));
+                        Ok(pb::GenerateStreamEvent { event: Some(pb::generate_stream_event::Event::Chunk(chunk)) })
+                    }
+                    Ok(StreamItem::Done(answer)) => Ok(pb::GenerateStreamEvent {
+                        event: Some(pb::generate_stream_event::Event::Done(answer_to_pb(&answer, &request_id))),
+                    }),
+                    Err(error) => Err(Status::from(error)),
+                };
+                Some((event, (stream, index + 1, request_id)))
+            });
         let mut response = Response::new(Box::pin(events) as BoxStream<pb::GenerateStreamEvent>);
         if let Ok(value) = overhead.as_micros().to_string().parse() {
             response.metadata_mut().insert(OVERHEAD_METADATA, value);
@@ -173,7 +178,10 @@ impl LlmRouterService for LlmApi {
                 Some("reject") => Some(true),
                 Some("downgrade") => Some(false),
                 Some(other) => {
-                    return Err(Error::invalid("invalid_action", format!("action {other:?} is not downgrade or reject")));
+                    return Err(Error::invalid(
+                        "invalid_action",
+                        format!("action {other:?} is not downgrade or reject"),
+                    ));
                 }
             };
             if !request.provider_limits.is_empty() {
@@ -244,7 +252,8 @@ fn tool_calls_from_json(text: &str) -> Result<Vec<ToolCall>> {
         .iter()
         .map(|c| {
             let name = c["function"]["name"].as_str().filter(|n| !n.is_empty());
-            let name = name.ok_or_else(|| invalid("invalid_tool_calls", "every tool call needs function.name".into()))?;
+            let name =
+                name.ok_or_else(|| invalid("invalid_tool_calls", "every tool call needs function.name".into()))?;
             let arguments = match &c["function"]["arguments"] {
                 Value::String(text) => text.clone(),
                 Value::Null => String::new(),
@@ -269,7 +278,12 @@ fn tools_from_json(text: &str) -> Result<Vec<Tool>> {
             let parameters = match &function["parameters"] {
                 Value::Null => serde_json::json!({"type": "object", "properties": {}}),
                 p @ Value::Object(_) => p.clone(),
-                _ => return Err(invalid("invalid_tools", format!("tool {name}: parameters must be a JSON Schema object"))),
+                _ => {
+                    return Err(invalid(
+                        "invalid_tools",
+                        format!("tool {name}: parameters must be a JSON Schema object"),
+                    ));
+                }
             };
             Ok(Tool {
                 name: name.to_owned(),
@@ -301,7 +315,8 @@ pub fn call_from_pb(r: pb::GenerateRequest) -> Result<Call> {
             Some(Value::Array(parts)) => Some(parts),
             Some(_) => return Err(invalid("invalid_content", "content parts must be an array".to_owned())),
         };
-        let tool_calls = if m.tool_calls_json.is_empty() { Vec::new() } else { tool_calls_from_json(&m.tool_calls_json)? };
+        let tool_calls =
+            if m.tool_calls_json.is_empty() { Vec::new() } else { tool_calls_from_json(&m.tool_calls_json)? };
         if role == Role::Tool && m.tool_call_id.is_empty() {
             return Err(invalid("invalid_message", "a tool message needs tool_call_id".to_owned()));
         }

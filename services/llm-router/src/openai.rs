@@ -166,11 +166,8 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, UpstreamError> {
     }
     let response: Response =
         serde_json::from_slice(body).map_err(|e| UpstreamError::malformed(format!("unreadable completion: {e}")))?;
-    let choice = response
-        .choices
-        .into_iter()
-        .next()
-        .ok_or_else(|| UpstreamError::malformed("the completion has no choices"))?;
+    let choice =
+        response.choices.into_iter().next().ok_or_else(|| UpstreamError::malformed("the completion has no choices"))?;
     let message = choice.message.unwrap_or_default();
     let tool_calls: Vec<ToolCall> = message
         .tool_calls
@@ -217,8 +214,8 @@ impl StreamDecoder {
         if let Some(error) = embedded_error(data.as_bytes()) {
             return Err(error);
         }
-        let chunk: Response =
-            serde_json::from_str(data).map_err(|e| UpstreamError::malformed(format!("unreadable stream chunk: {e}")))?;
+        let chunk: Response = serde_json::from_str(data)
+            .map_err(|e| UpstreamError::malformed(format!("unreadable stream chunk: {e}")))?;
         for choice in chunk.choices {
             if let Some(delta) = choice.delta {
                 if let Some(text) = delta.content.filter(|t| !t.is_empty()) {

@@ -133,8 +133,13 @@ impl Pricing {
 
     /// Providers that price `model` (a bare model name).
     pub fn providers_of(&self, model: &str) -> Vec<&str> {
-        let mut found: Vec<&str> =
-            self.exact.keys().filter_map(|id| id.split_once('/')).filter(|(_, m)| *m == model).map(|(p, _)| p).collect();
+        let mut found: Vec<&str> = self
+            .exact
+            .keys()
+            .filter_map(|id| id.split_once('/'))
+            .filter(|(_, m)| *m == model)
+            .map(|(p, _)| p)
+            .collect();
         found.sort_unstable();
         found
     }
@@ -160,7 +165,9 @@ fn check(row: Row) -> Result<Price, String> {
     }
     let pico = |what: &str, usd_per_mtok: f64| -> Result<u64, String> {
         if !(usd_per_mtok.is_finite() && (0.0..=1000.0).contains(&usd_per_mtok)) {
-            return Err(format!("pricing table: {id}: {what} = {usd_per_mtok} is not within 0..=1000 USD per 1M tokens"));
+            return Err(format!(
+                "pricing table: {id}: {what} = {usd_per_mtok} is not within 0..=1000 USD per 1M tokens"
+            ));
         }
         if usd_per_mtok > 0.0 && usd_per_mtok < 0.001 {
             return Err(format!(

@@ -223,7 +223,7 @@ pub fn build(config: &LlmConfig, env: &dyn Fn(&str) -> Option<String>) -> Result
         let mut base_url = overrides
             .base_url
             .clone()
-            .or_else(|| known.base_url_env.and_then(|name| env(name)).filter(|v| !v.is_empty()))
+            .or_else(|| known.base_url_env.and_then(env).filter(|v| !v.is_empty()))
             .unwrap_or_else(|| known.base_url.to_owned());
         if known.name == "ollama"
             && overrides.base_url.is_none()
@@ -262,10 +262,8 @@ pub fn build(config: &LlmConfig, env: &dyn Fn(&str) -> Option<String>) -> Result
         if name.is_empty() || name.contains('/') {
             return Err(format!("llm provider name {name:?} must be non-empty and without '/'"));
         }
-        let base_url = custom
-            .base_url
-            .clone()
-            .ok_or_else(|| format!("llm.providers.{name}: a custom provider needs base_url"))?;
+        let base_url =
+            custom.base_url.clone().ok_or_else(|| format!("llm.providers.{name}: a custom provider needs base_url"))?;
         let protocol = match custom.protocol.as_deref() {
             None => Protocol::OpenAi,
             Some(text) => Protocol::parse(text)
@@ -284,21 +282,6 @@ pub fn build(config: &LlmConfig, env: &dyn Fn(&str) -> Option<String>) -> Result
         });
     }
     Ok(providers)
-}
-
-/// A `custom:<url>` provider named in a call: an OpenAI-compatible endpoint without a key.
-pub fn custom_url(url: &str) -> Result<Provider, String> {
-    Ok(Provider {
-        name: "custom".to_owned(),
-        display_name: url.to_owned(),
-        protocol: Protocol::OpenAi,
-        base_url: check_url("custom", url)?,
-        api_key: None,
-        configured: true,
-        enabled: true,
-        priority: 0,
-        default_model: String::new(),
-    })
 }
 
 fn key(overrides: &LlmProviderConfig, defaults: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Option<Secret> {

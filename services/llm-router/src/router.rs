@@ -152,9 +152,8 @@ impl Router {
                 }
             }
         }
-        let breaker = |_: &Provider| {
-            Health::new(config.breaker_failures, Duration::from_millis(config.breaker_cooldown_ms))
-        };
+        let breaker =
+            |_: &Provider| Health::new(config.breaker_failures, Duration::from_millis(config.breaker_cooldown_ms));
         Ok(Self {
             health: providers.iter().map(breaker).collect(),
             providers,
@@ -209,7 +208,10 @@ impl Router {
             && let Some(&i) = self.index.get(provider)
         {
             if name.is_empty() {
-                return Err(Error::invalid("invalid_model", format!("model {model:?} names no model after the provider")));
+                return Err(Error::invalid(
+                    "invalid_model",
+                    format!("model {model:?} names no model after the provider"),
+                ));
             }
             return Ok((vec![Target { provider: i, model: name.to_owned() }], format!("{model} was named")));
         }
@@ -327,11 +329,10 @@ impl Router {
             self.count_budget("reject");
             return Err(refuse(""));
         }
+        // the dearest model that still fits: a downgrade gives up as little as it can
         let current = price.input + price.output;
-        for (model, cheaper) in self.pricing.cheapest_of(&provider.name) {
-            if cheaper.input + cheaper.output >= current {
-                break;
-            }
+        let cheaper = self.pricing.cheapest_of(&provider.name);
+        for (model, cheaper) in cheaper.into_iter().filter(|(_, p)| p.input + p.output < current).rev() {
             if let Some(worst) = fits(cheaper)
                 && let Some(reservation) = self.budget.reserve(worst).await?
             {
@@ -370,8 +371,13 @@ impl Router {
     {
         let started = Instant::now();
         let deadline = started + call.timeout.unwrap_or(self.limits.deadline).min(self.limits.deadline);
-        let mut progress =
-            Progress { started, deadline, upstream: Duration::ZERO, waited: Duration::ZERO, routing: Routing::default() };
+        let mut progress = Progress {
+            started,
+            deadline,
+            upstream: Duration::ZERO,
+            waited: Duration::ZERO,
+            routing: Routing::default(),
+        };
         let (targets, reason) = self.resolve(call)?;
         progress.routing.reason = reason;
         let mut last_error: Option<Error> = None;
@@ -721,7 +727,8 @@ impl ChatStream {
         let cost = self.cost();
         self.settle("ok");
         let tool_calls: Vec<ToolCall> = std::mem::take(&mut self.tool_calls).into_values().collect();
-        let finish = self.finish.unwrap_or(if tool_calls.is_empty() { FinishReason::Stop } else { FinishReason::ToolCalls });
+        let finish =
+            self.finish.unwrap_or(if tool_calls.is_empty() { FinishReason::Stop } else { FinishReason::ToolCalls });
         Answer {
             completion: Completion {
                 content: std::mem::take(&mut self.content),

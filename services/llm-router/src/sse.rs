@@ -35,7 +35,10 @@ impl SseDecoder {
             let line = std::str::from_utf8(line).map_err(|_| "an event stream line is not UTF-8".to_owned())?;
             if line.is_empty() {
                 if self.has_data || !self.event.is_empty() {
-                    events.push(SseEvent { event: std::mem::take(&mut self.event), data: std::mem::take(&mut self.data) });
+                    events.push(SseEvent {
+                        event: std::mem::take(&mut self.event),
+                        data: std::mem::take(&mut self.data),
+                    });
                     self.has_data = false;
                 }
             } else if let Some(value) = field(line, "data") {

@@ -142,7 +142,12 @@ pub struct Completion {
 pub enum Delta {
     Text(String),
     /// a fragment of the tool call at `index`: its id and name come with the first one
-    ToolCall { index: u32, id: Option<String>, name: Option<String>, arguments: String },
+    ToolCall {
+        index: u32,
+        id: Option<String>,
+        name: Option<String>,
+        arguments: String,
+    },
     Finish(FinishReason),
     Usage(Usage),
 }
@@ -209,7 +214,10 @@ impl UpstreamError {
     }
 
     pub fn retryable(&self) -> bool {
-        matches!(self.kind, FailureKind::RateLimited | FailureKind::Server | FailureKind::Timeout | FailureKind::Connect)
+        matches!(
+            self.kind,
+            FailureKind::RateLimited | FailureKind::Server | FailureKind::Timeout | FailureKind::Connect
+        )
     }
 
     /// Failures that say the provider is unwell, as the circuit breaker counts them.
