@@ -40,6 +40,8 @@ pub enum Command {
     Reindex(ReindexArgs),
     /// Relate nodes and explore the graph: link, unlink, neighbours, path, export, stats
     Graph(crate::graph::GraphArgs),
+    /// Talk with a model through the gateway: answers stream in; /model switches model
+    Chat(crate::chat::ChatArgs),
     /// Show the gateway's health and its dependencies'
     Health(Remote),
     /// Run every service's database migrations, then exit (once per release)
@@ -129,6 +131,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Search(args) => search(args).await,
         Command::Reindex(args) => reindex(args).await,
         Command::Graph(args) => crate::graph::run(args).await,
+        Command::Chat(args) => crate::chat::run(args).await,
         Command::Health(remote) => health(remote).await,
         Command::Migrate => migrate().await,
         Command::Probe { url } => probe(url).await,

@@ -695,3 +695,54 @@ async fn official_python_clients_work_unchanged() -> anyhow::Result<()> {
     helix.stop().await;
     Ok(())
 }
+
+/// `hx chat` as a user drives it: questions on stdin, answers streamed to stdout, the
+/// history sent along, `/model` switching mid-conversation; and the one-shot form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hx_chat_streams_keeps_history_and_switches_model() -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let openai = FakeLlm::start().await?;
+    let anthropic = FakeLlm::start().await?;
+    anthropic.set_default(Behaviour::reply("Claude here"));
+    let helix = start(Backend::Embedded, |config| {
+        openai.serve_as(config, "openai", Wire::OpenAi);
+        anthropic.serve_as(config, "anthropic", Wire::Anthropic);
+    })
+    .await?;
+    let hx = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_hx"));
+        command
+            .arg("chat")
+            .args(args)
+            .args(["--server", &helix.base_url, "--api-key", &helix.env.admin_key])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command
+    };
+    let mut child = hx(&["-m", "openai/gpt-4o-mini"]).spawn()?;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"Hi\n/model anthropic/claude-haiku-4-5\nAnd you?\n/exit\n").await?;
+    drop(stdin);
+    let output = child.wait_with_output().await?;
+    let stdout = String::from_utf8(output.stdout)?;
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(stdout, "Hello from the fake\nmodel: anthropic/claude-haiku-4-5\nClaude here\n");
+    let sent = &anthropic.received()[0].body["messages"];
+    assert_eq!(
+        sent,
+        &json!([{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "Hello from the fake"}]},
+            {"role": "user", "content": [{"type": "text", "text": "And you?"}]}]),
+        "the conversation so far goes with the question"
+    );
+
+    let output = hx(&["-m", "openai/gpt-4o-mini", "One", "shot"]).output().await?;
+    assert_eq!(String::from_utf8(output.stdout)?, "Hello from the fake\n");
+    assert_eq!(openai.received()[1].body["messages"], json!([{"role": "user", "content": "One shot"}]));
+    let output = hx(&["-m", "openai/unpriced-model", "Hi"]).output().await?;
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unpriced_model"), "{output:?}");
+    helix.stop().await;
+    Ok(())
+}
