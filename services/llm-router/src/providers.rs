@@ -303,3 +303,84 @@ fn check_url(name: &str, url: &str) -> Result<String, String> {
 pub fn by_name(providers: &[Provider]) -> BTreeMap<String, usize> {
     providers.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn every_provider_of_the_seed_with_its_key_variable() {
+        let seed = [
+            ("anthropic", "ANTHROPIC_API_KEY"),
+            ("openai", "OPENAI_API_KEY"),
+            ("google", "GOOGLE_API_KEY"),
+            ("xai", "XAI_API_KEY"),
+            ("deepseek", "DEEPSEEK_API_KEY"),
+            ("openrouter", "OPENROUTER_API_KEY"),
+            ("mistral", "MISTRAL_API_KEY"),
+            ("together", "TOGETHER_API_KEY"),
+            ("fireworks", "FIREWORKS_API_KEY"),
+            ("perplexity", "PERPLEXITY_API_KEY"),
+            ("cloudflare", "CLOUDFLARE_API_KEY"),
+            ("venice", "VENICE_API_KEY"),
+            ("cohere", "COHERE_API_KEY"),
+            ("bedrock", "AWS_ACCESS_KEY_ID"),
+        ];
+        let none = build(&LlmConfig::default(), &env_of(&[])).unwrap();
+        assert!(none.iter().filter(|p| p.name != "ollama").all(|p| !p.configured), "no key, not configured");
+        assert!(none.iter().any(|p| p.name == "ollama"), "Ollama is listed too");
+        for (name, variable) in seed {
+            let providers = build(&LlmConfig::default(), &env_of(&[(variable, "k-123")])).unwrap();
+            let provider = providers.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("{name} missing"));
+            assert!(provider.configured, "{name} takes its key from {variable}");
+            assert_eq!(provider.api_key.as_ref().map(Secret::expose), Some("k-123"));
+            assert!(!format!("{provider:?}").contains("k-123"), "{name}: the key never prints");
+        }
+    }
+
+    #[test]
+    fn base_url_from_configuration_then_sdk_variable_then_default() {
+        let url = |config: &LlmConfig, vars: &[(&str, &str)], name: &str| {
+            build(config, &env_of(vars)).unwrap().into_iter().find(|p| p.name == name).unwrap().base_url
+        };
+        let default = LlmConfig::default();
+        assert_eq!(url(&default, &[], "openai"), "https://api.openai.com/v1");
+        assert_eq!(url(&default, &[("OPENAI_BASE_URL", "http://proxy:1/v1/")], "openai"), "http://proxy:1/v1");
+        assert_eq!(url(&default, &[("ANTHROPIC_BASE_URL", "http://a:2")], "anthropic"), "http://a:2");
+        assert_eq!(url(&default, &[("OLLAMA_HOST", "gpu:11434")], "ollama"), "http://gpu:11434/v1");
+        assert_eq!(
+            url(&default, &[("CLOUDFLARE_ACCOUNT_ID", "acc1")], "cloudflare"),
+            "https://api.cloudflare.com/client/v4/accounts/acc1/ai/v1"
+        );
+        assert_eq!(
+            url(&default, &[("AWS_REGION", "eu-west-1")], "bedrock"),
+            "https://bedrock-runtime.eu-west-1.amazonaws.com"
+        );
+        let mut config = LlmConfig::default();
+        config.providers.insert(
+            "openai".into(),
+            LlmProviderConfig { base_url: Some("http://configured:3/v1".into()), ..Default::default() },
+        );
+        assert_eq!(url(&config, &[("OPENAI_BASE_URL", "http://proxy:1/v1")], "openai"), "http://configured:3/v1");
+
+        config.providers.insert("lab".into(), LlmProviderConfig::default());
+        assert!(build(&config, &env_of(&[])).unwrap_err().contains("needs base_url"));
+        config.providers.insert(
+            "lab".into(),
+            LlmProviderConfig {
+                base_url: Some("http://lab:8000/v1".into()),
+                protocol: Some("anthropic".into()),
+                api_key_env: Some("LAB_KEY".into()),
+                ..Default::default()
+            },
+        );
+        let lab =
+            build(&config, &env_of(&[("LAB_KEY", "lab-key")])).unwrap().into_iter().find(|p| p.name == "lab").unwrap();
+        assert_eq!((lab.protocol, lab.api_key.as_ref().map(Secret::expose)), (Protocol::Anthropic, Some("lab-key")));
+    }
+}
