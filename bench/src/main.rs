@@ -18,6 +18,7 @@ use hx::fleet::Role;
 use serde_json::{Value, json};
 
 mod graph;
+mod llm;
 mod search;
 
 /// mimalloc: request handling allocates many small buffers; glibc malloc was a tenth
@@ -33,7 +34,8 @@ struct Args {
     /// seconds each (backend, concurrency, path) is measured, after a warm-up
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// which benchmark: foundation, search (bench/src/search.rs) or graph (bench/src/graph.rs)
+    /// which benchmark: foundation, search (bench/src/search.rs), graph (bench/src/graph.rs) or
+    /// llm (bench/src/llm.rs)
     #[arg(long, default_value = "foundation")]
     suite: String,
 }
@@ -126,6 +128,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.suite == "graph" {
         return graph::run(&args.out).await;
+    }
+    if args.suite == "llm" {
+        return llm::run(&args.out).await;
     }
     let duration = Duration::from_secs(args.seconds);
     let mut runs = Vec::new();

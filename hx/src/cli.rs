@@ -44,6 +44,8 @@ pub enum Command {
     Jobs(crate::jobs::JobsArgs),
     /// Run jobs: lease jobs of the given kinds from the jobs service over gRPC, run them
     Worker(crate::jobs::WorkerArgs),
+    /// Talk with a model through the gateway: answers stream in; /model switches model
+    Chat(crate::chat::ChatArgs),
     /// Show the gateway's health and its dependencies'
     Health(Remote),
     /// Run every service's database migrations, then exit (once per release)
@@ -135,6 +137,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Graph(args) => crate::graph::run(args).await,
         Command::Jobs(args) => crate::jobs::run(args).await,
         Command::Worker(args) => crate::jobs::worker(args).await,
+        Command::Chat(args) => crate::chat::run(args).await,
         Command::Health(remote) => health(remote).await,
         Command::Migrate => migrate().await,
         Command::Probe { url } => probe(url).await,
@@ -147,6 +150,7 @@ async fn migrate() -> anyhow::Result<ExitCode> {
     helix_storage::migrate(&config).await.context("storage migrations")?;
     helix_graph::migrate(&config).await.context("graph migrations")?;
     helix_jobs::migrate(&config).await.context("jobs migrations")?;
+    helix_llm_router::migrate(&config).await.context("llm-router migrations")?;
     helix_gateway::migrate(&config).await.context("gateway migrations")?;
     println!("migrations applied");
     Ok(ExitCode::SUCCESS)

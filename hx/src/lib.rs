@@ -1,7 +1,8 @@
 //! The `hx` binary's library: which services a process runs ([`fleet`]) and the
-//! command line ([`cli`]; `hx graph` in [`graph`]). `main.rs` only parses arguments and
-//! calls [`cli::run`].
+//! command line ([`cli`]; `hx graph` in [`graph`], `hx chat` in [`chat`]). `main.rs`
+//! only parses arguments and calls [`cli::run`].
 
+pub mod chat;
 pub mod cli;
 pub mod client;
 pub mod fleet;

@@ -51,9 +51,12 @@ async fn every_service_serves_health_reflection_and_its_contract() -> anyhow::Re
         assert!(listed.iter().any(|l| l == service), "{service} not in {listed:?}");
     }
 
-    // not built yet: answered UNIMPLEMENTED, never a hang or a fake answer
+    // built: an empty call is refused for what it is
     let mut llm = pb::llm_router_service_client::LlmRouterServiceClient::new(channel.clone());
     let status = llm.generate(pb::GenerateRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    // not built yet: answered UNIMPLEMENTED, never a hang or a fake answer
+    let status = llm.embed(pb::EmbedRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented);
     let mut notifications = pb::notifications_service_client::NotificationsServiceClient::new(channel);
     let status = notifications.list_notifications(pb::ListNotificationsRequest::default()).await.unwrap_err();

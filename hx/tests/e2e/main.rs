@@ -10,6 +10,7 @@ mod gateway;
 mod graph;
 mod grpc;
 mod jobs;
+mod llm;
 mod nodes;
 mod observability;
 mod search;

@@ -14,6 +14,9 @@ pub const ERROR_CODE_METADATA: &str = "x-helix-error-code";
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The code of every [`ErrorKind::BudgetExceeded`] error.
+pub const BUDGET_EXCEEDED: &str = "budget_exceeded";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The request is malformed: bad syntax, a bad id, an invalid field value.
@@ -32,6 +35,8 @@ pub enum ErrorKind {
     UnsupportedMediaType,
     MethodNotAllowed,
     RateLimited,
+    /// A spending cap refuses the call (HTTP 402); nothing was sent upstream.
+    BudgetExceeded,
     Unimplemented,
     /// A dependency (database, bus, another service) cannot be reached right now.
     Unavailable,
@@ -100,6 +105,7 @@ impl Error {
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::BudgetExceeded => StatusCode::PAYMENT_REQUIRED,
             ErrorKind::Unimplemented => StatusCode::NOT_IMPLEMENTED,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -119,7 +125,7 @@ impl Error {
             ErrorKind::NotFound => Code::NotFound,
             ErrorKind::Conflict => Code::Aborted,
             ErrorKind::FailedPrecondition => Code::FailedPrecondition,
-            ErrorKind::RateLimited => Code::ResourceExhausted,
+            ErrorKind::RateLimited | ErrorKind::BudgetExceeded => Code::ResourceExhausted,
             ErrorKind::Unimplemented => Code::Unimplemented,
             ErrorKind::Unavailable => Code::Unavailable,
             ErrorKind::Timeout => Code::DeadlineExceeded,
@@ -160,6 +166,11 @@ impl From<tonic::Status> for Error {
             .and_then(|value| value.to_str().ok())
             .map(|code| Cow::Owned(code.to_owned()))
             .unwrap_or_else(|| Cow::Borrowed(default_code(kind)));
+        // two kinds share RESOURCE_EXHAUSTED; the stable code tells them apart
+        let kind = match (kind, code.as_ref()) {
+            (ErrorKind::RateLimited, BUDGET_EXCEEDED) => ErrorKind::BudgetExceeded,
+            _ => kind,
+        };
         Self { kind, code, message: status.message().to_owned() }
     }
 }
@@ -177,6 +188,7 @@ fn default_code(kind: ErrorKind) -> &'static str {
         ErrorKind::UnsupportedMediaType => "unsupported_media_type",
         ErrorKind::MethodNotAllowed => "method_not_allowed",
         ErrorKind::RateLimited => "rate_limited",
+        ErrorKind::BudgetExceeded => BUDGET_EXCEEDED,
         ErrorKind::Unimplemented => "unimplemented",
         ErrorKind::Unavailable => "unavailable",
         ErrorKind::Timeout => "timeout",
@@ -197,6 +209,8 @@ mod tests {
             (Error::failed_precondition("lease_lost", "not yours"), StatusCode::CONFLICT),
             (Error::unavailable("db down"), StatusCode::SERVICE_UNAVAILABLE),
             (Error::internal("boom"), StatusCode::INTERNAL_SERVER_ERROR),
+            (Error::new(ErrorKind::BudgetExceeded, BUDGET_EXCEEDED, "cap"), StatusCode::PAYMENT_REQUIRED),
+            (Error::new(ErrorKind::RateLimited, "rate_limited", "slow down"), StatusCode::TOO_MANY_REQUESTS),
         ];
         for (error, http) in cases {
             let back = Error::from(tonic::Status::from(error.clone()));

@@ -2,6 +2,7 @@
 //! `HELIX_HOME/helix.toml` when it exists), then `HELIX_*` environment variables.
 //! Every field has a default, so no file and no variable is a valid configuration.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ pub struct HelixConfig {
     pub gateway: GatewayConfig,
     pub search: SearchConfig,
     pub jobs: JobsConfig,
+    pub llm: LlmConfig,
     /// Where each service's gRPC API is reached. Services running in this process
     /// override these with their own bound address.
     pub endpoints: Endpoints,
@@ -104,6 +106,105 @@ impl Default for JobsConfig {
             worker_concurrency: 8,
         }
     }
+}
+
+/// The llm-router: providers, routing, timeouts, budget. Provider keys come from the
+/// environment variables each provider's SDK reads (`OPENAI_API_KEY`, ...); the router
+/// owns that table, this is only what a deployment overrides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmConfig {
+    /// Spending cap per UTC day over every provider, in USD (`HELIX_DAILY_BUDGET`).
+    pub daily_budget_usd: f64,
+    /// `downgrade` (to a cheaper model that fits) or `reject` (402) when a call does not
+    /// fit in the budget (`HELIX_BUDGET_ACTION`).
+    pub budget_action: String,
+    /// A model without a price: `reject` it, or `downgrade` to the provider's cheapest
+    /// priced model. Never counted as free.
+    pub unpriced_action: String,
+    /// The model for calls that name none, `provider/model` or an alias.
+    pub default_model: Option<String>,
+    /// A pricing table (TOML) replacing the built-in one.
+    pub pricing_file: Option<PathBuf>,
+    /// Longest wait for a provider's response head or first chunk, per attempt.
+    pub attempt_timeout_ms: u64,
+    /// Longest a whole call may take, retries and fallbacks included; a request's own
+    /// `timeout_ms` may shorten it.
+    pub deadline_ms: u64,
+    /// Longest silence between two chunks of a stream.
+    pub stream_idle_timeout_ms: u64,
+    /// Retries of one provider on 429, 5xx, timeouts and refused connections.
+    pub max_retries: u32,
+    /// Backoff: full jitter over `retry_base_ms * 2^attempt`, capped at `retry_max_ms`.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Consecutive failures that open a provider's circuit, and how long it stays open
+    /// before one probe call may try it again.
+    pub breaker_failures: u32,
+    pub breaker_cooldown_ms: u64,
+    /// Overrides per provider, by name (`openai`, `anthropic`, ...); a name the router
+    /// does not know is a custom endpoint and needs `base_url`.
+    pub providers: BTreeMap<String, LlmProviderConfig>,
+    /// Model names that route to several `provider/model` targets by a policy.
+    pub aliases: BTreeMap<String, LlmAlias>,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        Self {
+            daily_budget_usd: 100.0,
+            budget_action: "downgrade".to_owned(),
+            unpriced_action: "reject".to_owned(),
+            default_model: None,
+            pricing_file: None,
+            attempt_timeout_ms: 60_000,
+            deadline_ms: 300_000,
+            stream_idle_timeout_ms: 60_000,
+            max_retries: 2,
+            retry_base_ms: 250,
+            retry_max_ms: 8_000,
+            breaker_failures: 5,
+            breaker_cooldown_ms: 30_000,
+            providers: BTreeMap::new(),
+            aliases: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmProviderConfig {
+    /// Replaces the default base URL and the SDK's variable (`OPENAI_BASE_URL`, ...).
+    pub base_url: Option<String>,
+    /// The environment variable holding the key, instead of the provider's usual one.
+    pub api_key_env: Option<String>,
+    /// The key itself; prefer `api_key_env` (a file is easier to leak than a variable).
+    pub api_key: Option<Secret>,
+    /// The wire protocol of a custom endpoint: `openai` (default) or `anthropic`.
+    pub protocol: Option<String>,
+    pub enabled: Option<bool>,
+    /// Lower is tried first when a call names no provider.
+    pub priority: Option<u32>,
+    pub default_model: Option<String>,
+    /// Cloudflare's account id (else `CLOUDFLARE_ACCOUNT_ID`).
+    pub account_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmAlias {
+    /// `fallback` (in order), `weighted` (random by `weights`, then the rest in
+    /// order), `cheapest` (by price) or `latency` (lowest observed first).
+    #[serde(default = "default_alias_policy")]
+    pub policy: String,
+    /// `provider/model` names
+    pub targets: Vec<String>,
+    #[serde(default)]
+    pub weights: Vec<u32>,
+}
+
+fn default_alias_policy() -> String {
+    "fallback".to_owned()
 }
 
 /// The admin HTTP listener every process has: `/metrics`, `/livez`, `/readyz`.
@@ -189,6 +290,7 @@ impl Default for HelixConfig {
             gateway: GatewayConfig::default(),
             search: SearchConfig::default(),
             jobs: JobsConfig::default(),
+            llm: LlmConfig::default(),
             endpoints: Endpoints::default(),
         }
     }
@@ -254,6 +356,9 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("HELIX_QDRANT_COLLECTION", "search.qdrant_collection"),
     ("HELIX_JOBS_WORKER_KINDS", "jobs.worker_kinds (comma-separated; empty: none)"),
     ("HELIX_JOBS_WORKER_CONCURRENCY", "jobs.worker_concurrency"),
+    ("HELIX_DAILY_BUDGET", "llm.daily_budget_usd"),
+    ("HELIX_BUDGET_ACTION", "llm.budget_action"),
+    ("HELIX_LLM_DEFAULT_MODEL", "llm.default_model"),
     ("HELIX_STORAGE_URL", "endpoints.storage"),
     ("HELIX_SEARCH_URL", "endpoints.search"),
     ("HELIX_GRAPH_URL", "endpoints.graph"),
@@ -329,6 +434,9 @@ impl HelixConfig {
                         value.split(',').map(str::trim).filter(|k| !k.is_empty()).map(str::to_owned).collect()
                 }
                 "HELIX_JOBS_WORKER_CONCURRENCY" => self.jobs.worker_concurrency = parse(name, &value)?,
+                "HELIX_DAILY_BUDGET" => self.llm.daily_budget_usd = parse(name, &value)?,
+                "HELIX_BUDGET_ACTION" => self.llm.budget_action = value,
+                "HELIX_LLM_DEFAULT_MODEL" => self.llm.default_model = Some(value).filter(|v| !v.is_empty()),
                 "HELIX_STORAGE_URL" => self.endpoints.storage = value,
                 "HELIX_SEARCH_URL" => self.endpoints.search = value,
                 "HELIX_GRAPH_URL" => self.endpoints.graph = value,
@@ -372,6 +480,21 @@ impl HelixConfig {
         }
         if self.jobs.worker_concurrency == 0 || self.jobs.worker_concurrency > 1000 {
             return Err(Error::Config("jobs.worker_concurrency must be from 1 to 1000".into()));
+        }
+        let llm = &self.llm;
+        if !(llm.daily_budget_usd.is_finite() && llm.daily_budget_usd >= 0.0) {
+            return Err(Error::Config(
+                "llm.daily_budget_usd (HELIX_DAILY_BUDGET) must be a number of at least 0".into(),
+            ));
+        }
+        if !matches!(llm.budget_action.as_str(), "downgrade" | "reject") {
+            return Err(Error::Config("llm.budget_action (HELIX_BUDGET_ACTION) must be downgrade or reject".into()));
+        }
+        if !matches!(llm.unpriced_action.as_str(), "downgrade" | "reject") {
+            return Err(Error::Config("llm.unpriced_action must be downgrade or reject".into()));
+        }
+        if llm.attempt_timeout_ms == 0 || llm.deadline_ms == 0 || llm.stream_idle_timeout_ms == 0 {
+            return Err(Error::Config("llm timeouts must be at least 1 ms".into()));
         }
         Ok(())
     }

@@ -46,12 +46,31 @@ pub struct ConsumeLabels {
     pub group: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LlmCallLabels {
+    /// the provider's name (`custom` for every custom endpoint): bounded
+    pub provider: String,
+    /// `ok`, `error`, `timeout`, `rate_limited`, `circuit_open`
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LlmOverheadLabels {
+    /// `generate` or `stream`
+    pub call: String,
+}
+
 type Latency = Family<GrpcLabels, Histogram, fn() -> Histogram>;
 type HttpLatency = Family<HttpLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
     // 0.25 ms to ~8 s
     Histogram::new(exponential_buckets(0.00025, 2.0, 16))
+}
+
+fn overhead_histogram() -> Histogram {
+    // 5 µs to ~80 ms: the router's overhead goal is under a millisecond
+    Histogram::new(exponential_buckets(0.000005, 2.0, 15))
 }
 
 pub struct Metrics {
@@ -64,6 +83,12 @@ pub struct Metrics {
     pub events_published: Family<EventLabels, Counter>,
     pub events_consumed: Family<ConsumeLabels, Counter>,
     pub events_redelivered: Family<ConsumeLabels, Counter>,
+    /// upstream attempts of the llm-router, by provider and outcome
+    pub llm_attempts: Family<LlmCallLabels, Counter>,
+    /// the llm-router's own time per call, upstream waits excluded
+    pub llm_router_overhead: Family<LlmOverheadLabels, Histogram, fn() -> Histogram>,
+    /// calls the budget refused or downgraded
+    pub llm_budget_actions: Family<LlmOverheadLabels, Counter>,
 }
 
 impl Metrics {
@@ -80,6 +105,9 @@ impl Metrics {
             events_published: Family::default(),
             events_consumed: Family::default(),
             events_redelivered: Family::default(),
+            llm_attempts: Family::default(),
+            llm_router_overhead: Family::new_with_constructor(overhead_histogram),
+            llm_budget_actions: Family::default(),
             registry,
         };
         let mut metrics = metrics;
@@ -96,6 +124,17 @@ impl Metrics {
         r.register("events_published", "events handed to the bus", metrics.events_published.clone());
         r.register("events_consumed", "events delivered to subscribers", metrics.events_consumed.clone());
         r.register("events_redelivered", "events delivered again after no ack", metrics.events_redelivered.clone());
+        r.register("llm_attempts", "calls to LLM providers, by outcome", metrics.llm_attempts.clone());
+        r.register(
+            "llm_router_overhead_seconds",
+            "the llm-router's own time per call, upstream waits excluded",
+            metrics.llm_router_overhead.clone(),
+        );
+        r.register(
+            "llm_budget_actions",
+            "LLM calls the budget rejected or downgraded (label call: reject, downgrade)",
+            metrics.llm_budget_actions.clone(),
+        );
         Arc::new(metrics)
     }
 

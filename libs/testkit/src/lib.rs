@@ -6,6 +6,7 @@
 //! An unreachable PostgreSQL or NATS fails the test: CI must prove the fleet column.
 
 pub mod fake_qdrant;
+pub mod llm;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -122,10 +122,16 @@ pub fn write_key_file(path: &Path, key: &str) -> std::io::Result<()> {
     writeln!(file, "{key}")
 }
 
-/// Requires `Authorization: Bearer <key>` with a valid key.
+/// Requires `Authorization: Bearer <key>` with a valid key; `x-api-key: <key>` is taken
+/// too, the header Anthropic's clients send.
 pub async fn require_key(State(keys): State<KeyStore>, request: Request, next: Next) -> Result<Response, ApiError> {
     let header = request.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let Some(header) = header else {
+        let key = request.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim);
+        if let Some(key) = key.filter(|k| !k.is_empty()) {
+            keys.verify(key).await?;
+            return Ok(next.run(request).await);
+        }
         return Err(unauthenticated("this route needs an 'Authorization: Bearer <key>' header").into());
     };
     let key = header

@@ -7,6 +7,7 @@ mod error;
 mod graph;
 mod health;
 mod jobs;
+mod llm;
 mod nodes;
 mod search;
 mod tower_log;
@@ -21,6 +22,7 @@ use helix_proto::service_names;
 use helix_proto::v1::gateway_service_server::{GatewayService, GatewayServiceServer};
 use helix_proto::v1::graph_service_client::GraphServiceClient;
 use helix_proto::v1::jobs_service_client::JobsServiceClient;
+use helix_proto::v1::llm_router_service_client::LlmRouterServiceClient;
 use helix_proto::v1::search_service_client::SearchServiceClient;
 use helix_proto::v1::storage_service_client::StorageServiceClient;
 use helix_runtime::db::Database;
@@ -59,6 +61,8 @@ pub struct AppState {
     search: GrpcChannel,
     graph: GrpcChannel,
     jobs: GrpcChannel,
+    /// with the LLM call deadline as its timeout, not the REST one: answers take minutes
+    llm: GrpcChannel,
     /// (name in /health, gRPC service name, channel) of every service the gateway calls
     services: Vec<(&'static str, &'static str, GrpcChannel)>,
     tower: Arc<tower_log::TowerLog>,
@@ -76,6 +80,10 @@ impl AppState {
 
     fn jobs(&self) -> JobsServiceClient<GrpcChannel> {
         JobsServiceClient::new(self.jobs.clone()).max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    fn llm(&self) -> LlmRouterServiceClient<GrpcChannel> {
+        LlmRouterServiceClient::new(self.llm.clone()).max_decoding_message_size(64 * 1024 * 1024)
     }
 
     fn search(&self) -> SearchServiceClient<GrpcChannel> {
@@ -120,18 +128,21 @@ pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<Gateway> {
     let search = connect(&e.search)?;
     let graph = connect(&e.graph)?;
     let jobs = connect(&e.jobs)?;
+    // the router's own deadline ends a call first; this only catches a router that hangs
+    let llm_timeout = Duration::from_millis(config.llm.deadline_ms) + Duration::from_secs(10);
+    let llm = ctx.channel(&e.llm_router, llm_timeout)?;
     let services = vec![
         ("storage", service_names::STORAGE, storage.clone()),
         ("search", service_names::SEARCH, search.clone()),
         ("graph", service_names::GRAPH, graph.clone()),
-        ("llm-router", service_names::LLM_ROUTER, connect(&e.llm_router)?),
+        ("llm-router", service_names::LLM_ROUTER, llm.clone()),
         ("orchestrator", service_names::ORCHESTRATOR, connect(&e.orchestrator)?),
         ("jobs", service_names::JOBS, jobs.clone()),
         ("notifications", service_names::NOTIFICATIONS, connect(&e.notifications)?),
     ];
     let tower = Arc::new(tower_log::TowerLog::default());
     ctx.tasks.spawn(tower_log::follow(ctx.bus.clone(), tower.clone(), ctx.shutdown.clone()));
-    let state = AppState { keys, storage, search, graph, jobs, services, tower, started_at: chrono::Utc::now() };
+    let state = AppState { keys, storage, search, graph, jobs, llm, services, tower, started_at: chrono::Utc::now() };
     let http = router(state, config.gateway.max_body_bytes, ctx.metrics.clone());
     Ok(Gateway { http, grpc: GatewayServiceServer::new(GatewayApi) })
 }
@@ -182,6 +193,11 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics: Arc<Metrics>) -> 
         .route("/api/v1/jobs/{id}/retry", post(jobs::retry))
         .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/api/v1/openapi.json", get(openapi_json))
+        .route("/v1/chat/completions", post(llm::chat_completions))
+        .route("/v1/messages", post(llm::messages))
+        .route("/v1/models", get(llm::models))
+        .route("/api/generate", post(llm::generate))
+        .route("/api/budget", get(llm::budget))
         .route("/api/board", get(tower_log::board))
         .route("/tower", get(tower_log::tower))
         .route_layer(axum::middleware::from_fn_with_state(state.keys.clone(), auth::require_key));
@@ -254,10 +270,11 @@ pub async fn serve(config: HelixConfig, shutdown: CancellationToken) -> helix_ru
         jobs::enqueue, jobs::enqueue_bulk, jobs::list, jobs::stats, jobs::dead_letter, jobs::purge, jobs::get, jobs::retry, jobs::cancel,
         jobs::create_schedule, jobs::list_schedules, jobs::get_schedule, jobs::update_schedule, jobs::delete_schedule,
         jobs::trigger_schedule,
+        llm::chat_completions, llm::messages, llm::models, llm::generate, llm::budget,
         openapi_json,
     ),
     modifiers(&BearerAuth),
-    tags((name = "nodes", description = "knowledge nodes"), (name = "health"), (name = "search"), (name = "graph"), (name = "jobs", description = "the durable job queue"), (name = "observability"), (name = "meta"))
+    tags((name = "nodes", description = "knowledge nodes"), (name = "health"), (name = "search"), (name = "graph"), (name = "jobs", description = "the durable job queue"), (name = "llm", description = "OpenAI- and Anthropic-compatible LLM calls, budget"), (name = "observability"), (name = "meta"))
 )]
 pub struct ApiDoc;
 

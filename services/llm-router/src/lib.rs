@@ -1,22 +1,79 @@
-//! The llm-router service: one router to every LLM provider: routing, fallbacks, streaming, embeddings, budgets and cost tracking.
+//! The llm-router service: one door to every LLM provider the seed names — routing with
+//! fallbacks, retries and circuit breakers, streaming, cost and the daily budget.
 //!
-//! Its contract is `proto/helix/v1/llm_router.proto`. Not built yet: the server is up,
-//! reports SERVING to health checks and answers every method UNIMPLEMENTED.
+//! Its contract is `proto/helix/v1/llm_router.proto`; the gateway's OpenAI- and
+//! Anthropic-compatible routes (`/v1/chat/completions`, `/v1/messages`, `/v1/models`)
+//! and `/api/budget` call it.
+//!
+//! - `providers`: the catalogue (key variables, base URLs and their SDK variables);
+//!   `upstream`: the one pooled HTTP client and the calls; `openai` and `anthropic`:
+//!   the two wire protocols (most providers speak OpenAI's); `sse`: event streams.
+//! - `router`: targets from model names and aliases, admission, retries, fallbacks,
+//!   streams relayed delta by delta; `breaker`: per-provider health.
+//! - `pricing` (`pricing.toml`) and `budget`: integer micro-dollars, reserve before,
+//!   settle after, usage records in SQL.
 
-use helix_proto::v1::llm_router_service_server::{LlmRouterService, LlmRouterServiceServer};
-use helix_runtime::{HelixConfig, ServiceContext};
+mod anthropic;
+mod breaker;
+mod budget;
+mod grpc;
+mod openai;
+mod pricing;
+mod providers;
+mod router;
+mod sse;
+mod types;
+mod upstream;
+
+use std::sync::Arc;
+
+use helix_proto::v1::llm_router_service_server::LlmRouterServiceServer;
+use helix_runtime::db::Database;
+use helix_runtime::{Error, HelixConfig, ServiceContext};
+use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
+
+pub use grpc::{LlmApi, OVERHEAD_METADATA};
+pub use router::Router;
 
 pub const SERVICE: &str = "llm-router";
 pub const GRPC_SERVICE: &str = helix_proto::service_names::LLM_ROUTER;
 
-pub struct LlmRouterServiceApi;
+static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
 
-impl LlmRouterService for LlmRouterServiceApi {}
+/// Brings this service's database schema up to date (`hx migrate`).
+pub async fn migrate(config: &HelixConfig) -> helix_runtime::Result<()> {
+    Database::connect(config, SERVICE).await?.migrate(&SQLITE, &POSTGRES).await
+}
+
+/// Builds the router: providers from the configuration and this process's
+/// environment, the pricing table, the budget in this service's database.
+pub async fn open(ctx: &ServiceContext) -> helix_runtime::Result<Arc<Router>> {
+    let config = &ctx.config.llm;
+    let providers = providers::build(config, &|name| std::env::var(name).ok()).map_err(Error::Config)?;
+    let pricing = match &config.pricing_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+            pricing::Pricing::parse(&text)
+        }
+        None => pricing::Pricing::parse(pricing::BUILT_IN),
+    }
+    .map_err(Error::Config)?;
+    let db = Database::open(ctx, SERVICE, &SQLITE, &POSTGRES).await?;
+    let budget = budget::Budget::new(db, config.daily_budget_usd, config.budget_action == "reject", ctx.tasks.clone());
+    let router = router::Router::new(config, providers, pricing, budget, ctx.metrics.clone()).map_err(Error::Config)?;
+    let usable: Vec<&str> =
+        router.providers.iter().filter(|p| p.enabled && p.configured).map(|p| p.name.as_str()).collect();
+    tracing::info!(providers = ?usable, pricing = %router.pricing.version, "llm router ready");
+    Ok(Arc::new(router))
+}
 
 /// The llm-router gRPC service, ready to be served.
-pub async fn start(_ctx: &ServiceContext) -> helix_runtime::Result<LlmRouterServiceServer<LlmRouterServiceApi>> {
-    Ok(LlmRouterServiceServer::new(LlmRouterServiceApi))
+pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<LlmRouterServiceServer<LlmApi>> {
+    let router = open(ctx).await?;
+    Ok(LlmRouterServiceServer::new(LlmApi::new(router)).max_decoding_message_size(32 * 1024 * 1024))
 }
 
 /// Runs the llm-router service alone in this process until `shutdown` is cancelled.

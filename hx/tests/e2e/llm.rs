@@ -1,0 +1,748 @@
+//! The llm-router behind the gateway's OpenAI- and Anthropic-compatible doors, against
+//! fake providers speaking the real wire formats (`helix_testkit::llm`): translation
+//! both ways, streams, fallbacks, the fault matrix, the circuit breaker and the budget.
+
+use std::time::{Duration, Instant};
+
+use helix_runtime::HelixConfig;
+use helix_runtime::config::LlmAlias;
+use helix_testkit::llm::{Behaviour, FakeLlm, Wire, quick_retries};
+use helix_testkit::{Backend, TestEnv, TestHelix};
+use hx::fleet::Role;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::read;
+
+crate::on_both_backends!(
+    translation_both_ways_and_streams,
+    budget_reject_calls_no_provider,
+    budget_holds_under_50_concurrent_calls
+);
+
+/// A Helix whose providers are fakes, configured by `configure` before it starts.
+async fn start(backend: Backend, configure: impl FnOnce(&mut HelixConfig)) -> anyhow::Result<TestHelix> {
+    let mut env = TestEnv::new(backend).await?;
+    quick_retries(&mut env.config);
+    configure(&mut env.config);
+    let node = env.start(&Role::ALL).await?;
+    let base_url = node.gateway_url().expect("gateway role runs");
+    Ok(TestHelix { env, node: Some(node), base_url, http: reqwest::Client::new() })
+}
+
+fn alias(targets: &[&str]) -> LlmAlias {
+    LlmAlias {
+        policy: "fallback".to_owned(),
+        targets: targets.iter().map(|t| (*t).to_owned()).collect(),
+        weights: vec![],
+    }
+}
+
+async fn chat(helix: &TestHelix, body: Value) -> anyhow::Result<reqwest::Response> {
+    Ok(helix.api(Method::POST, "/v1/chat/completions").json(&body).send().await?)
+}
+
+/// One server-sent event: its `event:` name (empty for OpenAI's) and data.
+#[derive(Debug)]
+struct Sse {
+    event: String,
+    data: String,
+}
+
+async fn sse(response: reqwest::Response) -> anyhow::Result<Vec<Sse>> {
+    let text = response.text().await?;
+    let mut events = Vec::new();
+    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let mut event = Sse { event: String::new(), data: String::new() };
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("event:") {
+                event.event = v.trim().to_owned();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                event.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            }
+        }
+        events.push(event);
+    }
+    Ok(events)
+}
+
+/// What an OpenAI stream says: the text, the tool calls' (name, arguments), whether
+/// it ended with `[DONE]`, the error chunk if any, the usage chunk if any.
+#[derive(Debug, Default)]
+struct OpenAiStream {
+    text: String,
+    tools: Vec<(String, String)>,
+    done: bool,
+    error: Option<Value>,
+    usage: Option<Value>,
+    finish: Option<String>,
+}
+
+fn read_openai_stream(events: &[Sse]) -> OpenAiStream {
+    let mut out = OpenAiStream::default();
+    for event in events {
+        assert!(!out.done, "nothing follows [DONE]: {events:?}");
+        if event.data == "[DONE]" {
+            out.done = true;
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(&event.data).expect("every data line is JSON");
+        if chunk.get("error").is_some() {
+            out.error = Some(chunk);
+            continue;
+        }
+        assert_eq!(chunk["object"], "chat.completion.chunk", "{chunk}");
+        if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
+            assert_eq!(chunk["choices"], json!([]), "usage comes in a chunk of its own");
+            out.usage = Some(usage.clone());
+        }
+        let Some(choice) = chunk["choices"].get(0) else { continue };
+        if let Some(text) = choice["delta"]["content"].as_str() {
+            out.text.push_str(text);
+        }
+        for call in choice["delta"]["tool_calls"].as_array().into_iter().flatten() {
+            let index = call["index"].as_u64().unwrap() as usize;
+            if out.tools.len() <= index {
+                out.tools.resize(index + 1, (String::new(), String::new()));
+            }
+            if let Some(name) = call["function"]["name"].as_str() {
+                out.tools[index].0.push_str(name);
+            }
+            out.tools[index].1.push_str(call["function"]["arguments"].as_str().unwrap_or_default());
+        }
+        if let Some(finish) = choice["finish_reason"].as_str() {
+            out.finish = Some(finish.to_owned());
+        }
+    }
+    out
+}
+
+const WEATHER_TOOL: &str = "get_weather";
+const WEATHER_ARGS: &str = r#"{"city":"Paris","unit":"celsius"}"#;
+
+fn tools() -> Value {
+    json!([{"type": "function", "function": {"name": WEATHER_TOOL, "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}])
+}
+
+async fn translation_both_ways_and_streams(backend: Backend) -> anyhow::Result<()> {
+    let openai = FakeLlm::start().await?;
+    let anthropic = FakeLlm::start().await?;
+    let helix = start(backend, |config| {
+        openai.serve_as(config, "openai", Wire::OpenAi);
+        anthropic.serve_as(config, "anthropic", Wire::Anthropic);
+    })
+    .await?;
+
+    // OpenAI in, OpenAI out
+    let response = chat(
+        &helix,
+        json!({"model": "openai/gpt-4o-mini",
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}),
+    )
+    .await?;
+    let overhead = response.headers().get("x-helix-router-overhead-us").map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(response.headers()["x-helix-provider"], "openai");
+    let (status, body) = read(response).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(overhead.expect("the overhead header").parse::<u64>().is_ok());
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["choices"][0]["message"]["content"], "Hello from the fake");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        (body["usage"]["prompt_tokens"].as_u64(), body["usage"]["completion_tokens"].as_u64()),
+        (Some(11), Some(4))
+    );
+    let sent = &openai.received()[0];
+    assert_eq!(sent.key.as_deref(), Some("sk-test-openai"));
+    assert_eq!(sent.body["model"], "gpt-4o-mini");
+    assert_eq!(sent.body["messages"][0], json!({"role": "system", "content": "Be brief."}));
+
+    // OpenAI in, Anthropic out: system on top, max_tokens filled in, tools as input_schema
+    anthropic.script([Behaviour::ToolCall {
+        id: "toolu_1".into(),
+        name: WEATHER_TOOL.into(),
+        arguments: WEATHER_ARGS.into(),
+    }]);
+    let (status, body) = read(
+        chat(
+            &helix,
+            json!({"model": "anthropic/claude-haiku-4-5", "tools": tools(), "tool_choice": "required",
+            "messages": [{"role": "system", "content": "Use tools."}, {"role": "user", "content": "Weather?"}]}),
+        )
+        .await?,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let message = &body["choices"][0]["message"];
+    assert_eq!(message["content"], Value::Null, "{body}");
+    assert_eq!(message["tool_calls"][0]["id"], "toolu_1");
+    assert_eq!(message["tool_calls"][0]["function"]["name"], WEATHER_TOOL);
+    let args: Value = serde_json::from_str(message["tool_calls"][0]["function"]["arguments"].as_str().unwrap())?;
+    assert_eq!(args, serde_json::from_str::<Value>(WEATHER_ARGS)?);
+    assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+    let sent = &anthropic.received()[0];
+    assert_eq!(sent.key.as_deref(), Some("sk-test-anthropic"));
+    assert_eq!(sent.body["system"], "Use tools.");
+    assert_eq!(sent.body["max_tokens"], 4096);
+    assert_eq!(sent.body["messages"], json!([{"role": "user", "content": [{"type": "text", "text": "Weather?"}]}]));
+    assert_eq!(sent.body["tools"][0]["name"], WEATHER_TOOL);
+    assert_eq!(sent.body["tools"][0]["input_schema"]["required"], json!(["city"]));
+    assert_eq!(sent.body["tool_choice"], json!({"type": "any"}));
+
+    // the tool's answer goes back as a tool_result block
+    let (status, body) = read(
+        chat(
+            &helix,
+            json!({"model": "anthropic/claude-haiku-4-5", "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "toolu_1", "type": "function",
+                "function": {"name": WEATHER_TOOL, "arguments": WEATHER_ARGS}}]},
+            {"role": "tool", "tool_call_id": "toolu_1", "content": "18 C"}]}),
+        )
+        .await?,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let sent = &anthropic.received()[1].body["messages"];
+    assert_eq!(sent[1]["content"][0]["type"], "tool_use");
+    assert_eq!(sent[1]["content"][0]["input"]["city"], "Paris");
+    assert_eq!(
+        sent[2],
+        json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "18 C"}]})
+    );
+
+    // Anthropic in, OpenAI out
+    let response = helix
+        .http
+        .post(helix.url("/v1/messages"))
+        .header("x-api-key", &helix.env.admin_key)
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": "openai/gpt-4o-mini", "max_tokens": 100, "system": "Be brief.",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]}))
+        .send()
+        .await?;
+    let (status, body) = read(response).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["type"], "message");
+    assert_eq!(body["content"], json!([{"type": "text", "text": "Hello from the fake"}]));
+    assert_eq!(body["stop_reason"], "end_turn");
+    assert_eq!(body["usage"]["input_tokens"], 11);
+    let sent = &openai.received()[1].body;
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    );
+    assert_eq!(sent["max_tokens"], 100);
+
+    // OpenAI stream over Anthropic, text, with usage
+    let response = chat(
+        &helix,
+        json!({"model": "anthropic/claude-haiku-4-5", "stream": true,
+        "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await?;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str()?.starts_with("text/event-stream"));
+    assert!(response.headers().contains_key("x-helix-router-overhead-us"));
+    let stream = read_openai_stream(&sse(response).await?);
+    assert_eq!(stream.text, "Hello from the fake");
+    assert!(stream.done && stream.error.is_none(), "{stream:?}");
+    assert_eq!(stream.finish.as_deref(), Some("stop"));
+    assert_eq!(
+        stream.usage.as_ref().map(|u| (u["prompt_tokens"].clone(), u["completion_tokens"].clone())),
+        Some((json!(11), json!(4)))
+    );
+
+    // OpenAI stream of tool-call deltas over Anthropic's input_json_delta
+    anthropic.script([Behaviour::ToolCall {
+        id: "toolu_2".into(),
+        name: WEATHER_TOOL.into(),
+        arguments: WEATHER_ARGS.into(),
+    }]);
+    let response = chat(
+        &helix,
+        json!({"model": "anthropic/claude-haiku-4-5", "stream": true, "tools": tools(),
+        "messages": [{"role": "user", "content": "Weather?"}]}),
+    )
+    .await?;
+    let stream = read_openai_stream(&sse(response).await?);
+    assert_eq!(stream.tools, vec![(WEATHER_TOOL.to_owned(), WEATHER_ARGS.to_owned())], "{stream:?}");
+    assert_eq!(stream.finish.as_deref(), Some("tool_calls"));
+    assert!(stream.done && stream.usage.is_none(), "usage only when asked for");
+
+    // Anthropic stream over OpenAI, text then a tool call
+    openai.script([Behaviour::ToolCall {
+        id: "call_9".into(),
+        name: WEATHER_TOOL.into(),
+        arguments: WEATHER_ARGS.into(),
+    }]);
+    let response = helix
+        .api(Method::POST, "/v1/messages")
+        .json(&json!({"model": "openai/gpt-4o-mini", "max_tokens": 50, "stream": true, "tools": [
+            {"name": WEATHER_TOOL, "input_schema": {"type": "object"}}],
+            "messages": [{"role": "user", "content": "Weather?"}]}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let events = sse(response).await?;
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(names.first(), Some(&"message_start"));
+    assert_eq!(&names[names.len() - 2..], &["message_delta", "message_stop"], "{names:?}");
+    let mut arguments = String::new();
+    for event in &events {
+        let data: Value = serde_json::from_str(&event.data)?;
+        assert_eq!(data["type"], event.event.as_str(), "event name and type agree");
+        if data["type"] == "content_block_start" {
+            assert_eq!(data["content_block"]["type"], "tool_use");
+            assert_eq!(data["content_block"]["id"], "call_9");
+        }
+        if data["delta"]["type"] == "input_json_delta" {
+            arguments.push_str(data["delta"]["partial_json"].as_str().unwrap());
+        }
+        if data["type"] == "message_delta" {
+            assert_eq!(data["delta"]["stop_reason"], "tool_use");
+        }
+    }
+    assert_eq!(arguments, WEATHER_ARGS);
+
+    let (status, models) = read(helix.api(Method::GET, "/v1/models").send().await?).await;
+    assert_eq!(status, 200);
+    assert_eq!(models["object"], "list");
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().filter_map(|m| m["id"].as_str()).collect();
+    assert!(ids.contains(&"openai/gpt-4o-mini") && ids.contains(&"anthropic/claude-haiku-4-5"), "{ids:?}");
+
+    // the spend of those calls is settled and shown
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, budget) = read(helix.api(Method::GET, "/api/budget").send().await?).await;
+        assert_eq!(status, 200, "{budget}");
+        assert_eq!((budget["daily_limit_usd"].as_f64(), budget["action"].as_str()), (Some(100.0), Some("downgrade")));
+        if budget["history"][0]["requests"].as_u64() == Some(7) {
+            assert!(budget["spent_today_usd"].as_f64().unwrap() > 0.0, "{budget}");
+            let providers: Vec<&str> =
+                budget["providers"].as_array().unwrap().iter().filter_map(|p| p["provider"].as_str()).collect();
+            assert_eq!(providers, ["anthropic", "openai"]);
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "calls not settled: {budget}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    helix.stop().await;
+    Ok(())
+}
+
+/// What a cell of the fault matrix must end with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// 200 with the whole answer from the primary, after `n` requests to it
+    Retried(usize),
+    /// 200 with the whole answer from the backup
+    FellBack,
+    /// the stream started, then ended with an error event and no end marker
+    VisibleError,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_matrix() -> anyhow::Result<()> {
+    let primary_openai = FakeLlm::start().await?;
+    let primary_anthropic = FakeLlm::start().await?;
+    let backup = FakeLlm::start().await?;
+    backup.set_default(Behaviour::reply("Backup answer here"));
+    let helix = start(Backend::Embedded, |config| {
+        config.llm.attempt_timeout_ms = 500;
+        // the breaker must not open during the matrix
+        config.llm.breaker_failures = 1000;
+        primary_openai.serve_as(config, "openai", Wire::OpenAi);
+        primary_anthropic.serve_as(config, "anthropic", Wire::Anthropic);
+        backup.serve_as(config, "mistral", Wire::OpenAi);
+        config
+            .llm
+            .aliases
+            .insert("chain-openai".into(), alias(&["openai/gpt-4o-mini", "mistral/mistral-small-latest"]));
+        config
+            .llm
+            .aliases
+            .insert("chain-anthropic".into(), alias(&["anthropic/claude-haiku-4-5", "mistral/mistral-small-latest"]));
+    })
+    .await?;
+    let reply = || Behaviour::reply("Primary answer here");
+    let always = |b: Behaviour| vec![b.clone(), b.clone(), b];
+    // (name, script of the primary, expected without and with streaming)
+    let cells: Vec<(&str, Vec<Behaviour>, Expect, Expect)> = vec![
+        ("500 always", always(Behaviour::status(500)), Expect::FellBack, Expect::FellBack),
+        ("500 once", vec![Behaviour::status(500), reply()], Expect::Retried(2), Expect::Retried(2)),
+        ("529 once", vec![Behaviour::status(529), reply()], Expect::Retried(2), Expect::Retried(2)),
+        (
+            "429 with Retry-After",
+            vec![Behaviour::Status { code: 429, retry_after: Some(1) }, reply()],
+            Expect::Retried(2),
+            Expect::Retried(2),
+        ),
+        (
+            "slow first byte",
+            vec![Behaviour::Slow { delay: Duration::from_millis(1500), then: Box::new(reply()) }, reply()],
+            Expect::Retried(2),
+            Expect::Retried(2),
+        ),
+        (
+            "error after the first chunk",
+            vec![Behaviour::ErrorAfterFirstChunk, reply()],
+            Expect::Retried(2),
+            Expect::VisibleError,
+        ),
+        ("stream cut without end marker", vec![Behaviour::CutMidway], Expect::FellBack, Expect::VisibleError),
+        ("malformed JSON", vec![Behaviour::MalformedJson], Expect::FellBack, Expect::FellBack),
+        ("400 is the caller's", vec![Behaviour::status(400)], Expect::Retried(0), Expect::Retried(0)),
+    ];
+    for (wire, primary, model) in
+        [(Wire::OpenAi, &primary_openai, "chain-openai"), (Wire::Anthropic, &primary_anthropic, "chain-anthropic")]
+    {
+        for (name, script, whole, streamed) in &cells {
+            for (stream, expect) in [(false, *whole), (true, *streamed)] {
+                let cell = format!("{wire:?} {name} stream={stream}");
+                primary.script(script.clone());
+                let (before, backup_before) = (primary.count(), backup.count());
+                let started = Instant::now();
+                let response = chat(
+                    &helix,
+                    json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "Hi"}]}),
+                )
+                .await?;
+                let status = response.status().as_u16();
+                let (text, complete, error) = if stream && status == 200 {
+                    let s = read_openai_stream(&sse(response).await?);
+                    (s.text, s.done, s.error)
+                } else {
+                    let (_, body) = read(response).await;
+                    let complete = status == 200;
+                    let text = body["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_owned();
+                    (text, complete, (!complete).then_some(body))
+                };
+                let (to_primary, to_backup) = (primary.count() - before, backup.count() - backup_before);
+                match expect {
+                    Expect::Retried(0) => {
+                        assert_eq!(status, 400, "{cell}: {error:?}");
+                        assert_eq!(error.unwrap()["error"]["code"], "provider_rejected_request", "{cell}");
+                        assert_eq!((to_primary, to_backup), (1, 0), "{cell}: no retry, no fallback");
+                    }
+                    Expect::Retried(n) => {
+                        assert_eq!(
+                            (status, text.as_str(), complete),
+                            (200, "Primary answer here", true),
+                            "{cell}: {error:?}"
+                        );
+                        assert_eq!((to_primary, to_backup), (n, 0), "{cell}");
+                    }
+                    Expect::FellBack => {
+                        assert_eq!(
+                            (status, text.as_str(), complete),
+                            (200, "Backup answer here", true),
+                            "{cell}: {error:?}"
+                        );
+                        assert_eq!(to_backup, 1, "{cell}");
+                    }
+                    Expect::VisibleError => {
+                        assert_eq!(status, 200, "{cell}");
+                        assert_eq!(text, "Partial", "{cell}: what came before the failure reached the client");
+                        assert!(!complete, "{cell}: a cut stream must not end with [DONE]");
+                        let error = error.unwrap_or_else(|| panic!("{cell}: no error event"));
+                        assert_eq!(error["error"]["code"], "stream_interrupted", "{cell}");
+                        assert_eq!(to_backup, 0, "{cell}: after the first token there is no fallback");
+                    }
+                }
+                if *name == "429 with Retry-After" {
+                    assert!(started.elapsed() >= Duration::from_secs(1), "{cell}: Retry-After honoured");
+                }
+                // what a cell left unused must not leak into the next one
+                primary.clear_script();
+            }
+        }
+    }
+    helix.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_skips_a_failing_provider() -> anyhow::Result<()> {
+    let primary = FakeLlm::start().await?;
+    let backup = FakeLlm::start().await?;
+    primary.set_default(Behaviour::status(503));
+    let helix = start(Backend::Embedded, |config| {
+        config.llm.max_retries = 0;
+        config.llm.breaker_failures = 2;
+        config.llm.breaker_cooldown_ms = 600;
+        primary.serve_as(config, "openai", Wire::OpenAi);
+        backup.serve_as(config, "mistral", Wire::OpenAi);
+        config.llm.aliases.insert("chain".into(), alias(&["openai/gpt-4o-mini", "mistral/mistral-small-latest"]));
+    })
+    .await?;
+    let call = || chat(&helix, json!({"model": "chain", "messages": [{"role": "user", "content": "Hi"}]}));
+    for _ in 0..4 {
+        let (status, body) = read(call().await?).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!((primary.count(), backup.count()), (2, 4), "open after two failures: calls go straight to the backup");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    primary.set_default(Behaviour::reply("Recovered"));
+    let (_, body) = read(call().await?).await;
+    assert_eq!(body["choices"][0]["message"]["content"], "Recovered", "after the cooldown one probe goes through");
+    let (_, body) = read(call().await?).await;
+    assert_eq!(body["choices"][0]["message"]["content"], "Recovered", "and its success closes the circuit");
+    assert_eq!(primary.count(), 4);
+    helix.stop().await;
+    Ok(())
+}
+
+async fn budget_reject_calls_no_provider(backend: Backend) -> anyhow::Result<()> {
+    let fake = FakeLlm::start().await?;
+    let helix = start(backend, |config| {
+        config.llm.daily_budget_usd = 0.0;
+        config.llm.budget_action = "reject".into();
+        fake.serve_as(config, "openai", Wire::OpenAi);
+    })
+    .await?;
+    for stream in [false, true] {
+        let (status, body) = read(
+            chat(
+                &helix,
+                json!({"model": "openai/gpt-4o-mini", "stream": stream,
+                "messages": [{"role": "user", "content": "Hi"}]}),
+            )
+            .await?,
+        )
+        .await;
+        assert_eq!(status, 402, "{body}");
+        assert_eq!(body["error"]["code"], "budget_exceeded");
+        assert_eq!(body["error"]["type"], "insufficient_quota");
+        assert!(body["error"]["message"].as_str().unwrap().contains("budget"), "{body}");
+    }
+    let (status, body) = read(
+        helix
+            .api(Method::POST, "/v1/messages")
+            .json(&json!({"model": "openai/gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]}))
+            .send()
+            .await?,
+    )
+    .await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!((body["type"].as_str(), body["error"]["code"].as_str()), (Some("error"), Some("budget_exceeded")));
+    let (status, body) = read(
+        helix
+            .api(Method::POST, "/api/generate")
+            .json(&json!({"prompt": "Hi", "model": "openai/gpt-4o-mini"}))
+            .send()
+            .await?,
+    )
+    .await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(body["error"]["code"], "budget_exceeded");
+    assert_eq!(fake.count(), 0, "the provider saw no request");
+    helix.stop().await;
+    Ok(())
+}
+
+/// 50 calls at once against a cap that holds a few: reject mode never overspends and
+/// refused calls reach no provider; downgrade mode moves calls to cheaper models.
+async fn budget_holds_under_50_concurrent_calls(backend: Backend) -> anyhow::Result<()> {
+    for action in ["reject", "downgrade"] {
+        let fake = FakeLlm::start().await?;
+        // slow answers keep reservations overlapping
+        fake.set_default(Behaviour::Slow {
+            delay: Duration::from_millis(150),
+            then: Box::new(Behaviour::reply("ok then")),
+        });
+        // gpt-4o with max_tokens 1000 reserves ~0.01 USD: three fit under 0.03 at once
+        let cap = 0.03;
+        let helix = start(backend, |config| {
+            config.llm.daily_budget_usd = cap;
+            config.llm.budget_action = action.into();
+            fake.serve_as(config, "openai", Wire::OpenAi);
+        })
+        .await?;
+        let calls = (0..50).map(|_| {
+            let request = chat(
+                &helix,
+                json!({"model": "openai/gpt-4o", "max_tokens": 1000,
+                "messages": [{"role": "user", "content": "Hi"}]}),
+            );
+            async move {
+                let response = request.await?;
+                let model = response.headers().get("x-helix-model").map(|v| v.to_str().unwrap_or_default().to_owned());
+                let (status, body) = read(response).await;
+                anyhow::Ok((status, model, body))
+            }
+        });
+        let results = futures::future::try_join_all(calls).await?;
+        let ok: Vec<_> = results.iter().filter(|(s, _, _)| *s == 200).collect();
+        let refused = results.iter().filter(|(s, _, _)| *s == 402).count();
+        assert_eq!(ok.len() + refused, 50, "{action}: only answers and refusals: {results:?}");
+        assert!(!ok.is_empty(), "{action}: nothing answered");
+        if action == "reject" {
+            // two reservations fit at once and each call takes 150 ms: most of 50 cannot
+            assert!(refused > 0, "{action}: {} answered, none refused", ok.len());
+        }
+        assert_eq!(fake.count(), ok.len(), "{action}: refused calls reached no provider");
+        let downgraded = ok.iter().filter(|(_, model, _)| model.as_deref() != Some("gpt-4o")).count();
+        match action {
+            "reject" => assert_eq!(downgraded, 0),
+            _ => assert!(downgraded > 0, "downgrade moves calls to cheaper models"),
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let budget = loop {
+            let (_, budget) = read(helix.api(Method::GET, "/api/budget").send().await?).await;
+            if budget["history"][0]["requests"].as_u64() == Some(ok.len() as u64) {
+                break budget;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "calls not settled: {budget}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let spent = budget["spent_today_usd"].as_f64().unwrap();
+        assert!(spent > 0.0 && spent <= cap, "{action}: spent {spent} of {cap}");
+        helix.stop().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_llm_input_is_a_clear_4xx() -> anyhow::Result<()> {
+    let fake = FakeLlm::start().await?;
+    let helix = start(Backend::Embedded, |config| fake.serve_as(config, "openai", Wire::OpenAi)).await?;
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (json!({"model": "openai/gpt-4o-mini"}), 422, "invalid_body"),
+        (json!({"model": "openai/gpt-4o-mini", "messages": []}), 400, "empty_messages"),
+        (json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "wizard", "content": "x"}]}), 400, "invalid_role"),
+        (
+            json!({"model": "openai/not-a-priced-model", "messages": [{"role": "user", "content": "x"}]}),
+            400,
+            "unpriced_model",
+        ),
+        (
+            json!({"model": "openai/gpt-4o-mini", "temperature": 7, "messages": [{"role": "user", "content": "x"}]}),
+            400,
+            "invalid_temperature",
+        ),
+        (
+            json!({"model": "openai/gpt-4o-mini", "tools": [{"type": "function"}], "messages": [{"role": "user", "content": "x"}]}),
+            400,
+            "invalid_tools",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (got, answer) = read(chat(&helix, body.clone()).await?).await;
+        assert_eq!((got, answer["error"]["code"].as_str()), (status, Some(code)), "{body}: {answer}");
+        assert!(answer["error"]["message"].is_string() && answer["error"]["type"].is_string(), "{answer}");
+    }
+    let (status, answer) = read(
+        helix
+            .api(Method::POST, "/v1/chat/completions")
+            .header("content-type", "application/json")
+            .body("{nope")
+            .send()
+            .await?,
+    )
+    .await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("malformed_json")));
+    let (status, _) = read(helix.http.post(helix.url("/v1/chat/completions")).json(&json!({})).send().await?).await;
+    assert_eq!(status, 401);
+    let (status, answer) = read(
+        helix
+            .api(Method::POST, "/v1/messages")
+            .json(&json!({"model": "openai/gpt-4o-mini", "messages": []}))
+            .send()
+            .await?,
+    )
+    .await;
+    assert_eq!((status, answer["type"].as_str()), (422, Some("error")), "{answer}");
+    assert_eq!(fake.count(), 0, "nothing bad reached the provider");
+    helix.stop().await;
+    Ok(())
+}
+
+/// The official OpenAI and Anthropic Python clients work unchanged against the gateway
+/// (`clients/sdk_check.py`; `make venv` installs them into `.venv`, or set
+/// `HELIX_TEST_PYTHON` to a Python that has them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_python_clients_work_unchanged() -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var_os("HELIX_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("../.venv/bin/python"));
+    anyhow::ensure!(python.exists(), "{} is missing: run `make venv`", python.display());
+    let openai = FakeLlm::start().await?;
+    let anthropic = FakeLlm::start().await?;
+    anthropic.set_default(Behaviour::ToolCall {
+        id: "toolu_1".into(),
+        name: WEATHER_TOOL.into(),
+        arguments: WEATHER_ARGS.into(),
+    });
+    let broken = FakeLlm::start().await?;
+    broken.set_default(Behaviour::ErrorAfterFirstChunk);
+    let helix = start(Backend::Embedded, |config| {
+        openai.serve_as(config, "openai", Wire::OpenAi);
+        anthropic.serve_as(config, "anthropic", Wire::Anthropic);
+        broken.serve_as(config, "mistral", Wire::OpenAi);
+    })
+    .await?;
+    let output = tokio::process::Command::new(&python)
+        .arg(root.join("tests/e2e/clients/sdk_check.py"))
+        .env("HELIX_URL", &helix.base_url)
+        .env("HELIX_KEY", &helix.env.admin_key)
+        .output()
+        .await?;
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && stdout.trim() == "ok", "sdk_check.py failed:\n{stdout}\n{stderr}");
+    helix.stop().await;
+    Ok(())
+}
+
+/// `hx chat` as a user drives it: questions on stdin, answers streamed to stdout, the
+/// history sent along, `/model` switching mid-conversation; and the one-shot form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hx_chat_streams_keeps_history_and_switches_model() -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let openai = FakeLlm::start().await?;
+    let anthropic = FakeLlm::start().await?;
+    anthropic.set_default(Behaviour::reply("Claude here"));
+    let helix = start(Backend::Embedded, |config| {
+        openai.serve_as(config, "openai", Wire::OpenAi);
+        anthropic.serve_as(config, "anthropic", Wire::Anthropic);
+    })
+    .await?;
+    let hx = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_hx"));
+        command
+            .arg("chat")
+            .args(args)
+            .args(["--server", &helix.base_url, "--api-key", &helix.env.admin_key])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command
+    };
+    let mut child = hx(&["-m", "openai/gpt-4o-mini"]).spawn()?;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"Hi\n/model anthropic/claude-haiku-4-5\nAnd you?\n/exit\n").await?;
+    drop(stdin);
+    let output = child.wait_with_output().await?;
+    let stdout = String::from_utf8(output.stdout)?;
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(stdout, "Hello from the fake\nmodel: anthropic/claude-haiku-4-5\nClaude here\n");
+    let sent = &anthropic.received()[0].body["messages"];
+    assert_eq!(
+        sent,
+        &json!([{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "Hello from the fake"}]},
+            {"role": "user", "content": [{"type": "text", "text": "And you?"}]}]),
+        "the conversation so far goes with the question"
+    );
+
+    let output = hx(&["-m", "openai/gpt-4o-mini", "One", "shot"]).output().await?;
+    assert_eq!(String::from_utf8(output.stdout)?, "Hello from the fake\n");
+    assert_eq!(openai.received()[1].body["messages"], json!([{"role": "user", "content": "One shot"}]));
+    let output = hx(&["-m", "openai/unpriced-model", "Hi"]).output().await?;
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unpriced_model"), "{output:?}");
+    helix.stop().await;
+    Ok(())
+}
