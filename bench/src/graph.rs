@@ -359,10 +359,5 @@ pub async fn run(out: &str) -> anyhow::Result<()> {
         "runs": runs,
         "goals": goals,
     });
-    if let Some(dir) = std::path::Path::new(out).parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")?;
-    eprintln!("wrote {out}");
-    Ok(())
+    crate::write_report(out, &report)
 }

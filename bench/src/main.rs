@@ -18,6 +18,7 @@ use hx::fleet::Role;
 use serde_json::{Value, json};
 
 mod graph;
+mod jobs;
 mod llm;
 mod search;
 
@@ -35,7 +36,7 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     seconds: u64,
     /// which benchmark: foundation, search (bench/src/search.rs), graph (bench/src/graph.rs) or
-    /// llm (bench/src/llm.rs)
+    /// llm (bench/src/llm.rs), jobs (bench/src/jobs.rs)
     #[arg(long, default_value = "foundation")]
     suite: String,
 }
@@ -132,6 +133,9 @@ async fn main() -> anyhow::Result<()> {
     if args.suite == "llm" {
         return llm::run(&args.out).await;
     }
+    if args.suite == "jobs" {
+        return jobs::run(&args.out).await;
+    }
     let duration = Duration::from_secs(args.seconds);
     let mut runs = Vec::new();
     let mut ratios = Vec::new();
@@ -182,10 +186,50 @@ async fn main() -> anyhow::Result<()> {
         "ratios": ratios,
         "goals": goals,
     });
-    if let Some(dir) = std::path::Path::new(&args.out).parent() {
+    write_report(&args.out, &report)
+}
+
+/// Writes a suite's results as pretty JSON, creating the directory.
+pub(crate) fn write_report(out: &str, report: &Value) -> anyhow::Result<()> {
+    if let Some(dir) = std::path::Path::new(out).parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&args.out, serde_json::to_string_pretty(&report)? + "\n")?;
-    eprintln!("wrote {}", args.out);
+    std::fs::write(out, serde_json::to_string_pretty(report)? + "\n")?;
+    eprintln!("wrote {out}");
     Ok(())
+}
+
+/// Count, p50, p99, mean and max of a set of latencies, in milliseconds.
+pub(crate) fn percentiles(latencies: &mut [Duration]) -> Value {
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1e3;
+    let mean = latencies.iter().map(Duration::as_secs_f64).sum::<f64>() / latencies.len().max(1) as f64 * 1e3;
+    json!({"count": latencies.len(), "p50_ms": pct(0.50), "p99_ms": pct(0.99), "mean_ms": mean, "max_ms": pct(1.0)})
+}
+
+/// The machine a suite ran on, with its load (it may be shared).
+pub(crate) fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model =
+        cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|l| l.trim_start_matches([' ', '\t', ':']));
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_kb = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok());
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": model,
+        "memory_gb": memory_kb.map(|kb| (kb as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0),
+        "os": std::env::consts::OS,
+        // the machine may be shared: other work running shows here
+        "load_average_at_start": load_average(),
+    })
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub(crate) fn load_average() -> Option<String> {
+    let line = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(line.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }

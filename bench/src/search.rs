@@ -79,7 +79,7 @@ impl Sizes {
 /// Runs the whole suite and writes its JSON to `out`.
 pub async fn run(out: &str) -> anyhow::Result<()> {
     let sizes = Sizes::from_env();
-    let mut machine = machine();
+    let mut machine = crate::machine();
     let started = Instant::now();
     let lee = Lee::load(&lee_dir())?;
     let vocabulary = Vocabulary::of(lee.judged.iter().chain(&lee.background));
@@ -120,7 +120,7 @@ pub async fn run(out: &str) -> anyhow::Result<()> {
             "missed_by_ms": (hybrid_p99 >= HYBRID_P99_GOAL_MS).then_some(hybrid_p99 - HYBRID_P99_GOAL_MS),
         },
     ]);
-    machine["load_average_at_end"] = json!(load_average());
+    machine["load_average_at_end"] = json!(crate::load_average());
     let report = json!({
         "benchmark": "search: retrieval quality (Lee corpus), indexing throughput vs raw tantivy, query latency at 100k nodes",
         "measured_at": chrono::Utc::now().to_rfc3339(),
@@ -132,12 +132,8 @@ pub async fn run(out: &str) -> anyhow::Result<()> {
         "latency": latency,
         "goals": goals,
     });
-    if let Some(dir) = Path::new(out).parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")?;
-    eprintln!("search: wrote {out} in {:.0} s", started.elapsed().as_secs_f64());
-    Ok(())
+    eprintln!("search: measured in {:.0} s", started.elapsed().as_secs_f64());
+    crate::write_report(out, &report)
 }
 
 fn lee_dir() -> PathBuf {
@@ -681,7 +677,7 @@ async fn minilm(docs: &[Synthetic], queries: &[String]) -> anyhow::Result<MiniLm
         model.embed(std::slice::from_ref(query)).await?;
         latencies.push(asked.elapsed());
     }
-    let query = percentiles(&mut latencies);
+    let query = crate::percentiles(&mut latencies);
     eprintln!("minilm: query embedding p50 {:.2} ms p99 {:.2} ms", ms(&query, "p50_ms"), ms(&query, "p99_ms"));
     let json = json!({
         "model": "all-MiniLM-L6-v2 (libs/embed MiniLm, candle on the CPU)",
@@ -697,13 +693,6 @@ async fn minilm(docs: &[Synthetic], queries: &[String]) -> anyhow::Result<MiniLm
 /// A number of a measurement, for printing.
 fn ms(measured: &Value, field: &str) -> f64 {
     measured[field].as_f64().unwrap_or(f64::NAN)
-}
-
-fn percentiles(latencies: &mut [Duration]) -> Value {
-    latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1e3;
-    let mean = latencies.iter().map(Duration::as_secs_f64).sum::<f64>() / latencies.len().max(1) as f64 * 1e3;
-    json!({"count": latencies.len(), "p50_ms": pct(0.50), "p99_ms": pct(0.99), "mean_ms": mean, "max_ms": pct(1.0)})
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1040,7 +1029,7 @@ async fn grpc_series(search: &mut Search, queries: &[String], series: &Series) -
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let mut measured = percentiles(&mut latencies);
+    let mut measured = crate::percentiles(&mut latencies);
     measured["mode"] = json!(if series.mode.is_empty() { "hybrid" } else { series.mode });
     measured["operator"] = json!(if series.operator.is_empty() { "default" } else { series.operator });
     measured["limit"] = json!(series.limit);
@@ -1049,7 +1038,7 @@ async fn grpc_series(search: &mut Search, queries: &[String], series: &Series) -
     if series.mode != "fulltext" {
         measured["embedding_ms_measured_mean"] = json!(embedding_ms_sum / queries.len() as f64);
         measured["embedding_ms_measured_max"] = json!(embedding_ms_max);
-        measured["embedding_warm_pass_lexical_hash"] = percentiles(&mut warm_embedding);
+        measured["embedding_warm_pass_lexical_hash"] = crate::percentiles(&mut warm_embedding);
     }
     Ok(measured)
 }
@@ -1065,7 +1054,7 @@ async fn rest_series(gateway: &Gateway, queries: &[String]) -> anyhow::Result<Va
         gateway.search(&body(query)).await?;
         latencies.push(asked.elapsed());
     }
-    let mut measured = percentiles(&mut latencies);
+    let mut measured = crate::percentiles(&mut latencies);
     measured["about"] = json!("POST /api/v1/search {query, limit 10}: mode hybrid by default, with highlights");
     Ok(measured)
 }
@@ -1183,30 +1172,4 @@ fn directory_bytes(path: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
-}
-
-fn machine() -> Value {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model =
-        cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|l| l.trim_start_matches([' ', '\t', ':']));
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let memory_kb = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok());
-    json!({
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "cpu_model": model,
-        "memory_gb": memory_kb.map(|kb| (kb as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0),
-        "os": std::env::consts::OS,
-        // the machine may be shared: other work running shows here
-        "load_average_at_start": load_average(),
-    })
-}
-
-/// The 1, 5 and 15 minute load averages.
-fn load_average() -> Option<String> {
-    let line = std::fs::read_to_string("/proc/loadavg").ok()?;
-    Some(line.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }

@@ -317,8 +317,19 @@ async fn lapsed_leases_are_rescued_and_fenced(backend: Backend) -> anyhow::Resul
     assert_eq!(refused(jobs.heartbeat_job(late).await), "lease_lost");
     assert_eq!(refused(jobs.complete_job(complete(&a, a.attempt)).await), "lease_lost");
     assert_eq!(refused(jobs.fail_job(fail(&a, false)).await), "lease_lost");
-    let done = jobs.complete_job(complete(&b, b.attempt)).await?.into_inner();
+    // a batch of completions is judged job by job: the stale one is refused, the live one lands
+    let batch = |all: Vec<pb::CompleteJobRequest>| pb::CompleteJobsRequest { jobs: all };
+    assert_eq!(refused(jobs.complete_jobs(batch(vec![])).await), "invalid_bulk");
+    let zero = batch(vec![complete(&b, b.attempt), complete(&b, 0)]);
+    assert_eq!(refused(jobs.complete_jobs(zero).await), "invalid_attempt", "a malformed entry refuses the call");
+    let outcomes =
+        jobs.complete_jobs(batch(vec![complete(&a, a.attempt), complete(&b, b.attempt)])).await?.into_inner().outcomes;
+    let judged: Vec<(&str, bool, &str)> =
+        outcomes.iter().map(|o| (o.id.as_str(), o.completed, o.error_code.as_str())).collect();
+    assert_eq!(judged, [(a.id.as_str(), false, "lease_lost"), (b.id.as_str(), true, "")]);
+    let done = jobs.get_job(pb::GetJobRequest { id: b.id.clone() }).await?.into_inner();
     assert_eq!((done.state.as_str(), done.worker_id.as_str(), done.attempt), ("completed", "b", 2));
+    assert_eq!(refused(jobs.complete_job(complete(&b, b.attempt)).await), "lease_lost", "completes once");
 
     // a lapse on the last attempt dead-letters the job
     let one =

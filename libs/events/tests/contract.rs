@@ -653,19 +653,19 @@ mod nats_wire {
     async fn headers_carry_the_id_and_trace_and_subjects_are_prefixed() {
         run(Kind::Nats, |h| async move {
             let bus = h.bus().await;
-            let client = async_nats::connect(nats_url()).await?;
             let wire_subject = format!("{}.{}", h.prefix, subjects::NODE_DELETED);
-            let mut raw = client.subscribe(wire_subject.clone()).await?;
-            client.flush().await?;
 
             let published = event(subjects::NODE_DELETED, 1)
                 .with_trace(TraceContext::new("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
             let ack = bus.publish(&published).await?;
             ensure!(ack.stream == format!("{}_HELIX_NODE", h.prefix.to_uppercase()), "stream {}", ack.stream);
 
-            let message = timeout(WAIT, futures::StreamExt::next(&mut raw)).await?.context("raw subscription")?;
-            ensure!(message.subject.as_str() == wire_subject);
-            let headers = message.headers.context("headers")?;
+            // The message as JetStream stored it, read back by its sequence: what every consumer
+            // gets. (A core subscription racing the publish made this test flaky under load.)
+            let jetstream = async_nats::jetstream::new(async_nats::connect(nats_url()).await?);
+            let message = jetstream.get_stream(&ack.stream).await?.get_raw_message(ack.sequence).await?;
+            ensure!(message.subject.as_str() == wire_subject, "subject {}", message.subject);
+            let headers = &message.headers;
             ensure!(headers.get(helix_events::HEADER_MSG_ID).map(|v| v.as_str()) == Some(&*published.id.to_string()));
             ensure!(
                 headers.get(helix_events::HEADER_TRACEPARENT).map(|v| v.as_str())

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::job::{self, Job, JobDraft, State, parse_job_id, parse_object};
 use crate::schedule::{Schedule, ScheduleChanges, ScheduleDraft};
-use crate::store::{Counts, Heartbeat, JobFilter, JobStore, LeaseRequest};
+use crate::store::{Completion, Counts, Heartbeat, JobFilter, JobStore, LeaseRequest};
 
 pub struct JobsApi {
     store: Arc<JobStore>,
@@ -47,18 +47,7 @@ impl JobsService for JobsApi {
     async fn enqueue_jobs(&self, request: Request<pb::EnqueueJobsRequest>) -> Reply<pb::EnqueueJobsResponse> {
         let requests = request.into_inner().jobs;
         let result = async {
-            if requests.is_empty() || requests.len() > job::MAX_BULK {
-                return Err(Error::invalid("invalid_bulk", format!("jobs must hold 1 to {} jobs", job::MAX_BULK)));
-            }
-            let all = requests
-                .into_iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    draft(r)
-                        .and_then(JobDraft::validate)
-                        .map_err(|e| Error::new(e.kind(), e.code().to_owned(), format!("jobs[{i}]: {}", e.message())))
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let all = each_of(requests, |r| draft(r).and_then(JobDraft::validate))?;
             let jobs = self.store.enqueue(all).await?;
             Ok(pb::EnqueueJobsResponse { jobs: jobs.into_iter().map(job_to_pb).collect() })
         };
@@ -308,11 +297,29 @@ impl JobsService for JobsApi {
     }
 
     async fn complete_job(&self, request: Request<pb::CompleteJobRequest>) -> Reply<pb::Job> {
-        let r = request.into_inner();
         let result = async {
-            let id = parse_job_id(&r.id)?;
-            let result = parse_object(&r.result_json, "invalid_result", "result")?;
-            self.store.complete(id, attempt(r.attempt)?, result).await.map(job_to_pb)
+            let Completion { id, attempt, result } = completion(request.into_inner())?;
+            self.store.complete(id, attempt, result).await.map(job_to_pb)
+        };
+        reply(result.await)
+    }
+
+    async fn complete_jobs(&self, request: Request<pb::CompleteJobsRequest>) -> Reply<pb::CompleteJobsResponse> {
+        let requests = request.into_inner().jobs;
+        let result = async {
+            let completions = each_of(requests, completion)?;
+            let ids: Vec<String> = completions.iter().map(|c| c.id.to_string()).collect();
+            let outcomes = self.store.complete_all(completions).await?;
+            let outcomes = ids.into_iter().zip(outcomes).map(|(id, outcome)| match outcome {
+                Ok(_) => pb::CompleteJobOutcome { id, completed: true, ..Default::default() },
+                Err(error) => pb::CompleteJobOutcome {
+                    id,
+                    completed: false,
+                    error_code: error.code().to_owned(),
+                    message: error.message().to_owned(),
+                },
+            });
+            Ok(pb::CompleteJobsResponse { outcomes: outcomes.collect() })
         };
         reply(result.await)
     }
@@ -373,6 +380,26 @@ fn worker(id: &str) -> Result<String> {
         return Err(Error::invalid("invalid_worker_id", "worker_id must be 1-128 characters"));
     }
     Ok(id.to_owned())
+}
+
+/// The entries of a bulk call (1 to [`job::MAX_BULK`]), each converted; the first that
+/// cannot be refuses the call, named by its index.
+fn each_of<T, U>(requests: Vec<T>, convert: impl Fn(T) -> Result<U>) -> Result<Vec<U>> {
+    if requests.is_empty() || requests.len() > job::MAX_BULK {
+        return Err(Error::invalid("invalid_bulk", format!("jobs must hold 1 to {} jobs", job::MAX_BULK)));
+    }
+    let entry = |(i, r)| {
+        convert(r).map_err(|e: Error| Error::new(e.kind(), e.code().to_owned(), format!("jobs[{i}]: {}", e.message())))
+    };
+    requests.into_iter().enumerate().map(entry).collect()
+}
+
+fn completion(r: pb::CompleteJobRequest) -> Result<Completion> {
+    Ok(Completion {
+        id: parse_job_id(&r.id)?,
+        attempt: attempt(r.attempt)?,
+        result: parse_object(&r.result_json, "invalid_result", "result")?,
+    })
 }
 
 fn attempt(attempt: u32) -> Result<u32> {

@@ -98,6 +98,13 @@ pub struct Stats {
     pub active_workers: u32,
 }
 
+/// A worker's report that attempt `attempt` of job `id` succeeded.
+pub struct Completion {
+    pub id: Uuid,
+    pub attempt: u32,
+    pub result: Map<String, Value>,
+}
+
 pub struct JobStore {
     pub(crate) db: Database,
     pub(crate) outbox: Outbox,
@@ -207,12 +214,12 @@ impl JobStore {
         }
         let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
         jobs.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
-        for job in &jobs {
-            let payload = json!({
+        let events = jobs.iter().map(|job| {
+            json!({
                 "id": job.id, "kind": job.kind, "queue": job.queue, "attempt": job.attempt, "worker": request.worker_id,
-            });
-            outbox::enqueue(&mut tx, subjects::JOB_STARTED, SERVICE, payload).await?;
-        }
+            })
+        });
+        outbox::enqueue_all(&mut tx, subjects::JOB_STARTED, SERVICE, events.collect::<Vec<_>>()).await?;
         self.outbox.commit(tx).await?;
         Ok(jobs)
     }
@@ -277,33 +284,49 @@ impl JobStore {
     }
 
     pub async fn complete(&self, id: Uuid, attempt: u32, result: Map<String, Value>) -> Result<Job> {
+        let mut outcomes = self.complete_all(vec![Completion { id, attempt, result }]).await?;
+        outcomes.pop().expect("one outcome per completion")
+    }
+
+    /// Completes many attempts in one transaction (one commit for a worker's batch);
+    /// each is guarded on its own, so a stale one is refused without failing the rest.
+    /// The outcomes come in the order given.
+    pub async fn complete_all(&self, completions: Vec<Completion>) -> Result<Vec<Result<Job>>> {
         let now = now();
-        let mut tx = self.outbox.begin().await?;
         let sql = format!(
             "UPDATE jobs SET state = 'completed', result = $1, finished_at = $2, updated_at = $2, \
              lease_expires_at = NULL, progress = 1 WHERE id = $3 AND attempt = $4 AND state = 'running' \
              RETURNING {COLUMNS}"
         );
-        let row = sqlx::query(&sql)
-            .bind(Value::Object(result).to_string())
-            .bind(micros(now))
-            .bind(id.to_string())
-            .bind(i64::from(attempt))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        let Some(row) = row else {
-            drop(tx);
-            return Err(self.refusal(id, attempt).await);
-        };
-        let job = job_from_row(&row)?;
-        let duration_ms = job.started_at.map(|s| (now - s).num_milliseconds()).unwrap_or(0);
-        let payload = json!({
-            "id": job.id, "kind": job.kind, "queue": job.queue, "attempt": job.attempt, "duration_ms": duration_ms,
+        let mut tx = self.outbox.begin().await?;
+        let mut done = Vec::with_capacity(completions.len());
+        for completion in &completions {
+            let row = sqlx::query(&sql)
+                .bind(Value::Object(completion.result.clone()).to_string())
+                .bind(micros(now))
+                .bind(completion.id.to_string())
+                .bind(i64::from(completion.attempt))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            done.push(row.map(|row| job_from_row(&row)).transpose()?);
+        }
+        let events = done.iter().flatten().map(|job| {
+            let duration_ms = job.started_at.map(|s| (now - s).num_milliseconds()).unwrap_or(0);
+            json!({
+                "id": job.id, "kind": job.kind, "queue": job.queue, "attempt": job.attempt, "duration_ms": duration_ms,
+            })
         });
-        outbox::enqueue(&mut tx, subjects::JOB_COMPLETED, SERVICE, payload).await?;
+        outbox::enqueue_all(&mut tx, subjects::JOB_COMPLETED, SERVICE, events.collect::<Vec<_>>()).await?;
         self.outbox.commit(tx).await?;
-        Ok(job)
+        let mut outcomes = Vec::with_capacity(done.len());
+        for (completion, job) in completions.iter().zip(done) {
+            outcomes.push(match job {
+                Some(job) => Ok(job),
+                None => Err(self.refusal(completion.id, completion.attempt).await),
+            });
+        }
+        Ok(outcomes)
     }
 
     /// The attempt failed: retried after the backoff, dead once out of attempts (or at
