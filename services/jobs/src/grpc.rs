@@ -38,8 +38,7 @@ impl JobsService for JobsApi {
     async fn enqueue_job(&self, request: Request<pb::EnqueueJobRequest>) -> Reply<pb::Job> {
         let result = async {
             let new = draft(request.into_inner())?.validate()?;
-            let mut jobs = self.store.enqueue(vec![new]).await?;
-            Ok(job_to_pb(jobs.remove(0)))
+            self.store.enqueue_one(new).await.map(job_to_pb)
         };
         reply(result.await)
     }

@@ -56,7 +56,7 @@ pub async fn migrate(config: &HelixConfig) -> helix_runtime::Result<()> {
 pub async fn open(ctx: &ServiceContext) -> helix_runtime::Result<Arc<JobStore>> {
     let db = Database::open(ctx, SERVICE, &SQLITE, &POSTGRES).await?;
     let outbox = helix_runtime::outbox::Outbox::start(ctx, SERVICE, db.clone());
-    let store = Arc::new(JobStore::new(db, outbox));
+    let store = JobStore::new(db, outbox);
     ctx.tasks.spawn(reap(store.clone(), ctx.shutdown.clone()));
     ctx.tasks.spawn(tick(store.clone(), ctx.shutdown.clone()));
     Ok(store)

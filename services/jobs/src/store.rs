@@ -9,6 +9,7 @@
 //! SQLite has one writer at a time, so the same statements without the clause are
 //! already exclusive; a lease takes its whole batch in one write transaction.
 
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -19,7 +20,7 @@ use helix_runtime::outbox::{self, Outbox};
 use serde_json::{Map, Value, json};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::SERVICE;
@@ -105,9 +106,17 @@ pub struct Completion {
     pub result: Map<String, Value>,
 }
 
+/// A single enqueue waiting for the transaction it will share.
+type Waiting = (NewJob, oneshot::Sender<Result<Job>>);
+
+/// Single enqueues one shared transaction takes at most.
+const ENQUEUE_TOGETHER: usize = 256;
+
 pub struct JobStore {
     pub(crate) db: Database,
     pub(crate) outbox: Outbox,
+    /// Single enqueues, for [`enqueue_together`].
+    singles: mpsc::UnboundedSender<Waiting>,
     /// Woken when a job becomes ready on this replica: waiting leases look at once.
     pub(crate) ready: Notify,
     /// Woken when a running job is cancelled on this replica: waiting heartbeats answer at once.
@@ -115,8 +124,22 @@ pub struct JobStore {
 }
 
 impl JobStore {
-    pub fn new(db: Database, outbox: Outbox) -> Self {
-        Self { db, outbox, ready: Notify::new(), cancelled: Notify::new() }
+    pub fn new(db: Database, outbox: Outbox) -> Arc<Self> {
+        let (singles, waiting) = mpsc::unbounded_channel();
+        let store = Arc::new(Self { db, outbox, singles, ready: Notify::new(), cancelled: Notify::new() });
+        // ends when the store is dropped (its sender with it)
+        tokio::spawn(enqueue_together(Arc::downgrade(&store), waiting));
+        store
+    }
+
+    /// Enqueues one job. Single enqueues that arrive while the previous ones commit share
+    /// the next transaction: at a steady rate each call would otherwise wait for a commit
+    /// (an fsync on PostgreSQL) of its own; when calls are rare nothing waits.
+    pub async fn enqueue_one(&self, new: NewJob) -> Result<Job> {
+        let stopping = || Error::unavailable("the jobs service is stopping");
+        let (answer, answered) = oneshot::channel();
+        self.singles.send((new, answer)).map_err(|_| stopping())?;
+        answered.await.map_err(|_| stopping())?
     }
 
     /// Enqueues the jobs in one transaction, all or none, and returns them in the order
@@ -566,6 +589,27 @@ impl JobStore {
 
 /// Inserts the job with its `enqueued` event; when its idempotency key was taken,
 /// returns the job that took it instead.
+/// Takes the single enqueues waiting, enqueues them in one transaction, answers each.
+async fn enqueue_together(store: Weak<JobStore>, mut waiting: mpsc::UnboundedReceiver<Waiting>) {
+    let mut batch = Vec::with_capacity(ENQUEUE_TOGETHER);
+    while waiting.recv_many(&mut batch, ENQUEUE_TOGETHER).await > 0 {
+        let Some(store) = store.upgrade() else { return };
+        let (jobs, answers): (Vec<NewJob>, Vec<_>) = batch.drain(..).unzip();
+        match store.enqueue(jobs).await {
+            Ok(jobs) => {
+                for (answer, job) in answers.into_iter().zip(jobs) {
+                    let _ = answer.send(Ok(job));
+                }
+            }
+            Err(error) => {
+                for answer in answers {
+                    let _ = answer.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
 pub(crate) async fn insert_job(tx: &mut Transaction<'static, Any>, job: Job) -> Result<Job> {
     let sql = format!(
         "INSERT INTO jobs ({COLUMNS}) VALUES ($1, $2, $3, $4, 'pending', $5, 0, $6, 0, '', NULL, $7, $8, $9, NULL, \
