@@ -12,7 +12,11 @@ use serde_json::{Value, json};
 
 use crate::support::{code, read};
 
-crate::on_both_backends!(runs_resumes_after_restart_and_cancels, refuses_bad_definitions_and_runs_the_examples);
+crate::on_both_backends!(
+    runs_resumes_after_restart_and_cancels,
+    refuses_bad_definitions_and_runs_the_examples,
+    jobs_sub_workflows_http_and_the_cli,
+);
 
 const DEMO: &str = r#"
 name = "resume-demo"
@@ -262,6 +266,79 @@ async fn refuses_bad_definitions_and_runs_the_examples(backend: Backend) -> anyh
     assert!(ran >= 3, "only {ran} examples ran");
     let (_, listed) = read(helix.api(Method::GET, "/api/v1/workflows").send().await?).await;
     assert_eq!(listed["workflows"].as_array().map(Vec::len), Some(ran));
+    helix.stop().await;
+    Ok(())
+}
+
+const HX: &str = env!("CARGO_BIN_EXE_hx");
+
+async fn hx(helix: &TestHelix, args: &[&str]) -> anyhow::Result<(bool, String)> {
+    let output = tokio::process::Command::new(HX)
+        .args(args)
+        .args(["--server", &helix.base_url, "--api-key", &helix.env.admin_key])
+        .output()
+        .await?;
+    let text = String::from_utf8(output.stdout)? + &String::from_utf8(output.stderr)?;
+    Ok((output.status.success(), text))
+}
+
+/// Steps that reach other services: a job on the jobs service (its built-in worker), a
+/// sub-workflow, an HTTP call; and `hx workflow` run --wait, ls, show, cancel.
+async fn jobs_sub_workflows_http_and_the_cli(backend: Backend) -> anyhow::Result<()> {
+    let helix = TestHelix::start(backend).await?;
+    let child = r#"{"name": "child", "variables": {"n": 1},
+        "steps": [{"id": "double", "action": "set", "config": {"value": {"twice": "{{var.n}}{{var.n}}"}}}]}"#;
+    let (status, child) =
+        read(helix.api(Method::POST, "/api/v1/workflows").json(&json!({"definition": child})).send().await?).await;
+    assert_eq!(status, 201, "{child}");
+    let parent = json!({
+        "name": "parent",
+        "variables": {"child": child["id"], "health": helix.url("/health")},
+        "steps": [
+            {"id": "echo", "action": "job", "config": {"kind": "echo", "payload": {"said": "hi"}}},
+            {"id": "sub", "action": "workflow", "config": {"workflow_id": "{{var.child}}", "variables": {"n": 7}}},
+            {"id": "health", "action": "http", "config": {"url": "{{var.health}}"}},
+            {"id": "join", "action": "set", "depends_on": ["echo", "sub", "health"],
+             "config": {"value": {"said": "{{result.echo.said}}", "twice": "{{result.sub.double.twice}}", "status": "{{result.health.status}}"}}}
+        ]
+    });
+    let (status, parent) =
+        read(helix.api(Method::POST, "/api/v1/workflows").json(&json!({"definition": parent})).send().await?).await;
+    assert_eq!(status, 201, "{parent}");
+    let id = start(&helix, parent["id"].as_str().unwrap(), json!({})).await?;
+    let done = wait_for(&helix, &id, "an end", |e| matches!(e["state"].as_str(), Some("succeeded" | "failed"))).await?;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done["results"]["join"], json!({"said": "hi", "twice": "77", "status": 200}), "{done:#}");
+    // the sub-workflow is an execution of its own, started by the parent
+    let (_, children) = read(
+        helix
+            .api(Method::GET, &format!("/api/v1/workflows/executions?workflow_id={}", child["id"].as_str().unwrap()))
+            .send()
+            .await?,
+    )
+    .await;
+    assert_eq!(children["executions"][0]["triggered_by"], json!(id), "{children:#}");
+
+    // the CLI: run --wait prints the steps and exits 0; ls and show find it; cancel stops one
+    let hello = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/workflows/hello.toml");
+    let (ok, out) = hx(&helix, &["workflow", "run", hello.to_str().unwrap(), "--wait"]).await?;
+    assert!(ok, "{out}");
+    assert!(out.contains("succeeded") && out.contains("shout") && out.contains("skipped"), "{out}");
+    let (ok, out) = hx(&helix, &["workflow", "ls", "--state", "succeeded"]).await?;
+    assert!(ok && out.contains("hello") && out.contains("parent"), "{out}");
+    let (ok, out) = hx(&helix, &["workflow", "show", &id]).await?;
+    assert!(ok && out.contains("join") && out.contains("succeeded"), "{out}");
+    let (ok, out) = hx(&helix, &["workflow", "validate", hello.to_str().unwrap()]).await?;
+    assert!(ok && out.contains("wave 0: greet, pause"), "{out}");
+    let slow = json!({"name": "slow", "steps": [{"id": "nap", "action": "wait", "config": {"ms": 60000}}]});
+    let (_, slow) =
+        read(helix.api(Method::POST, "/api/v1/workflows").json(&json!({"definition": slow})).send().await?).await;
+    let napping = start(&helix, slow["id"].as_str().unwrap(), json!({})).await?;
+    wait_for(&helix, &napping, "nap running", |e| step(e, "nap")["state"] == "running").await?;
+    let (ok, out) = hx(&helix, &["workflow", "cancel", &napping]).await?;
+    assert!(ok && out.contains("cancelled"), "{out}");
+    let (ok, out) = hx(&helix, &["workflow", "show", "nope"]).await?;
+    assert!(!ok && out.contains("invalid_id"), "{out}");
     helix.stop().await;
     Ok(())
 }
