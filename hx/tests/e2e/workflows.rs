@@ -266,6 +266,27 @@ async fn refuses_bad_definitions_and_runs_the_examples(backend: Backend) -> anyh
     assert!(ran >= 3, "only {ran} examples ran");
     let (_, listed) = read(helix.api(Method::GET, "/api/v1/workflows").send().await?).await;
     assert_eq!(listed["workflows"].as_array().map(Vec::len), Some(ran));
+
+    // read, replace (optimistic concurrency), delete
+    let id = listed["workflows"][0]["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/workflows/{id}");
+    let (status, got) = read(helix.api(Method::GET, &path).send().await?).await;
+    assert_eq!((status, &got["version"]), (200, &json!(1)), "{got}");
+    let replacement = "name = \"renamed\"\n[[steps]]\nid = \"only\"\naction = \"wait\"\nconfig = { ms = 1 }\n";
+    let put = |version: i64| {
+        helix.api(Method::PUT, &path).json(&json!({"definition": replacement, "expected_version": version}))
+    };
+    let (status, stale) = read(put(7).send().await?).await;
+    assert_eq!((status, code(&stale)), (409, "version_conflict"), "{stale}");
+    let (status, replaced) = read(put(1).send().await?).await;
+    assert_eq!((status, &replaced["version"], &replaced["name"]), (200, &json!(2), &json!("renamed")), "{replaced}");
+    assert_eq!(replaced["waves"], json!([["only"]]));
+    let (status, refused) = read(helix.api(Method::PUT, &path).json(&json!({"definition": cycle})).send().await?).await;
+    assert_eq!((status, code(&refused)), (400, "workflow_cycle"), "{refused}");
+    let (status, _) = read(helix.api(Method::DELETE, &path).send().await?).await;
+    assert_eq!(status, 204);
+    let (status, gone) = read(helix.api(Method::GET, &path).send().await?).await;
+    assert_eq!((status, code(&gone)), (404, "not_found"), "{gone}");
     helix.stop().await;
     Ok(())
 }
