@@ -340,6 +340,39 @@ async fn jobs_sub_workflows_http_and_the_cli(backend: Backend) -> anyhow::Result
     .await;
     assert_eq!(children["executions"][0]["triggered_by"], json!(id), "{children:#}");
 
+    // a scheduler task graph: previewed (waves by priority, critical path) and run by the engine
+    let graph = json!({"name": "nightly", "tasks": [
+        {"task_id": "fetch", "priority": 1, "estimated_duration_secs": 10, "payload": {"score": 0.9},
+         "quality_gates": [{"name": "good", "kind": "min_score", "threshold": 0.5}]},
+        {"task_id": "index", "priority": 5, "estimated_duration_secs": 2, "assignee": "echo", "payload": {"n": 1}},
+        {"task_id": "report", "dependencies": ["fetch", "index"], "estimated_duration_secs": 1,
+         "assignee": "wait", "payload": {"ms": 5}}
+    ]});
+    let (status, saved) = read(helix.api(Method::POST, "/api/v1/scheduler/workflows").json(&graph).send().await?).await;
+    assert_eq!(status, 201, "{saved}");
+    let (status, again) = read(helix.api(Method::POST, "/api/scheduler/workflows").json(&graph).send().await?).await;
+    assert_eq!((status, code(&again)), (409, "already_exists"), "{again}");
+    let cyclic = json!({"name": "loop", "tasks": [{"task_id": "a", "dependencies": ["b"]}, {"task_id": "b", "dependencies": ["a"]}]});
+    let (status, refused) =
+        read(helix.api(Method::POST, "/api/v1/scheduler/workflows").json(&cyclic).send().await?).await;
+    assert_eq!((status, code(&refused)), (400, "workflow_cycle"), "{refused}");
+    let (status, plan) = read(helix.api(Method::POST, "/api/scheduler/workflows/nightly/preview").send().await?).await;
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(plan["waves"][0]["task_ids"], json!(["index", "fetch"]));
+    assert_eq!((&plan["critical_path"], &plan["estimated_duration_secs"]), (&json!(["fetch", "report"]), &json!(11)));
+    let (status, run) = read(helix.api(Method::POST, "/api/scheduler/workflows/nightly/run").send().await?).await;
+    assert_eq!(status, 202, "{run}");
+    let done = wait_for(&helix, run["id"].as_str().unwrap(), "an end", |e| {
+        matches!(e["state"].as_str(), Some("succeeded" | "failed"))
+    })
+    .await?;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done["results"]["index"], json!({"n": 1}), "the echo job's result");
+    let (status, _) = read(helix.api(Method::DELETE, "/api/v1/scheduler/workflows/nightly").send().await?).await;
+    assert_eq!(status, 204);
+    let (status, gone) = read(helix.api(Method::POST, "/api/scheduler/workflows/nightly/preview").send().await?).await;
+    assert_eq!((status, code(&gone)), (404, "not_found"), "{gone}");
+
     // the CLI: run --wait prints the steps and exits 0; ls and show find it; cancel stops one
     let hello = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/workflows/hello.toml");
     let (ok, out) = hx(&helix, &["workflow", "run", hello.to_str().unwrap(), "--wait"]).await?;

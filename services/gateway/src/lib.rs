@@ -9,6 +9,7 @@ mod health;
 mod jobs;
 mod llm;
 mod nodes;
+mod scheduler;
 mod search;
 mod tower_log;
 mod workflows;
@@ -231,6 +232,14 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics: Arc<Metrics>) -> 
         .route("/api/scheduler/executions/{id}", get(workflows::get_execution))
         .route("/api/scheduler/executions/{id}/cancel", post(workflows::cancel_execution))
         .route("/api/scheduler/executions/{id}/progress", get(workflows::progress))
+        .route("/api/v1/scheduler/workflows", post(scheduler::create).get(scheduler::list))
+        .route("/api/scheduler/workflows", post(scheduler::create).get(scheduler::list))
+        .route("/api/v1/scheduler/workflows/{name}", get(scheduler::get).delete(scheduler::delete))
+        .route("/api/scheduler/workflows/{name}", get(scheduler::get).delete(scheduler::delete))
+        .route("/api/v1/scheduler/workflows/{name}/preview", post(scheduler::preview))
+        .route("/api/scheduler/workflows/{name}/preview", post(scheduler::preview))
+        .route("/api/v1/scheduler/workflows/{name}/run", post(scheduler::run))
+        .route("/api/scheduler/workflows/{name}/run", post(scheduler::run))
         .route("/api/v1/openapi.json", get(openapi_json))
         .route("/v1/chat/completions", post(llm::chat_completions))
         .route("/v1/messages", post(llm::messages))
@@ -313,10 +322,11 @@ pub async fn serve(config: HelixConfig, shutdown: CancellationToken) -> helix_ru
         workflows::create, workflows::validate, workflows::list, workflows::get, workflows::update, workflows::delete,
         workflows::execute, workflows::list_executions, workflows::get_execution, workflows::cancel_execution,
         workflows::progress,
+        scheduler::create, scheduler::list, scheduler::get, scheduler::delete, scheduler::preview, scheduler::run,
         openapi_json,
     ),
     modifiers(&BearerAuth),
-    tags((name = "nodes", description = "knowledge nodes"), (name = "health"), (name = "search"), (name = "graph"), (name = "jobs", description = "the durable job queue"), (name = "llm", description = "OpenAI- and Anthropic-compatible LLM calls, budget"), (name = "workflows", description = "the workflow engine: definitions, executions, progress"), (name = "observability"), (name = "meta"))
+    tags((name = "nodes", description = "knowledge nodes"), (name = "health"), (name = "search"), (name = "graph"), (name = "jobs", description = "the durable job queue"), (name = "llm", description = "OpenAI- and Anthropic-compatible LLM calls, budget"), (name = "workflows", description = "the workflow engine: definitions, executions, progress"), (name = "scheduler", description = "named task graphs: preview and run with the workflow engine"), (name = "observability"), (name = "meta"))
 )]
 pub struct ApiDoc;
 

@@ -1,11 +1,12 @@
 //! The orchestrator's gRPC face for the workflow engine: wire ↔ domain only.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use helix_core::node::parse_page;
-use helix_core::{Error, Result};
+use helix_core::{Error, ErrorKind, Result};
 use helix_proto::v1 as pb;
 use helix_proto::v1::orchestrator_service_server::OrchestratorService;
 use serde_json::{Map, Value};
@@ -16,6 +17,7 @@ use uuid::Uuid;
 
 use crate::definition::Definition;
 use crate::engine::{self, Engine};
+use crate::scheduler::{self, GateSpec, SchedulerSpec, TaskSpec};
 use crate::store::{ExecutionFilter, ExecutionRecord, WorkflowRecord};
 
 pub struct OrchestratorApi {
@@ -159,6 +161,87 @@ pub fn execution_pb(e: ExecutionRecord) -> pb::Execution {
     }
 }
 
+fn spec_from_pb(name: String, description: String, tasks: Vec<pb::SchedulerTaskSpec>) -> Result<SchedulerSpec> {
+    let tasks = tasks
+        .into_iter()
+        .map(|t| {
+            let payload = variables(&t.payload_json).map_err(|_| {
+                Error::invalid("invalid_payload", format!("task `{}`: payload must be a JSON object", t.task_id))
+            })?;
+            let gates = t
+                .quality_gates
+                .into_iter()
+                .map(|g| GateSpec {
+                    config: serde_json::from_str(&g.config_json).unwrap_or(Value::Null),
+                    name: g.name,
+                    kind: g.kind,
+                    threshold: g.threshold,
+                })
+                .collect();
+            Ok(TaskSpec {
+                task_id: t.task_id,
+                description: t.description,
+                dependencies: t.dependencies,
+                priority: t.priority,
+                assignee: t.assignee,
+                estimated_duration_secs: t.estimated_duration_secs,
+                max_retries: t.max_retries,
+                payload,
+                gates,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(SchedulerSpec { name, description, tasks })
+}
+
+fn task_pb(t: &TaskSpec) -> pb::SchedulerTaskSpec {
+    pb::SchedulerTaskSpec {
+        task_id: t.task_id.clone(),
+        description: t.description.clone(),
+        dependencies: t.dependencies.clone(),
+        priority: t.priority,
+        assignee: t.assignee.clone(),
+        estimated_duration_secs: t.estimated_duration_secs,
+        estimated_cost_usd: None,
+        max_retries: t.max_retries,
+        quality_gates: t
+            .gates
+            .iter()
+            .map(|g| pb::QualityGate {
+                name: g.name.clone(),
+                kind: g.kind.clone(),
+                threshold: g.threshold,
+                config_json: g.config.to_string(),
+                blocking: true,
+            })
+            .collect(),
+        payload_json: Value::Object(t.payload.clone()).to_string(),
+    }
+}
+
+fn scheduler_pb(w: &WorkflowRecord) -> Result<pb::SchedulerWorkflow> {
+    let spec: SchedulerSpec = serde_json::from_str(&w.definition)
+        .map_err(|_| Error::internal("a stored scheduler workflow does not parse"))?;
+    Ok(pb::SchedulerWorkflow {
+        name: spec.name.clone(),
+        description: spec.description.clone(),
+        tasks: spec.tasks.iter().map(task_pb).collect(),
+        created_at: Some(ts(w.created_at)),
+        updated_at: Some(ts(w.updated_at)),
+        ..Default::default()
+    })
+}
+
+fn spec_of(w: &WorkflowRecord) -> Result<SchedulerSpec> {
+    serde_json::from_str(&w.definition).map_err(|_| Error::internal("a stored scheduler workflow does not parse"))
+}
+
+impl OrchestratorApi {
+    async fn scheduler_workflow(&self, name: &str) -> Result<WorkflowRecord> {
+        self.engine.store.scheduler_workflow(name).await?.ok_or_else(|| Error::not_found("scheduler workflow", name))
+    }
+}
+
 type ProgressStream = tonic::codegen::BoxStream<pb::ProgressEvent>;
 
 #[tonic::async_trait]
@@ -278,6 +361,117 @@ impl OrchestratorService for OrchestratorApi {
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        };
+        reply(result.await)
+    }
+
+    async fn create_scheduler_workflow(
+        &self,
+        request: Request<pb::CreateSchedulerWorkflowRequest>,
+    ) -> Reply<pb::SchedulerWorkflow> {
+        let r = request.into_inner();
+        let result = async {
+            if !r.template.is_empty() {
+                return Err(Error::new(ErrorKind::Unimplemented, "not_built", "scheduler templates are not built yet"));
+            }
+            let spec = spec_from_pb(r.name, r.description, r.tasks)?;
+            let def = spec.definition()?;
+            let text = serde_json::to_string(&spec).map_err(|_| Error::internal("serializing a spec failed"))?;
+            let store = &self.engine.store;
+            let saved = match store.scheduler_workflow(&spec.name).await? {
+                Some(_) if !r.replace => {
+                    return Err(Error::new(
+                        ErrorKind::Conflict,
+                        "already_exists",
+                        format!("scheduler workflow `{}` exists (replace it with \"replace\": true)", spec.name),
+                    ));
+                }
+                Some(old) => store.update_workflow(old.id, old.version, "scheduler", &text, &def).await?,
+                None => store.create_workflow("scheduler", &text, &def).await?,
+            };
+            scheduler_pb(&saved)
+        };
+        reply(result.await)
+    }
+
+    async fn list_scheduler_workflows(
+        &self,
+        request: Request<pb::ListSchedulerWorkflowsRequest>,
+    ) -> Reply<pb::ListSchedulerWorkflowsResponse> {
+        let page = request.into_inner().page.unwrap_or_default();
+        let result = async {
+            let (limit, after) = parse_page(page.limit, Some(&page.cursor))?;
+            let (all, next) = self.engine.store.list_workflows(limit, after).await?;
+            let workflows = all.iter().filter(|w| w.format == "scheduler").map(scheduler_pb).collect::<Result<_>>()?;
+            Ok(pb::ListSchedulerWorkflowsResponse { workflows, next_cursor: next.unwrap_or_default() })
+        };
+        reply(result.await)
+    }
+
+    async fn get_scheduler_workflow(
+        &self,
+        request: Request<pb::GetSchedulerWorkflowRequest>,
+    ) -> Reply<pb::SchedulerWorkflow> {
+        let result = async { scheduler_pb(&self.scheduler_workflow(&request.get_ref().name).await?) };
+        reply(result.await)
+    }
+
+    async fn delete_scheduler_workflow(
+        &self,
+        request: Request<pb::DeleteSchedulerWorkflowRequest>,
+    ) -> Reply<pb::Empty> {
+        let result = async {
+            let w = self.scheduler_workflow(&request.get_ref().name).await?;
+            self.engine.store.delete_workflow(w.id).await?;
+            Ok(pb::Empty {})
+        };
+        reply(result.await)
+    }
+
+    async fn preview_scheduler_workflow(
+        &self,
+        request: Request<pb::PreviewSchedulerWorkflowRequest>,
+    ) -> Reply<pb::SchedulerPreview> {
+        let r = request.into_inner();
+        let result = async {
+            let spec = spec_of(&self.scheduler_workflow(&r.name).await?)?;
+            let p = scheduler::preview(&spec)?;
+            let secs: HashMap<&str, u32> =
+                spec.tasks.iter().map(|t| (t.task_id.as_str(), t.estimated_duration_secs.unwrap_or(0))).collect();
+            let fits_deadline =
+                r.deadline.is_none_or(|d| Utc::now().timestamp() + i64::from(p.estimated_duration_secs) <= d.seconds);
+            Ok(pb::SchedulerPreview {
+                tasks: spec.tasks.iter().map(task_pb).collect(),
+                waves: p
+                    .waves
+                    .iter()
+                    .enumerate()
+                    .map(|(i, ids)| pb::SchedulerWave {
+                        index: i as u32,
+                        estimated_duration_secs: ids.iter().map(|id| secs[id.as_str()]).max(),
+                        task_ids: ids.clone(),
+                    })
+                    .collect(),
+                critical_path: p.critical_path,
+                estimated_duration_secs: p.estimated_duration_secs,
+                estimated_cost_usd: 0.0,
+                fits_deadline,
+                fits_budget: true,
+                warnings: p.warnings,
+            })
+        };
+        reply(result.await)
+    }
+
+    async fn run_scheduler_workflow(&self, request: Request<pb::RunSchedulerWorkflowRequest>) -> Reply<pb::Execution> {
+        let r = request.into_inner();
+        let result = async {
+            let w = self.scheduler_workflow(&r.name).await?;
+            let vars = variables(&r.variables_json)?;
+            let key = Some(r.idempotency_key.as_str()).filter(|k| !k.is_empty());
+            let mut execution = execution_pb(self.engine.execute(w.id, vars, "scheduler", key).await?);
+            execution.kind = "scheduler".into();
+            Ok(execution)
         };
         reply(result.await)
     }

@@ -16,6 +16,7 @@ pub mod definition;
 pub mod engine;
 pub mod expr;
 pub mod grpc;
+pub mod scheduler;
 pub mod store;
 
 use std::sync::Arc;

@@ -145,7 +145,13 @@ fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
 fn workflow_from_row(row: &AnyRow) -> Result<WorkflowRecord> {
     let format = text(row, "format")?;
     let definition = text(row, "definition")?;
-    let (_, def) = crate::definition::parse(&format, &definition)?;
+    let def = if format == "scheduler" {
+        serde_json::from_str::<crate::scheduler::SchedulerSpec>(&definition)
+            .map_err(|_| Error::internal("a stored scheduler workflow does not parse"))?
+            .definition()?
+    } else {
+        crate::definition::parse(&format, &definition)?.1
+    };
     Ok(WorkflowRecord {
         id: uuid(row)?,
         format,
@@ -219,6 +225,15 @@ impl Store {
         let sql = format!("SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE id = $1");
         let row = sqlx::query(&sql).bind(id.to_string()).fetch_optional(&self.db.pool).await.map_err(db_error)?;
         row.map(|r| workflow_from_row(&r)).transpose()?.ok_or_else(|| Error::not_found("workflow", id))
+    }
+
+    /// The scheduler workflow of this name.
+    pub async fn scheduler_workflow(&self, name: &str) -> Result<Option<WorkflowRecord>> {
+        let sql = format!(
+            "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE format = 'scheduler' AND name = $1 ORDER BY id LIMIT 1"
+        );
+        let row = sqlx::query(&sql).bind(name).fetch_optional(&self.db.pool).await.map_err(db_error)?;
+        row.map(|r| workflow_from_row(&r)).transpose()
     }
 
     pub async fn list_workflows(
