@@ -42,6 +42,8 @@ pub enum Command {
     Graph(crate::graph::GraphArgs),
     /// The job queue: enqueue, list, show, stats, dead-letter, retry, cancel, purge
     Jobs(crate::jobs::JobsArgs),
+    /// Workflows: run a definition file (--wait follows it), validate, ls, show, cancel
+    Workflow(crate::workflow::WorkflowArgs),
     /// Run jobs: lease jobs of the given kinds from the jobs service over gRPC, run them
     Worker(crate::jobs::WorkerArgs),
     /// Talk with a model through the gateway: answers stream in; /model switches model
@@ -137,6 +139,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Graph(args) => crate::graph::run(args).await,
         Command::Jobs(args) => crate::jobs::run(args).await,
         Command::Worker(args) => crate::jobs::worker(args).await,
+        Command::Workflow(args) => crate::workflow::run(args).await,
         Command::Chat(args) => crate::chat::run(args).await,
         Command::Health(remote) => health(remote).await,
         Command::Migrate => migrate().await,
@@ -150,6 +153,7 @@ async fn migrate() -> anyhow::Result<ExitCode> {
     helix_storage::migrate(&config).await.context("storage migrations")?;
     helix_graph::migrate(&config).await.context("graph migrations")?;
     helix_jobs::migrate(&config).await.context("jobs migrations")?;
+    helix_orchestrator::migrate(&config).await.context("orchestrator migrations")?;
     helix_llm_router::migrate(&config).await.context("llm-router migrations")?;
     helix_gateway::migrate(&config).await.context("gateway migrations")?;
     println!("migrations applied");

@@ -8,3 +8,4 @@ pub mod client;
 pub mod fleet;
 pub mod graph;
 pub mod jobs;
+pub mod workflow;

@@ -15,6 +15,7 @@ mod nodes;
 mod observability;
 mod search;
 mod support;
+mod workflows;
 
 /// Generates `<name>::embedded` and `<name>::fleet` tests calling `<name>(Backend)`.
 #[macro_export]

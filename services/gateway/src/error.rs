@@ -143,3 +143,22 @@ pub async fn not_found() -> ApiError {
 pub async fn method_not_allowed() -> ApiError {
     ApiError(Error::new(ErrorKind::MethodNotAllowed, "method_not_allowed", "this route does not take that method"))
 }
+
+/// A server-sent event of a stream, or `event: error` with the error body when the
+/// stream failed (or the event would not serialise).
+pub fn sse_event(
+    event: Result<Result<axum::response::sse::Event, axum::Error>, tonic::Status>,
+) -> axum::response::sse::Event {
+    use axum::response::sse::Event;
+    match event {
+        Ok(Ok(event)) => event,
+        Ok(Err(_)) => Event::default().event("error").data("unserialisable progress"),
+        Err(status) => {
+            let error = Error::from(status);
+            Event::default()
+                .event("error")
+                .json_data(serde_json::json!({"error": {"code": error.code(), "message": error.message()}}))
+                .unwrap_or_else(|_| Event::default().event("error"))
+        }
+    }
+}

@@ -9,8 +9,10 @@ mod health;
 mod jobs;
 mod llm;
 mod nodes;
+mod scheduler;
 mod search;
 mod tower_log;
+mod workflows;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +25,7 @@ use helix_proto::v1::gateway_service_server::{GatewayService, GatewayServiceServ
 use helix_proto::v1::graph_service_client::GraphServiceClient;
 use helix_proto::v1::jobs_service_client::JobsServiceClient;
 use helix_proto::v1::llm_router_service_client::LlmRouterServiceClient;
+use helix_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
 use helix_proto::v1::search_service_client::SearchServiceClient;
 use helix_proto::v1::storage_service_client::StorageServiceClient;
 use helix_runtime::db::Database;
@@ -63,6 +66,9 @@ pub struct AppState {
     jobs: GrpcChannel,
     /// with the LLM call deadline as its timeout, not the REST one: answers take minutes
     llm: GrpcChannel,
+    orchestrator: GrpcChannel,
+    /// for progress streams, which last as long as an execution
+    orchestrator_stream: GrpcChannel,
     /// (name in /health, gRPC service name, channel) of every service the gateway calls
     services: Vec<(&'static str, &'static str, GrpcChannel)>,
     tower: Arc<tower_log::TowerLog>,
@@ -84,6 +90,14 @@ impl AppState {
 
     fn llm(&self) -> LlmRouterServiceClient<GrpcChannel> {
         LlmRouterServiceClient::new(self.llm.clone()).max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    fn orchestrator(&self) -> OrchestratorServiceClient<GrpcChannel> {
+        OrchestratorServiceClient::new(self.orchestrator.clone()).max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    fn orchestrator_stream(&self) -> OrchestratorServiceClient<GrpcChannel> {
+        OrchestratorServiceClient::new(self.orchestrator_stream.clone())
     }
 
     fn search(&self) -> SearchServiceClient<GrpcChannel> {
@@ -131,18 +145,32 @@ pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<Gateway> {
     // the router's own deadline ends a call first; this only catches a router that hangs
     let llm_timeout = Duration::from_millis(config.llm.deadline_ms) + Duration::from_secs(10);
     let llm = ctx.channel(&e.llm_router, llm_timeout)?;
+    let orchestrator = connect(&e.orchestrator)?;
+    let orchestrator_stream = ctx.channel(&e.orchestrator, Duration::from_secs(24 * 3600))?;
     let services = vec![
         ("storage", service_names::STORAGE, storage.clone()),
         ("search", service_names::SEARCH, search.clone()),
         ("graph", service_names::GRAPH, graph.clone()),
         ("llm-router", service_names::LLM_ROUTER, llm.clone()),
-        ("orchestrator", service_names::ORCHESTRATOR, connect(&e.orchestrator)?),
+        ("orchestrator", service_names::ORCHESTRATOR, orchestrator.clone()),
         ("jobs", service_names::JOBS, jobs.clone()),
         ("notifications", service_names::NOTIFICATIONS, connect(&e.notifications)?),
     ];
     let tower = Arc::new(tower_log::TowerLog::default());
     ctx.tasks.spawn(tower_log::follow(ctx.bus.clone(), tower.clone(), ctx.shutdown.clone()));
-    let state = AppState { keys, storage, search, graph, jobs, llm, services, tower, started_at: chrono::Utc::now() };
+    let state = AppState {
+        keys,
+        storage,
+        search,
+        graph,
+        jobs,
+        llm,
+        orchestrator,
+        orchestrator_stream,
+        services,
+        tower,
+        started_at: chrono::Utc::now(),
+    };
     let http = router(state, config.gateway.max_body_bytes, ctx.metrics.clone());
     Ok(Gateway { http, grpc: GatewayServiceServer::new(GatewayApi) })
 }
@@ -192,6 +220,26 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics: Arc<Metrics>) -> 
         .route("/api/v1/jobs/{id}", get(jobs::get))
         .route("/api/v1/jobs/{id}/retry", post(jobs::retry))
         .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/api/v1/workflows", post(workflows::create).get(workflows::list))
+        .route("/api/v1/workflows/validate", post(workflows::validate))
+        .route("/api/v1/workflows/executions", get(workflows::list_executions))
+        .route("/api/v1/workflows/executions/{id}", get(workflows::get_execution))
+        .route("/api/v1/workflows/executions/{id}/cancel", post(workflows::cancel_execution))
+        .route("/api/v1/workflows/executions/{id}/progress", get(workflows::progress))
+        .route("/api/v1/workflows/{id}", get(workflows::get).put(workflows::update).delete(workflows::delete))
+        .route("/api/v1/workflows/{id}/execute", post(workflows::execute))
+        .route("/api/scheduler/executions", get(workflows::list_executions))
+        .route("/api/scheduler/executions/{id}", get(workflows::get_execution))
+        .route("/api/scheduler/executions/{id}/cancel", post(workflows::cancel_execution))
+        .route("/api/scheduler/executions/{id}/progress", get(workflows::progress))
+        .route("/api/v1/scheduler/workflows", post(scheduler::create).get(scheduler::list))
+        .route("/api/scheduler/workflows", post(scheduler::create).get(scheduler::list))
+        .route("/api/v1/scheduler/workflows/{name}", get(scheduler::get).delete(scheduler::delete))
+        .route("/api/scheduler/workflows/{name}", get(scheduler::get).delete(scheduler::delete))
+        .route("/api/v1/scheduler/workflows/{name}/preview", post(scheduler::preview))
+        .route("/api/scheduler/workflows/{name}/preview", post(scheduler::preview))
+        .route("/api/v1/scheduler/workflows/{name}/run", post(scheduler::run))
+        .route("/api/scheduler/workflows/{name}/run", post(scheduler::run))
         .route("/api/v1/openapi.json", get(openapi_json))
         .route("/v1/chat/completions", post(llm::chat_completions))
         .route("/v1/messages", post(llm::messages))
@@ -271,10 +319,14 @@ pub async fn serve(config: HelixConfig, shutdown: CancellationToken) -> helix_ru
         jobs::create_schedule, jobs::list_schedules, jobs::get_schedule, jobs::update_schedule, jobs::delete_schedule,
         jobs::trigger_schedule,
         llm::chat_completions, llm::messages, llm::models, llm::generate, llm::budget,
+        workflows::create, workflows::validate, workflows::list, workflows::get, workflows::update, workflows::delete,
+        workflows::execute, workflows::list_executions, workflows::get_execution, workflows::cancel_execution,
+        workflows::progress,
+        scheduler::create, scheduler::list, scheduler::get, scheduler::delete, scheduler::preview, scheduler::run,
         openapi_json,
     ),
     modifiers(&BearerAuth),
-    tags((name = "nodes", description = "knowledge nodes"), (name = "health"), (name = "search"), (name = "graph"), (name = "jobs", description = "the durable job queue"), (name = "llm", description = "OpenAI- and Anthropic-compatible LLM calls, budget"), (name = "observability"), (name = "meta"))
+    tags((name = "nodes", description = "knowledge nodes"), (name = "health"), (name = "search"), (name = "graph"), (name = "jobs", description = "the durable job queue"), (name = "llm", description = "OpenAI- and Anthropic-compatible LLM calls, budget"), (name = "workflows", description = "the workflow engine: definitions, executions, progress"), (name = "scheduler", description = "named task graphs: preview and run with the workflow engine"), (name = "observability"), (name = "meta"))
 )]
 pub struct ApiDoc;
 

@@ -273,22 +273,16 @@ pub async fn reindex(
     let request = pb::ReindexRequest { namespace: input.namespace, re_embed: input.re_embed };
     let updates = state.search().reindex(request).await?.into_inner();
     let events = updates.map(|update| {
-        let event = match update {
-            Ok(p) => Event::default().event("progress").json_data(ReindexProgress {
+        let event = update.map(|p| {
+            Event::default().event("progress").json_data(ReindexProgress {
                 phase: p.phase,
                 processed: p.processed,
                 total: p.total,
                 failed: p.failed,
                 done: p.done,
-            }),
-            Err(status) => {
-                let error = Error::from(status);
-                Event::default()
-                    .event("error")
-                    .json_data(serde_json::json!({"error": {"code": error.code(), "message": error.message()}}))
-            }
-        };
-        Ok(event.unwrap_or_else(|_| Event::default().event("error").data("unserialisable progress")))
+            })
+        });
+        Ok(crate::error::sse_event(event))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }

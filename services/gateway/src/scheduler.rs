@@ -1,0 +1,225 @@
+//! `/api/v1/scheduler/workflows...` and `/api/scheduler/workflows...`: named task graphs
+//! (dependencies, priorities, estimates, quality gates) that the orchestrator previews
+//! (waves, critical path) and runs with the workflow engine; their executions are read,
+//! cancelled and streamed through the routes of `workflows`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use helix_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::error::{ApiResult, ErrorBody, Json, Path};
+use crate::workflows::{ExecuteInput, ExecutionBody, execution_body};
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GateBody {
+    pub name: String,
+    /// min_score (on the output's `score`), output_schema (a JSON Schema subset) or llm_review
+    pub kind: String,
+    #[serde(default)]
+    pub threshold: f64,
+    /// output_schema: the schema; llm_review: {"rubric"}
+    #[serde(default)]
+    pub config: Value,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskBody {
+    pub task_id: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+    /// higher first among the tasks of a wave
+    #[serde(default)]
+    pub priority: i32,
+    /// a workflow action (wait, http, store, search, llm.generate, ...) run with the
+    /// payload as its config, or a job kind; empty passes the payload through
+    #[serde(default)]
+    pub assignee: String,
+    pub estimated_duration_secs: Option<u32>,
+    #[serde(default)]
+    pub max_retries: u32,
+    #[serde(default)]
+    pub payload: Map<String, Value>,
+    /// at most one
+    #[serde(default)]
+    pub quality_gates: Vec<GateBody>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerInput {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub tasks: Vec<TaskBody>,
+    /// replace a workflow of the same name instead of 409
+    #[serde(default)]
+    pub replace: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SchedulerBody {
+    pub name: String,
+    pub description: String,
+    pub tasks: Vec<TaskBody>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SchedulerList {
+    pub workflows: Vec<SchedulerBody>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WaveBody {
+    pub index: u32,
+    /// by priority, highest first
+    pub task_ids: Vec<String>,
+    pub estimated_duration_secs: Option<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PreviewBody {
+    pub waves: Vec<WaveBody>,
+    /// the chain of dependencies with the largest estimated duration
+    pub critical_path: Vec<String>,
+    pub estimated_duration_secs: u32,
+    pub warnings: Vec<String>,
+}
+
+fn task_pb(t: TaskBody) -> pb::SchedulerTaskSpec {
+    pb::SchedulerTaskSpec {
+        task_id: t.task_id,
+        description: t.description,
+        dependencies: t.dependencies,
+        priority: t.priority,
+        assignee: t.assignee,
+        estimated_duration_secs: t.estimated_duration_secs,
+        estimated_cost_usd: None,
+        max_retries: t.max_retries,
+        quality_gates: t
+            .quality_gates
+            .into_iter()
+            .map(|g| pb::QualityGate {
+                name: g.name,
+                kind: g.kind,
+                threshold: g.threshold,
+                config_json: g.config.to_string(),
+                blocking: true,
+            })
+            .collect(),
+        payload_json: Value::Object(t.payload).to_string(),
+    }
+}
+
+fn task_body(t: pb::SchedulerTaskSpec) -> TaskBody {
+    TaskBody {
+        payload: serde_json::from_str(&t.payload_json).unwrap_or_default(),
+        quality_gates: t
+            .quality_gates
+            .into_iter()
+            .map(|g| GateBody {
+                config: serde_json::from_str(&g.config_json).unwrap_or(Value::Null),
+                name: g.name,
+                kind: g.kind,
+                threshold: g.threshold,
+            })
+            .collect(),
+        task_id: t.task_id,
+        description: t.description,
+        dependencies: t.dependencies,
+        priority: t.priority,
+        assignee: t.assignee,
+        estimated_duration_secs: t.estimated_duration_secs,
+        max_retries: t.max_retries,
+    }
+}
+
+fn body(w: pb::SchedulerWorkflow) -> SchedulerBody {
+    SchedulerBody { name: w.name, description: w.description, tasks: w.tasks.into_iter().map(task_body).collect() }
+}
+
+/// Stores a named task graph; a cycle or an unknown dependency is 400, a taken name 409.
+#[utoipa::path(post, path = "/api/v1/scheduler/workflows", tag = "scheduler", request_body = SchedulerInput,
+    responses((status = 201, body = SchedulerBody), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    Json(input): Json<SchedulerInput>,
+) -> ApiResult<(StatusCode, Json<SchedulerBody>)> {
+    let request = pb::CreateSchedulerWorkflowRequest {
+        name: input.name,
+        description: input.description,
+        tasks: input.tasks.into_iter().map(task_pb).collect(),
+        replace: input.replace,
+        ..Default::default()
+    };
+    let saved = state.orchestrator().create_scheduler_workflow(request).await?.into_inner();
+    Ok((StatusCode::CREATED, Json(body(saved))))
+}
+
+#[utoipa::path(get, path = "/api/v1/scheduler/workflows", tag = "scheduler",
+    responses((status = 200, body = SchedulerList)), security(("bearer" = [])))]
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<SchedulerList>> {
+    let page =
+        state.orchestrator().list_scheduler_workflows(pb::ListSchedulerWorkflowsRequest::default()).await?.into_inner();
+    Ok(Json(SchedulerList { workflows: page.workflows.into_iter().map(body).collect() }))
+}
+
+#[utoipa::path(get, path = "/api/v1/scheduler/workflows/{name}", tag = "scheduler",
+    responses((status = 200, body = SchedulerBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<SchedulerBody>> {
+    let w = state.orchestrator().get_scheduler_workflow(pb::GetSchedulerWorkflowRequest { name }).await?.into_inner();
+    Ok(Json(body(w)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/scheduler/workflows/{name}", tag = "scheduler",
+    responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    state.orchestrator().delete_scheduler_workflow(pb::DeleteSchedulerWorkflowRequest { name }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The plan without running it: waves by priority, the critical path, the estimate.
+#[utoipa::path(post, path = "/api/v1/scheduler/workflows/{name}/preview", tag = "scheduler",
+    responses((status = 200, body = PreviewBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn preview(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<PreviewBody>> {
+    let request = pb::PreviewSchedulerWorkflowRequest { name, ..Default::default() };
+    let p = state.orchestrator().preview_scheduler_workflow(request).await?.into_inner();
+    Ok(Json(PreviewBody {
+        waves: p
+            .waves
+            .into_iter()
+            .map(|w| WaveBody {
+                index: w.index,
+                task_ids: w.task_ids,
+                estimated_duration_secs: w.estimated_duration_secs,
+            })
+            .collect(),
+        critical_path: p.critical_path,
+        estimated_duration_secs: p.estimated_duration_secs,
+        warnings: p.warnings,
+    }))
+}
+
+/// Runs the task graph with the workflow engine; answers at once with the execution.
+#[utoipa::path(post, path = "/api/scheduler/workflows/{name}/run", tag = "scheduler", request_body = ExecuteInput,
+    responses((status = 202, body = ExecutionBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn run(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    input: Option<Json<ExecuteInput>>,
+) -> ApiResult<(StatusCode, Json<ExecutionBody>)> {
+    let input = input.map(|Json(i)| i).unwrap_or_default();
+    let request = pb::RunSchedulerWorkflowRequest {
+        name,
+        variables_json: input.variables.map(|v| Value::Object(v).to_string()).unwrap_or_default(),
+        idempotency_key: input.idempotency_key.unwrap_or_default(),
+    };
+    let execution = state.orchestrator().run_scheduler_workflow(request).await?.into_inner();
+    Ok((StatusCode::ACCEPTED, Json(execution_body(execution))))
+}
