@@ -202,6 +202,12 @@ impl LlmRouterService for LlmApi {
                     "tokens_per_minute is not enforced yet; set requests_per_minute, requests_per_hour and burst",
                 ));
             }
+            if limit.burst > 0 && limit.requests_per_minute == 0 {
+                return Err(Error::invalid(
+                    "invalid_rate_limit",
+                    "burst sizes the per-minute bucket: it needs requests_per_minute",
+                ));
+            }
             let limit =
                 Limit { per_minute: limit.requests_per_minute, per_hour: limit.requests_per_hour, burst: limit.burst };
             self.router.set_rate_limit(&request.provider, limit).await?;
