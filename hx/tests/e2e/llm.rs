@@ -1127,6 +1127,27 @@ async fn per_key_budgets_hold_on_every_endpoint(backend: Backend) -> anyhow::Res
         assert!(body["error"]["message"].as_str().unwrap().contains("API key"), "{path}: {body}");
     }
     assert_eq!(fake.count(), before, "no provider call for a key over its cap");
+    // the refusals are in alice's usage records, by kind, and on the dashboard
+    let records = settled(&helix, "?key=alice", 5).await?;
+    let mut refused: Vec<(String, String)> = records["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == "budget")
+        .map(|r| (r["kind"].as_str().unwrap().to_owned(), r["usage"]["cost_usd"].to_string()))
+        .collect();
+    refused.sort();
+    assert_eq!(
+        refused,
+        [("chat", "0.0"), ("chat", "0.0"), ("chat", "0.0"), ("embed", "0.0")]
+            .map(|(k, c)| (k.to_owned(), c.to_owned()))
+    );
+    let (_, dashboard) = read(helix.api(Method::GET, "/api/analytics/dashboard").send().await?).await;
+    assert_eq!(
+        (dashboard["budget_rejections"].as_u64(), dashboard["errors"].as_u64()),
+        (Some(4), Some(0)),
+        "{dashboard}"
+    );
 
     // bob and the admin key are not held back by alice's cap
     for key in [&bob, &helix.env.admin_key] {

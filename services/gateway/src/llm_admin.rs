@@ -214,6 +214,7 @@ pub async fn dashboard(State(state): State<AppState>, Query(params): Query<Analy
         "range": range_json(d.range.as_ref()), "requests": d.requests, "errors": d.errors,
         "error_rate": d.error_rate, "usage": usage_json(d.usage.as_ref()), "mean_latency_ms": d.mean_latency_ms,
         "p95_latency_ms": d.p95_latency_ms, "fallbacks": d.fallbacks, "downgrades": d.downgrades,
+        "budget_rejections": d.budget_rejections,
         "top_models": top, "providers_configured": d.providers_configured,
         "providers_healthy": d.providers_healthy, "budget": d.budget.map(budget_json),
     })))

@@ -13,7 +13,10 @@ use sqlx::query::Query;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Totals {
     pub requests: i64,
+    /// calls that failed (the budget's refusals not counted)
     pub errors: i64,
+    /// calls the budget refused
+    pub refused: i64,
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
     pub cost_micros: i64,
@@ -43,6 +46,7 @@ impl Totals {
         Ok(Self {
             requests: row.try_get("requests")?,
             errors: row.try_get("errors")?,
+            refused: row.try_get("refused")?,
             prompt_tokens: row.try_get("prompt_tokens")?,
             completion_tokens: row.try_get("completion_tokens")?,
             cost_micros: row.try_get("cost_micros")?,
@@ -57,7 +61,8 @@ impl Totals {
 }
 
 const TOTALS: &str = "COUNT(*) AS requests, \
-    COALESCE(CAST(SUM(CASE WHEN outcome <> 'ok' THEN 1 ELSE 0 END) AS BIGINT), 0) AS errors, \
+    COALESCE(CAST(SUM(CASE WHEN outcome IN ('ok', 'budget') THEN 0 ELSE 1 END) AS BIGINT), 0) AS errors, \
+    COALESCE(CAST(SUM(CASE WHEN outcome = 'budget' THEN 1 ELSE 0 END) AS BIGINT), 0) AS refused, \
     COALESCE(CAST(SUM(prompt_tokens) AS BIGINT), 0) AS prompt_tokens, \
     COALESCE(CAST(SUM(completion_tokens) AS BIGINT), 0) AS completion_tokens, \
     COALESCE(CAST(SUM(cost_micros) AS BIGINT), 0) AS cost_micros, \

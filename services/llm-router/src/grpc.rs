@@ -313,7 +313,7 @@ impl LlmRouterService for LlmApi {
                 p95_latency_ms: p95,
                 fallbacks: totals.fallbacks.max(0) as u64,
                 downgrades: totals.downgrades.max(0) as u64,
-                budget_rejections: 0,
+                budget_rejections: totals.refused.max(0) as u64,
                 top_models: by_model,
                 providers_configured: configured.len() as u32,
                 providers_healthy: healthy as u32,
@@ -402,7 +402,8 @@ impl LlmRouterService for LlmApi {
                     provider: name,
                     requests: t.requests.max(0) as u64,
                     failures: t.errors.max(0) as u64,
-                    success_rate: ratio(t.requests - t.errors, t.requests),
+                    // of the calls that went to the provider: the budget's refusals did not
+                    success_rate: ratio(t.requests - t.refused - t.errors, t.requests - t.refused),
                     mean_latency_ms: t.mean_latency_ms(),
                     p50_latency_ms: p50,
                     p95_latency_ms: p95,
@@ -821,6 +822,7 @@ pub fn call_from_pb(r: pb::GenerateRequest) -> Result<Call> {
         disable_fallback: r.disable_fallback,
         timeout: r.timeout_ms.map(|ms| Duration::from_millis(u64::from(ms))),
         max_cost_micros,
+        kind: "chat",
     })
 }
 

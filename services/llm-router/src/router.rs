@@ -96,6 +96,14 @@ pub struct Call {
     pub timeout: Option<Duration>,
     /// above this worst-case cost the budget action applies
     pub max_cost_micros: Option<i64>,
+    /// chat (the default when empty) or embed, for the usage records
+    pub kind: &'static str,
+}
+
+impl Call {
+    fn kind(&self) -> &'static str {
+        if self.kind.is_empty() { "chat" } else { self.kind }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -403,7 +411,7 @@ impl Router {
             ))
         };
         if self.budget.rejects() {
-            self.count_budget("reject");
+            self.refused(call, &provider.name, &target.model);
             return Err(refuse(refusal, ""));
         }
         // the dearest model that still fits: a downgrade gives up as little as it can
@@ -425,8 +433,30 @@ impl Router {
                 return Ok(Admitted { target, price: cheaper.clone(), reservation: Some(reservation) });
             }
         }
-        self.count_budget("reject");
+        self.refused(call, &provider.name, &target.model);
         Err(refuse(refusal, ", nor any cheaper model of it"))
+    }
+
+    /// Counts and records (outcome `budget`, nothing spent) a call the budget refused.
+    fn refused(&self, call: &Call, provider: &str, model: &str) {
+        self.count_budget("reject");
+        let record = UsageRecord {
+            request_id: call.request_id.clone(),
+            caller: call.caller.clone(),
+            api_key_id: call.api_key_id.clone(),
+            kind: call.kind(),
+            provider: provider.to_owned(),
+            model: model.to_owned(),
+            outcome: "budget".to_owned(),
+            usage: Usage::default(),
+            cost_micros: 0,
+            latency_ms: 0,
+            first_token_ms: 0,
+            streamed: false,
+            fell_back: false,
+            downgraded: false,
+        };
+        self.budget.settle_later(None, record);
     }
 
     fn count_budget(&self, action: &str) {
@@ -623,8 +653,7 @@ impl Router {
             Some(usage) => admitted.price.cost_micros(&usage),
             None => admitted.reservation.as_ref().map_or(0, |r| r.micros),
         };
-        let (provider, overhead) =
-            self.settle_whole(&call, ("chat", "generate"), &mut admitted, &progress, usage, cost);
+        let (provider, overhead) = self.settle_whole(&call, "generate", &mut admitted, &progress, usage, cost);
         let latency = progress.started.elapsed();
         Ok(Answer {
             completion,
@@ -713,6 +742,7 @@ impl Router {
         if matches!(call.model.trim(), "" | "auto") {
             call.model.clone_from(&self.embedding_model);
         }
+        call.kind = "embed";
         // admission sees the inputs as the prompt, and no output
         call.chat = ChatRequest {
             messages: inputs
@@ -732,19 +762,19 @@ impl Router {
             Some(_) => admitted.price.cost_micros(&usage),
             None => admitted.reservation.as_ref().map_or(0, |r| r.micros),
         };
-        let (provider, overhead) = self.settle_whole(&call, ("embed", "embed"), &mut admitted, &progress, usage, cost);
+        let (provider, overhead) = self.settle_whole(&call, "embed", &mut admitted, &progress, usage, cost);
         Ok(Embedded { vectors, provider, model: admitted.target.model, usage, cost_micros: cost, overhead })
     }
 }
 
 impl Router {
     /// Settles a whole (not streamed) answer in the background and observes the
-    /// router's overhead; `kind` is the usage record's kind and the metric's call label.
+    /// router's overhead (`label`: the metric's call label).
     /// Returns the provider's name and the overhead.
     fn settle_whole(
         &self,
         call: &Call,
-        (kind, label): (&'static str, &str),
+        label: &str,
         admitted: &mut Admitted,
         progress: &Progress,
         usage: Usage,
@@ -755,7 +785,7 @@ impl Router {
             request_id: call.request_id.clone(),
             caller: call.caller.clone(),
             api_key_id: call.api_key_id.clone(),
-            kind,
+            kind: call.kind(),
             provider: provider.clone(),
             model: admitted.target.model.clone(),
             outcome: "ok".to_owned(),
