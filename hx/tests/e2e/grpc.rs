@@ -55,8 +55,10 @@ async fn every_service_serves_health_reflection_and_its_contract() -> anyhow::Re
     let mut llm = pb::llm_router_service_client::LlmRouterServiceClient::new(channel.clone());
     let status = llm.generate(pb::GenerateRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    // not built yet: answered UNIMPLEMENTED, never a hang or a fake answer
     let status = llm.embed(pb::EmbedRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    // not built yet: answered UNIMPLEMENTED, never a hang or a fake answer
+    let status = llm.update_provider(pb::UpdateProviderRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented);
     let mut notifications = pb::notifications_service_client::NotificationsServiceClient::new(channel);
     let status = notifications.list_notifications(pb::ListNotificationsRequest::default()).await.unwrap_err();

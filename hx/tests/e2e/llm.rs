@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use helix_runtime::HelixConfig;
 use helix_runtime::config::LlmAlias;
-use helix_testkit::llm::{Behaviour, FakeLlm, Wire, quick_retries};
+use helix_testkit::llm::{Behaviour, FAKE_EMBEDDING_DIM, FakeLlm, Wire, fake_vector, quick_retries};
 use helix_testkit::{Backend, TestEnv, TestHelix};
 use hx::fleet::Role;
 use reqwest::Method;
@@ -17,7 +17,11 @@ use crate::support::read;
 crate::on_both_backends!(
     translation_both_ways_and_streams,
     budget_reject_calls_no_provider,
-    budget_holds_under_50_concurrent_calls
+    budget_holds_under_50_concurrent_calls,
+    embeddings_wire_errors_and_the_shared_budget,
+    rate_limits_refuse_before_the_provider,
+    analytics_from_the_usage_records,
+    per_key_budgets_hold_on_every_endpoint
 );
 
 /// A Helix whose providers are fakes, configured by `configure` before it starts.
@@ -743,6 +747,444 @@ async fn hx_chat_streams_keeps_history_and_switches_model() -> anyhow::Result<()
     let output = hx(&["-m", "openai/unpriced-model", "Hi"]).output().await?;
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unpriced_model"), "{output:?}");
+    helix.stop().await;
+    Ok(())
+}
+
+async fn embed(helix: &TestHelix, body: Value) -> anyhow::Result<reqwest::Response> {
+    Ok(helix.api(Method::POST, "/v1/embeddings").json(&body).send().await?)
+}
+
+/// Waits until the usage records hold `n` calls (settling happens after the answer).
+async fn settled(helix: &TestHelix, query: &str, n: u64) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = read(helix.api(Method::GET, &format!("/api/v1/llm/usage{query}")).send().await?).await;
+        anyhow::ensure!(status == 200, "usage: {status} {body}");
+        if body["requests"].as_u64() == Some(n) {
+            return Ok(body);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{n} calls not settled: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn floats(value: &Value) -> Vec<f32> {
+    value.as_array().expect("an array of floats").iter().map(|v| v.as_f64().unwrap() as f32).collect()
+}
+
+fn close(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6)
+}
+
+/// `/v1/embeddings` in OpenAI's wire format both ways (string or array input, float or
+/// base64 out, dimensions, usage), its 4xx, the provider's errors, and one budget with
+/// chat: a budget spent through chat refuses embeddings without calling the provider.
+async fn embeddings_wire_errors_and_the_shared_budget(backend: Backend) -> anyhow::Result<()> {
+    let fake = FakeLlm::start().await?;
+    let helix = start(backend, |config| {
+        config.llm.daily_budget_usd = 0.001;
+        config.llm.budget_action = "reject".into();
+        config.llm.max_retries = 0;
+        fake.serve_as(config, "openai", Wire::OpenAi);
+    })
+    .await?;
+
+    let response =
+        embed(&helix, json!({"model": "openai/text-embedding-3-small", "input": "hello embedded world"})).await?;
+    assert!(response.headers().contains_key("x-helix-router-overhead-us"), "{:?}", response.headers());
+    let (status, body) = read(response).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["object"].as_str(), body["model"].as_str()),
+        (Some("list"), Some("openai/text-embedding-3-small"))
+    );
+    assert_eq!(body["data"].as_array().unwrap().len(), 1);
+    assert_eq!((body["data"][0]["object"].as_str(), body["data"][0]["index"].as_u64()), (Some("embedding"), Some(0)));
+    let vector = floats(&body["data"][0]["embedding"]);
+    assert!(close(&vector, &fake_vector("hello embedded world", FAKE_EMBEDDING_DIM)), "{vector:?}");
+    assert_eq!(body["usage"], json!({"prompt_tokens": 3, "total_tokens": 3}));
+    let sent = fake.received().pop().unwrap();
+    assert_eq!(sent.path, "/v1/embeddings");
+    assert_eq!(sent.key.as_deref(), Some("sk-test-openai"));
+    assert_eq!(sent.body["input"], json!(["hello embedded world"]));
+
+    // an array, base64, dimensions, and the configured model when none is named
+    let texts = ["one", "two words", "three more words"];
+    let (status, body) =
+        read(embed(&helix, json!({"input": texts, "encoding_format": "base64", "dimensions": 4})).await?).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model"], "openai/text-embedding-3-small");
+    for (i, text) in texts.iter().enumerate() {
+        let item = &body["data"][i];
+        assert_eq!(item["index"].as_u64(), Some(i as u64));
+        let bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, item["embedding"].as_str().unwrap())?;
+        let vector: Vec<f32> = bytes.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        assert!(close(&vector, &fake_vector(text, 4)), "{text}: {vector:?}");
+    }
+    assert_eq!(body["usage"]["prompt_tokens"], 6);
+    let sent = fake.received().pop().unwrap();
+    assert_eq!((sent.body["dimensions"].as_u64(), sent.body["encoding_format"].as_str()), (Some(4), Some("float")));
+
+    // bad input is a 400 in OpenAI's shape, and reaches no provider
+    let before = fake.count();
+    for (input, code) in [
+        (json!({"input": 42}), "invalid_input"),
+        (json!({"input": [[1, 2, 3]]}), "unsupported_input"),
+        (json!({"input": ["fine", 7]}), "invalid_input"),
+        (json!({"input": "x", "encoding_format": "int8"}), "invalid_encoding_format"),
+        (json!({"input": ""}), "empty_input"),
+        (json!({"input": []}), "empty_input"),
+        (json!({"input": "x", "dimensions": 0}), "invalid_dimensions"),
+    ] {
+        let (status, body) = read(embed(&helix, input.clone()).await?).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some(code)), "{input}: {body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    }
+    let (status, body) = read(embed(&helix, json!({"model": "openai/text-embedding-3-small"})).await?).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_body")), "{body}");
+    assert_eq!(fake.count(), before, "refused before any provider");
+
+    // the provider's own errors: a 400 is the caller's, a 404 (a chat model) is no answer
+    fake.script([Behaviour::status(400)]);
+    let (status, body) = read(embed(&helix, json!({"input": "x"})).await?).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("provider_rejected_request")), "{body}");
+    let (status, body) = read(embed(&helix, json!({"model": "openai/gpt-4o-mini", "input": "x"})).await?).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("no_provider_available")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("does not exist"), "{body}");
+
+    // the embeddings are in the usage records, as kind embed
+    let usage = settled(&helix, "?model=text-embedding-3-small", 2).await?;
+    assert!(
+        usage["records"].as_array().unwrap().iter().all(|r| r["kind"] == "embed" && r["outcome"] == "ok"),
+        "{usage}"
+    );
+    assert_eq!(usage["total"]["prompt_tokens"], 9);
+
+    // a chat answer dearer than the cap spends it (its reservation fitted) ...
+    fake.script([Behaviour::Reply { text: "long".into(), prompt_tokens: 11, completion_tokens: 5000 }]);
+    let (status, body) = read(
+        chat(
+            &helix,
+            json!({"model": "openai/gpt-4o-mini", "max_tokens": 100, "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await?,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    settled(&helix, "?model=gpt-4o-mini", 1).await?;
+    // ... and then embeddings are refused too, without a call
+    let before = fake.count();
+    let (status, body) = read(embed(&helix, json!({"input": "after the budget"})).await?).await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(
+        (body["error"]["code"].as_str(), body["error"]["type"].as_str()),
+        (Some("budget_exceeded"), Some("insufficient_quota"))
+    );
+    assert_eq!(fake.count(), before, "the provider saw no embeddings request");
+    helix.stop().await;
+    Ok(())
+}
+
+async fn rate_limits(helix: &TestHelix, provider: &str) -> anyhow::Result<Value> {
+    let (status, body) = read(helix.api(Method::GET, "/api/v1/rate-limits").send().await?).await;
+    anyhow::ensure!(status == 200, "{body}");
+    let found = body["providers"].as_array().unwrap().iter().find(|p| p["provider"] == provider).cloned();
+    found.ok_or_else(|| anyhow::anyhow!("no {provider} in {body}"))
+}
+
+/// A provider's request limit is enforced before the call: with 2 per minute the third
+/// call is a 429 with Retry-After and the provider saw two; the limit is changed at run
+/// time and kept across a restart; the configuration gives the defaults.
+async fn rate_limits_refuse_before_the_provider(backend: Backend) -> anyhow::Result<()> {
+    let fake = FakeLlm::start().await?;
+    let mut helix = start(backend, |config| {
+        fake.serve_as(config, "openai", Wire::OpenAi);
+        config.llm.providers.get_mut("openai").unwrap().requests_per_hour = Some(100);
+    })
+    .await?;
+    let openai = rate_limits(&helix, "openai").await?;
+    assert_eq!(
+        (openai["requests_per_minute"].as_u64(), openai["requests_per_hour"].as_u64(), openai["source"].as_str()),
+        (Some(0), Some(100), Some("config")),
+        "{openai}"
+    );
+    assert_eq!(rate_limits(&helix, "mistral").await?["requests_available"], Value::Null, "no limit");
+
+    let (status, body) = read(
+        helix
+            .api(Method::PUT, "/api/v1/rate-limits")
+            .json(&json!({"provider": "openai", "requests_per_minute": 2}))
+            .send()
+            .await?,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let openai = rate_limits(&helix, "openai").await?;
+    assert_eq!(
+        (openai["requests_per_minute"].as_u64(), openai["source"].as_str(), openai["requests_available"].as_u64()),
+        (Some(2), Some("api"), Some(2)),
+        "{openai}"
+    );
+    let ask = || chat(&helix, json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}));
+    for _ in 0..2 {
+        let (status, body) = read(ask().await?).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let response = ask().await?;
+    let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+    let (status, body) = read(response).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(
+        (body["error"]["code"].as_str(), body["error"]["type"].as_str()),
+        (Some("rate_limited"), Some("rate_limit_error"))
+    );
+    assert!(retry_after.is_some_and(|s| (1..=30).contains(&s)), "Retry-After {retry_after:?}");
+    // one bucket per provider, whatever the endpoint
+    let (status, body) = read(embed(&helix, json!({"input": "x"})).await?).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("rate_limited")), "{body}");
+    assert_eq!(fake.count(), 2, "the provider saw two calls");
+
+    for (input, expected) in [
+        (json!({"provider": "nobody", "requests_per_minute": 1}), (404, "not_found")),
+        (json!({"provider": "openai", "per_minute": 1}), (422, "invalid_body")),
+        (json!({"provider": "openai", "burst": 5}), (400, "invalid_rate_limit")),
+    ] {
+        let (status, body) = read(helix.api(Method::PUT, "/api/v1/rate-limits").json(&input).send().await?).await;
+        assert_eq!((status, crate::support::code(&body)), expected, "{input}: {body}");
+    }
+
+    // kept in the router's database: a restart keeps the limit set through the API
+    helix.restart().await?;
+    let openai = rate_limits(&helix, "openai").await?;
+    assert_eq!((openai["requests_per_minute"].as_u64(), openai["source"].as_str()), (Some(2), Some("api")), "{openai}");
+    helix.stop().await;
+    Ok(())
+}
+
+/// The usage records answer by key, provider, model and day; the dashboard, trends,
+/// provider performance and token usage are sums over them.
+async fn analytics_from_the_usage_records(backend: Backend) -> anyhow::Result<()> {
+    let fake = FakeLlm::start().await?;
+    let helix = start(backend, |config| {
+        fake.serve_as(config, "openai", Wire::OpenAi);
+        fake.serve_as(config, "anthropic", Wire::Anthropic);
+    })
+    .await?;
+    let user = json!([{"role": "user", "content": "Hi"}]);
+    for _ in 0..3 {
+        let (status, body) = read(chat(&helix, json!({"model": "openai/gpt-4o-mini", "messages": user})).await?).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) =
+        read(chat(&helix, json!({"model": "anthropic/claude-3-5-haiku-latest", "messages": user})).await?).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = read(embed(&helix, json!({"input": "a b c d"})).await?).await;
+    assert_eq!(status, 200, "{body}");
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let all = settled(&helix, &format!("?day={today}"), 5).await?;
+    // "Hello from the fake": 11 prompt and 4 completion tokens a chat; 4 for the embedding
+    assert_eq!(
+        (all["total"]["prompt_tokens"].as_u64(), all["total"]["completion_tokens"].as_u64()),
+        (Some(48), Some(16)),
+        "{all}"
+    );
+    let usage = |q: &str| {
+        let url = format!("/api/v1/llm/usage{q}");
+        let request = helix.api(Method::GET, &url);
+        async move { read(request.send().await.unwrap()).await }
+    };
+    let (_, mini) = usage("?provider=openai&model=gpt-4o-mini").await;
+    assert_eq!(mini["requests"], 3, "{mini}");
+    assert!(mini["records"].as_array().unwrap().iter().all(|r| r["api_key_id"] == "admin" && r["kind"] == "chat"));
+    assert_eq!(usage("?key=admin").await.1["requests"], 5);
+    assert_eq!(usage("?key=nobody").await.1["requests"], 0);
+    assert_eq!(usage("?day=2001-01-01").await.1["requests"], 0);
+    assert_eq!(usage("?limit=2").await.1["records"].as_array().unwrap().len(), 2);
+    let (status, body) = usage("?day=yesterday").await;
+    assert_eq!((status, crate::support::code(&body)), (400, "invalid_day"), "{body}");
+
+    let get = |path: &str| {
+        let request = helix.api(Method::GET, path);
+        async move { read(request.send().await.unwrap()).await }
+    };
+    let (status, dashboard) = get("/api/analytics/dashboard").await;
+    assert_eq!(status, 200, "{dashboard}");
+    assert_eq!((dashboard["requests"].as_u64(), dashboard["errors"].as_u64()), (Some(5), Some(0)), "{dashboard}");
+    assert_eq!(dashboard["usage"]["total_tokens"], 64);
+    assert!(dashboard["usage"]["cost_usd"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        (dashboard["top_models"][0]["model"].as_str(), dashboard["top_models"][0]["requests"].as_u64()),
+        (Some("gpt-4o-mini"), Some(3))
+    );
+    assert!(dashboard["budget"]["daily_limit_usd"].is_number());
+
+    let (status, trends) = get("/api/analytics/trends?granularity=hour").await;
+    assert_eq!(status, 200, "{trends}");
+    let buckets = trends["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 7 * 24, "every hour of the week, empty ones too");
+    assert_eq!(buckets.iter().map(|b| b["requests"].as_u64().unwrap()).sum::<u64>(), 5);
+    assert_eq!(buckets.last().unwrap()["usage"]["total_tokens"], 64, "{trends}");
+    let (_, openai_days) = get("/api/analytics/trends?provider=anthropic").await;
+    assert_eq!(openai_days["buckets"].as_array().unwrap().len(), 7);
+    assert_eq!(openai_days["buckets"][6]["requests"], 1, "{openai_days}");
+    let (status, body) = get("/api/analytics/trends?granularity=minute").await;
+    assert_eq!((status, crate::support::code(&body)), (400, "invalid_granularity"));
+
+    let (status, providers) = get("/api/analytics/providers").await;
+    assert_eq!(status, 200, "{providers}");
+    let by_name = |name: &str| {
+        providers["providers"].as_array().unwrap().iter().find(|p| p["provider"] == name).cloned().unwrap()
+    };
+    assert_eq!(
+        (by_name("openai")["requests"].as_u64(), by_name("openai")["success_rate"].as_f64()),
+        (Some(4), Some(1.0))
+    );
+    assert_eq!(by_name("anthropic")["usage"]["total_tokens"], 15);
+    assert!(by_name("openai")["last_used_at"].is_string());
+
+    let (status, tokens) = get("/api/analytics/token-usage?group_by=provider").await;
+    assert_eq!(status, 200, "{tokens}");
+    assert_eq!(
+        (tokens["rows"][0]["key"].as_str(), tokens["rows"][0]["usage"]["total_tokens"].as_u64()),
+        (Some("openai"), Some(49))
+    );
+    let shares: f64 = tokens["rows"].as_array().unwrap().iter().map(|r| r["share"].as_f64().unwrap()).sum();
+    assert!((shares - 1.0).abs() < 1e-9, "{tokens}");
+    let (_, page) = get("/api/analytics/token-usage?group_by=model&limit=1").await;
+    assert_eq!(page["rows"].as_array().unwrap().len(), 1);
+    let (_, rest) = get(&format!(
+        "/api/analytics/token-usage?group_by=model&limit=5&cursor={}",
+        page["next_cursor"].as_str().unwrap()
+    ))
+    .await;
+    assert_eq!(rest["rows"].as_array().unwrap().len(), 2, "{rest}");
+    for (path, code) in [
+        ("/api/analytics/token-usage?group_by=colour", "invalid_group_by"),
+        ("/api/analytics/dashboard?start=yesterday", "invalid_time"),
+        ("/api/analytics/providers?start=2030-01-02T00:00:00Z&end=2030-01-01T00:00:00Z", "invalid_range"),
+    ] {
+        let (status, body) = get(path).await;
+        assert_eq!((status, crate::support::code(&body)), (400, code), "{path}: {body}");
+    }
+    helix.stop().await;
+    Ok(())
+}
+
+/// Two API keys: one at its own daily cap is refused on chat, messages, generate and
+/// embeddings (no provider call), while the other and the global budget go on.
+async fn per_key_budgets_hold_on_every_endpoint(backend: Backend) -> anyhow::Result<()> {
+    let fake = FakeLlm::start().await?;
+    let helix = start(backend, |config| {
+        config.llm.budget_action = "reject".into();
+        config.llm.key_budgets.insert("bob".into(), 50.0);
+        fake.serve_as(config, "openai", Wire::OpenAi);
+    })
+    .await?;
+    let alice = helix.create_api_key("alice").await?;
+    let bob = helix.create_api_key("bob").await?;
+    let (status, body) = read(
+        helix
+            .api(Method::PUT, "/api/v1/llm/budget")
+            .json(&json!({"keys": [{"api_key_id": "alice", "daily_limit_usd": 0.001}]}))
+            .send()
+            .await?,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let keys: Vec<(String, f64)> = body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["api_key_id"].as_str().unwrap().to_owned(), k["daily_limit_usd"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(keys, [("alice".to_owned(), 0.001), ("bob".to_owned(), 50.0)]);
+
+    let as_key =
+        |key: &str, path: &str, body: Value| helix.http.post(helix.url(path)).bearer_auth(key).json(&body).send();
+    let hi = json!({"model": "openai/gpt-4o-mini", "max_tokens": 100, "messages": [{"role": "user", "content": "Hi"}]});
+    // alice's first answer costs more than her cap (its reservation fitted)
+    fake.script([Behaviour::Reply { text: "long".into(), prompt_tokens: 11, completion_tokens: 5000 }]);
+    let (status, body) = read(as_key(&alice, "/v1/chat/completions", hi.clone()).await?).await;
+    assert_eq!(status, 200, "{body}");
+    settled(&helix, "?key=alice", 1).await?;
+
+    let before = fake.count();
+    let refused = [
+        ("/v1/chat/completions", hi.clone()),
+        (
+            "/v1/messages",
+            json!({"model": "openai/gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]}),
+        ),
+        ("/api/generate", json!({"prompt": "Hi", "model": "openai/gpt-4o-mini", "max_tokens": 10})),
+        ("/v1/embeddings", json!({"input": "Hi"})),
+    ];
+    for (path, input) in refused {
+        let (status, body) = read(as_key(&alice, path, input).await?).await;
+        assert_eq!(status, 402, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "budget_exceeded", "{path}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("API key"), "{path}: {body}");
+    }
+    assert_eq!(fake.count(), before, "no provider call for a key over its cap");
+    // the refusals are in alice's usage records, by kind, and on the dashboard
+    let records = settled(&helix, "?key=alice", 5).await?;
+    let mut refused: Vec<(String, String)> = records["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == "budget")
+        .map(|r| (r["kind"].as_str().unwrap().to_owned(), r["usage"]["cost_usd"].to_string()))
+        .collect();
+    refused.sort();
+    assert_eq!(
+        refused,
+        [("chat", "0.0"), ("chat", "0.0"), ("chat", "0.0"), ("embed", "0.0")]
+            .map(|(k, c)| (k.to_owned(), c.to_owned()))
+    );
+    let (_, dashboard) = read(helix.api(Method::GET, "/api/analytics/dashboard").send().await?).await;
+    assert_eq!(
+        (dashboard["budget_rejections"].as_u64(), dashboard["errors"].as_u64()),
+        (Some(4), Some(0)),
+        "{dashboard}"
+    );
+
+    // bob and the admin key are not held back by alice's cap
+    for key in [&bob, &helix.env.admin_key] {
+        let (status, body) = read(as_key(key, "/v1/chat/completions", hi.clone()).await?).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    settled(&helix, "?key=bob", 1).await?;
+    let (_, budget) = read(helix.api(Method::GET, "/api/v1/llm/budget").send().await?).await;
+    let key = |id: &str| budget["keys"].as_array().unwrap().iter().find(|k| k["api_key_id"] == id).cloned().unwrap();
+    assert_eq!(
+        (key("alice")["exceeded"].as_bool(), key("alice")["requests_today"].as_u64()),
+        (Some(true), Some(1)),
+        "{budget}"
+    );
+    assert_eq!(
+        (key("bob")["exceeded"].as_bool(), key("bob")["requests_today"].as_u64()),
+        (Some(false), Some(1)),
+        "{budget}"
+    );
+
+    // removing alice's cap lets her through again
+    let (status, _) = read(
+        helix
+            .api(Method::PUT, "/api/v1/llm/budget")
+            .json(&json!({"keys": [{"api_key_id": "alice", "daily_limit_usd": null}]}))
+            .send()
+            .await?,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = read(as_key(&alice, "/v1/embeddings", json!({"input": "Hi"})).await?).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = read(
+        helix.api(Method::PUT, "/api/v1/llm/budget").json(&json!({"keys": [{"daily_limit_usd": 1.0}]})).send().await?,
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
     helix.stop().await;
     Ok(())
 }

@@ -147,6 +147,11 @@ pub struct LlmConfig {
     pub providers: BTreeMap<String, LlmProviderConfig>,
     /// Model names that route to several `provider/model` targets by a policy.
     pub aliases: BTreeMap<String, LlmAlias>,
+    /// The model of embedding calls that name none (`/v1/embeddings` without `model`).
+    pub embedding_model: String,
+    /// Daily caps in USD per API key id (`[llm.key_budgets] <key id> = 5.0`), on top of
+    /// the global cap; `PUT /api/v1/llm/budget` changes them at run time.
+    pub key_budgets: BTreeMap<String, f64>,
 }
 
 impl Default for LlmConfig {
@@ -167,6 +172,8 @@ impl Default for LlmConfig {
             breaker_cooldown_ms: 30_000,
             providers: BTreeMap::new(),
             aliases: BTreeMap::new(),
+            embedding_model: "openai/text-embedding-3-small".to_owned(),
+            key_budgets: BTreeMap::new(),
         }
     }
 }
@@ -188,6 +195,12 @@ pub struct LlmProviderConfig {
     pub default_model: Option<String>,
     /// Cloudflare's account id (else `CLOUDFLARE_ACCOUNT_ID`).
     pub account_id: Option<String>,
+    /// Request limits the router enforces before calling this provider (token buckets;
+    /// unset or 0: none). `burst` is the minute bucket's size (default: the per-minute
+    /// limit). `PUT /api/v1/rate-limits` overrides them at run time.
+    pub requests_per_minute: Option<u32>,
+    pub requests_per_hour: Option<u32>,
+    pub burst: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

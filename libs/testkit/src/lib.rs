@@ -186,6 +186,22 @@ impl TestHelix {
         self.http.request(method, self.url(path)).bearer_auth(&self.env.admin_key)
     }
 
+    /// Issues another API key with id `id` (straight into the gateway's key table, as
+    /// there is no key route yet) and returns the key.
+    pub async fn create_api_key(&self, id: &str) -> anyhow::Result<String> {
+        use sha2::Digest;
+        let key = format!("hx_test_{id}_{}", uuid::Uuid::now_v7().simple());
+        let db = helix_runtime::db::Database::connect(&self.env.config, "gateway").await?;
+        sqlx::query("INSERT INTO api_keys (id, name, key_hash, scopes, created_at) VALUES ($1, $1, $2, 'admin', $3)")
+            .bind(id)
+            .bind(hex::encode(sha2::Sha256::digest(key.as_bytes())))
+            .bind(unix_micros())
+            .execute(&db.pool)
+            .await?;
+        db.pool.close().await;
+        Ok(key)
+    }
+
     /// Stops every service and starts them again on the same home and databases.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         if let Some(node) = self.node.take() {
@@ -202,4 +218,8 @@ impl TestHelix {
             node.stop().await;
         }
     }
+}
+
+fn unix_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }

@@ -1,5 +1,6 @@
 //! A fake LLM provider for tests: one HTTP server on port 0 speaking OpenAI's chat
-//! completions (`POST /v1/chat/completions`) and Anthropic's Messages API
+//! completions (`POST /v1/chat/completions`), OpenAI's embeddings (`POST /v1/embeddings`:
+//! float or base64 vectors, its 400 and 404 bodies) and Anthropic's Messages API
 //! (`POST /v1/messages`) in their published wire formats — whole answers, server-sent
 //! event streams with text and tool-call deltas, usage, stop reasons and error bodies —
 //! and, on request, their failures: error statuses with Retry-After, a slow first byte,
@@ -64,6 +65,8 @@ impl Behaviour {
 #[derive(Debug, Clone)]
 pub struct Received {
     pub wire: Wire,
+    /// the route, e.g. `/v1/embeddings`
+    pub path: &'static str,
     /// the key, from `Authorization: Bearer` or `x-api-key`
     pub key: Option<String>,
     pub body: Value,
@@ -92,6 +95,7 @@ impl FakeLlm {
         let app = Router::new()
             .route("/v1/chat/completions", post(openai))
             .route("/v1/messages", post(anthropic))
+            .route("/v1/embeddings", post(embeddings))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -164,7 +168,7 @@ pub fn quick_retries(config: &mut HelixConfig) {
     config.llm.stream_idle_timeout_ms = 2_000;
 }
 
-fn next(shared: &Shared, wire: Wire, headers: &HeaderMap, body: &Bytes) -> (Behaviour, Value) {
+fn next(shared: &Shared, wire: Wire, path: &'static str, headers: &HeaderMap, body: &Bytes) -> (Behaviour, Value) {
     let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let key = headers
         .get("authorization")
@@ -172,18 +176,18 @@ fn next(shared: &Shared, wire: Wire, headers: &HeaderMap, body: &Bytes) -> (Beha
         .and_then(|v| v.strip_prefix("Bearer "))
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
         .map(str::to_owned);
-    shared.received.lock().unwrap().push(Received { wire, key, body: body.clone() });
+    shared.received.lock().unwrap().push(Received { wire, path, key, body: body.clone() });
     let scripted = shared.script.lock().unwrap().pop_front();
     (scripted.unwrap_or_else(|| shared.default.lock().unwrap().clone()), body)
 }
 
 async fn openai(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (behaviour, request) = next(&shared, Wire::OpenAi, &headers, &body);
+    let (behaviour, request) = next(&shared, Wire::OpenAi, "/v1/chat/completions", &headers, &body);
     respond(Wire::OpenAi, behaviour, request).await
 }
 
 async fn anthropic(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (behaviour, request) = next(&shared, Wire::Anthropic, &headers, &body);
+    let (behaviour, request) = next(&shared, Wire::Anthropic, "/v1/messages", &headers, &body);
     respond(Wire::Anthropic, behaviour, request).await
 }
 
@@ -219,6 +223,105 @@ async fn respond(wire: Wire, mut behaviour: Behaviour, request: Value) -> Respon
         (_, false) => axum::Json(whole(wire, &behaviour, &model)).into_response(),
         (_, true) => event_stream(events(wire, &behaviour, &model, include_usage)),
     }
+}
+
+/// OpenAI's error body.
+fn openai_error(status: StatusCode, message: &str, code: Value) -> Response {
+    let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}});
+    (status, axum::Json(body)).into_response()
+}
+
+/// The vector the fake gives `text`: deterministic, `dim` values in -1..1, unit length.
+pub fn fake_vector(text: &str, dim: usize) -> Vec<f32> {
+    let mut state =
+        text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let mut v: Vec<f32> = (0..dim)
+        .map(|_| {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::EPSILON);
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
+}
+
+/// The dimension of the fake's vectors when a request names none.
+pub const FAKE_EMBEDDING_DIM: usize = 8;
+
+/// OpenAI's `POST /v1/embeddings`: `input` a string or an array of strings, one
+/// prompt token per word; the request errors OpenAI answers with its bodies.
+async fn embeddings(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (mut behaviour, request) = next(&shared, Wire::OpenAi, "/v1/embeddings", &headers, &body);
+    while let Behaviour::Slow { delay, then } = behaviour {
+        tokio::time::sleep(delay).await;
+        behaviour = *then;
+    }
+    match behaviour {
+        Behaviour::Status { code, retry_after } => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut response = openai_error(status, &format!("fake failure {code}"), Value::Null);
+            if let Some(seconds) = retry_after {
+                response.headers_mut().insert("retry-after", seconds.to_string().parse().unwrap());
+            }
+            return response;
+        }
+        Behaviour::MalformedJson | Behaviour::CutMidway => return json_text("{\"object\": \"list\", \"data\": ["),
+        _ => {}
+    }
+    let model = request["model"].as_str().unwrap_or_default().to_owned();
+    if request.get("model").is_none() {
+        return openai_error(StatusCode::BAD_REQUEST, "you must provide a model parameter", Value::Null);
+    }
+    if !model.contains("embedding") {
+        let message = format!("The model `{model}` does not exist or you do not have access to it.");
+        return openai_error(StatusCode::NOT_FOUND, &message, json!("model_not_found"));
+    }
+    let invalid = || {
+        openai_error(
+            StatusCode::BAD_REQUEST,
+            "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference.",
+            Value::Null,
+        )
+    };
+    let inputs: Vec<String> = match &request["input"] {
+        Value::Null => return openai_error(StatusCode::BAD_REQUEST, "'input' is a required property", Value::Null),
+        Value::String(text) => vec![text.clone()],
+        Value::Array(items) if !items.is_empty() && items.iter().all(|i| i.as_str().is_some_and(|t| !t.is_empty())) => {
+            items.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect()
+        }
+        _ => return invalid(),
+    };
+    if inputs.iter().any(String::is_empty) {
+        return invalid();
+    }
+    let base64 = match request["encoding_format"].as_str() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            let message = format!("Invalid value: '{other}'. Supported values are: 'float' and 'base64'.");
+            return openai_error(StatusCode::BAD_REQUEST, &message, json!("invalid_value"));
+        }
+    };
+    let dim = request["dimensions"].as_u64().map_or(FAKE_EMBEDDING_DIM, |d| d as usize);
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            let vector = fake_vector(text, dim);
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
+                json!(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    let tokens: usize = inputs.iter().map(|t| t.split_whitespace().count()).sum();
+    axum::Json(json!({"object": "list", "data": data, "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+    .into_response()
 }
 
 fn anthropic_type(code: u16) -> &'static str {

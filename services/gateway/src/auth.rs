@@ -27,8 +27,14 @@ const CACHE_TTL: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct KeyStore {
     db: Database,
-    verified: Arc<RwLock<HashMap<String, Instant>>>,
+    /// key hash → when it was verified, and the key's id
+    verified: Arc<RwLock<HashMap<String, (Instant, String)>>>,
 }
+
+/// The id of the API key a request was authenticated with (a request extension), so
+/// handlers can attribute work to it (the llm-router's per-key budgets and usage).
+#[derive(Debug, Clone)]
+pub struct ApiKeyId(pub String);
 
 /// What bootstrapping produced: a key to show the operator, when one was generated.
 pub enum Bootstrap {
@@ -81,25 +87,27 @@ impl KeyStore {
         Ok(if inserted.rows_affected() == 1 { Bootstrap::Generated(key) } else { Bootstrap::Existing })
     }
 
-    pub async fn verify(&self, key: &str) -> Result<(), Error> {
+    /// The id of `key` when it is valid.
+    pub async fn verify(&self, key: &str) -> Result<String, Error> {
         let digest = hash(key);
-        if let Some(at) = self.verified.read().expect("key cache lock").get(&digest)
+        if let Some((at, id)) = self.verified.read().expect("key cache lock").get(&digest)
             && at.elapsed() < CACHE_TTL
         {
-            return Ok(());
+            return Ok(id.clone());
         }
         let found = sqlx::query("SELECT id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
             .bind(&digest)
             .fetch_optional(&self.db.pool)
             .await
             .map_err(db_error)?;
-        if found.is_none() {
+        let Some(found) = found else {
             return Err(unauthenticated("the API key is not valid"));
-        }
+        };
+        let id: String = found.try_get("id").map_err(db_error)?;
         let mut cache = self.verified.write().expect("key cache lock");
-        cache.retain(|_, at| at.elapsed() < CACHE_TTL);
-        cache.insert(digest, Instant::now());
-        Ok(())
+        cache.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
+        cache.insert(digest, (Instant::now(), id.clone()));
+        Ok(id)
     }
 
     pub async fn check(&self) -> Result<(), Error> {
@@ -124,12 +132,13 @@ pub fn write_key_file(path: &Path, key: &str) -> std::io::Result<()> {
 
 /// Requires `Authorization: Bearer <key>` with a valid key; `x-api-key: <key>` is taken
 /// too, the header Anthropic's clients send.
-pub async fn require_key(State(keys): State<KeyStore>, request: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn require_key(State(keys): State<KeyStore>, mut request: Request, next: Next) -> Result<Response, ApiError> {
     let header = request.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let Some(header) = header else {
         let key = request.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim);
         if let Some(key) = key.filter(|k| !k.is_empty()) {
-            keys.verify(key).await?;
+            let id = keys.verify(key).await?;
+            request.extensions_mut().insert(ApiKeyId(id));
             return Ok(next.run(request).await);
         }
         return Err(unauthenticated("this route needs an 'Authorization: Bearer <key>' header").into());
@@ -140,7 +149,8 @@ pub async fn require_key(State(keys): State<KeyStore>, request: Request, next: N
         .map(str::trim)
         .filter(|k| !k.is_empty())
         .ok_or_else(|| unauthenticated("the Authorization header must be 'Bearer <key>'"))?;
-    keys.verify(key).await?;
+    let id = keys.verify(key).await?;
+    request.extensions_mut().insert(ApiKeyId(id));
     Ok(next.run(request).await)
 }
 

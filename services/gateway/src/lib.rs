@@ -8,6 +8,7 @@ mod graph;
 mod health;
 mod jobs;
 mod llm;
+mod llm_admin;
 mod nodes;
 mod scheduler;
 mod search;
@@ -246,6 +247,14 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics: Arc<Metrics>) -> 
         .route("/v1/models", get(llm::models))
         .route("/api/generate", post(llm::generate))
         .route("/api/budget", get(llm::budget))
+        .route("/v1/embeddings", post(llm::embeddings))
+        .route("/api/v1/rate-limits", get(llm_admin::rate_limits).put(llm_admin::set_rate_limit))
+        .route("/api/v1/llm/budget", get(llm_admin::get_budget).put(llm_admin::set_budget))
+        .route("/api/v1/llm/usage", get(llm_admin::usage))
+        .route("/api/analytics/dashboard", get(llm_admin::dashboard))
+        .route("/api/analytics/trends", get(llm_admin::trends))
+        .route("/api/analytics/providers", get(llm_admin::providers))
+        .route("/api/analytics/token-usage", get(llm_admin::token_usage))
         .route("/api/board", get(tower_log::board))
         .route("/tower", get(tower_log::tower))
         .route_layer(axum::middleware::from_fn_with_state(state.keys.clone(), auth::require_key));
@@ -318,7 +327,9 @@ pub async fn serve(config: HelixConfig, shutdown: CancellationToken) -> helix_ru
         jobs::enqueue, jobs::enqueue_bulk, jobs::list, jobs::stats, jobs::dead_letter, jobs::purge, jobs::get, jobs::retry, jobs::cancel,
         jobs::create_schedule, jobs::list_schedules, jobs::get_schedule, jobs::update_schedule, jobs::delete_schedule,
         jobs::trigger_schedule,
-        llm::chat_completions, llm::messages, llm::models, llm::generate, llm::budget,
+        llm::chat_completions, llm::messages, llm::models, llm::generate, llm::budget, llm::embeddings,
+        llm_admin::rate_limits, llm_admin::set_rate_limit, llm_admin::get_budget, llm_admin::set_budget,
+        llm_admin::usage, llm_admin::dashboard, llm_admin::trends, llm_admin::providers, llm_admin::token_usage,
         workflows::create, workflows::validate, workflows::list, workflows::get, workflows::update, workflows::delete,
         workflows::execute, workflows::list_executions, workflows::get_execution, workflows::cancel_execution,
         workflows::progress,

@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Instant;
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
@@ -28,9 +29,16 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::auth::ApiKeyId;
+
+fn key_id(key: Option<Extension<ApiKeyId>>) -> String {
+    key.map(|Extension(ApiKeyId(id))| id).unwrap_or_default()
+}
 
 /// The router's own time on the call, from its response metadata.
 const OVERHEAD: &str = "x-helix-router-overhead-us";
+/// When a caller refused by a provider's request limit may come back, from the router.
+const RETRY_AFTER: &str = "retry-after";
 
 /// Which API's error shape an error takes.
 #[derive(Clone, Copy)]
@@ -40,11 +48,23 @@ enum Dialect {
     Helix,
 }
 
-struct LlmError(Dialect, Error);
+struct LlmError(Dialect, Error, Option<HeaderValue>);
+
+impl LlmError {
+    fn new(dialect: Dialect, error: Error) -> Self {
+        Self(dialect, error, None)
+    }
+
+    /// A router error, with its Retry-After when a request limit refused the call.
+    fn status(dialect: Dialect, status: tonic::Status) -> Self {
+        let retry_after = status.metadata().get(RETRY_AFTER).and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
+        Self(dialect, status.into(), retry_after)
+    }
+}
 
 impl IntoResponse for LlmError {
     fn into_response(self) -> Response {
-        let LlmError(dialect, error) = self;
+        let LlmError(dialect, error, retry_after) = self;
         let status = error.http_status();
         if status.is_server_error() {
             tracing::warn!(code = error.code(), message = error.message(), "llm request failed");
@@ -54,7 +74,11 @@ impl IntoResponse for LlmError {
             Dialect::Anthropic => anthropic_error(&error),
             Dialect::Helix => json!({"error": {"code": error.code(), "message": error.message()}}),
         };
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(value) = retry_after {
+            response.headers_mut().insert(http::header::RETRY_AFTER, value);
+        }
+        response
     }
 }
 
@@ -99,7 +123,7 @@ fn parse<T: DeserializeOwned>(dialect: Dialect, headers: &HeaderMap, body: &Byte
             "unsupported_media_type",
             "the body must be JSON with Content-Type: application/json",
         );
-        return Err(LlmError(dialect, error));
+        return Err(LlmError::new(dialect, error));
     }
     serde_json::from_slice(body).map_err(|e| {
         let error = if e.is_syntax() || e.is_eof() {
@@ -107,7 +131,7 @@ fn parse<T: DeserializeOwned>(dialect: Dialect, headers: &HeaderMap, body: &Byte
         } else {
             Error::new(ErrorKind::Unprocessable, "invalid_body", format!("the body does not fit: {e}"))
         };
-        LlmError(dialect, error)
+        LlmError::new(dialect, error)
     })
 }
 
@@ -239,23 +263,34 @@ fn parse_tool_calls(text: &str) -> Option<Value> {
     responses((status = 200, description = "an OpenAI chat.completion, or text/event-stream of chat.completion.chunk ending in data: [DONE]"),
         (status = 402, description = "the budget refuses the call; no provider was called")),
     security(("bearer" = [])))]
-pub async fn chat_completions(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    match chat_completions_inner(state, &headers, &body).await {
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    key: Option<Extension<ApiKeyId>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match chat_completions_inner(state, key_id(key), &headers, &body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
 }
 
-async fn chat_completions_inner(state: AppState, headers: &HeaderMap, body: &Bytes) -> LlmResult<Response> {
+async fn chat_completions_inner(
+    state: AppState,
+    api_key_id: String,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> LlmResult<Response> {
     let d = Dialect::OpenAi;
     let input: ChatCompletionInput = parse(d, headers, body)?;
     let stream = input.stream;
     let include_usage = input.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let request = openai_to_pb(input).map_err(|e| LlmError(d, e))?;
+    let mut request = openai_to_pb(input).map_err(|e| LlmError::new(d, e))?;
+    request.api_key_id = api_key_id;
     let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
     let created = unix_now();
     if !stream {
-        let response = state.llm().generate(request).await.map_err(|s| LlmError(d, s.into()))?;
+        let response = state.llm().generate(request).await.map_err(|s| LlmError::status(d, s))?;
         let overhead = overhead_of(response.metadata());
         let done = response.into_inner();
         let tool_calls = parse_tool_calls(&done.tool_calls_json);
@@ -277,14 +312,14 @@ async fn chat_completions_inner(state: AppState, headers: &HeaderMap, body: &Byt
         helix_headers(response.headers_mut(), &done.provider, &done.model, overhead.as_ref());
         return Ok(response);
     }
-    let response = state.llm().generate_stream(request).await.map_err(|s| LlmError(d, s.into()))?;
+    let response = state.llm().generate_stream(request).await.map_err(|s| LlmError::status(d, s))?;
     let overhead = overhead_of(response.metadata());
     let mut events = response.into_inner();
     // the router answers only once the first chunk is there, so provider and model are known
     let first = match events.next().await {
         Some(Ok(event)) => event,
-        Some(Err(status)) => return Err(LlmError(d, status.into())),
-        None => return Err(LlmError(d, Error::unavailable("the llm router ended the stream without an answer"))),
+        Some(Err(status)) => return Err(LlmError::status(d, status)),
+        None => return Err(LlmError::new(d, Error::unavailable("the llm router ended the stream without an answer"))),
     };
     let (provider, model) = match &first.event {
         Some(StreamEvent::Chunk(c)) => (c.provider.clone(), c.model.clone()),
@@ -429,7 +464,7 @@ pub async fn models(State(state): State<AppState>) -> Response {
                 .collect();
             axum::Json(json!({"object": "list", "data": data})).into_response()
         }
-        Err(status) => LlmError(Dialect::OpenAi, status.into()).into_response(),
+        Err(status) => LlmError::status(Dialect::OpenAi, status).into_response(),
     }
 }
 
@@ -600,21 +635,27 @@ fn anthropic_usage(done: &pb::GenerateResponse) -> Value {
 #[utoipa::path(post, path = "/v1/messages", tag = "llm",
     responses((status = 200, description = "an Anthropic message, or its text/event-stream (message_start ... message_stop)")),
     security(("bearer" = [])))]
-pub async fn messages(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    match messages_inner(state, &headers, &body).await {
+pub async fn messages(
+    State(state): State<AppState>,
+    key: Option<Extension<ApiKeyId>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match messages_inner(state, key_id(key), &headers, &body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
 }
 
-async fn messages_inner(state: AppState, headers: &HeaderMap, body: &Bytes) -> LlmResult<Response> {
+async fn messages_inner(state: AppState, api_key_id: String, headers: &HeaderMap, body: &Bytes) -> LlmResult<Response> {
     let d = Dialect::Anthropic;
     let input: MessagesInput = parse(d, headers, body)?;
     let stream = input.stream;
-    let request = anthropic_to_pb(input).map_err(|e| LlmError(d, e))?;
+    let mut request = anthropic_to_pb(input).map_err(|e| LlmError::new(d, e))?;
+    request.api_key_id = api_key_id;
     let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
     if !stream {
-        let response = state.llm().generate(request).await.map_err(|s| LlmError(d, s.into()))?;
+        let response = state.llm().generate(request).await.map_err(|s| LlmError::status(d, s))?;
         let overhead = overhead_of(response.metadata());
         let done = response.into_inner();
         let mut content = Vec::new();
@@ -638,13 +679,13 @@ async fn messages_inner(state: AppState, headers: &HeaderMap, body: &Bytes) -> L
         helix_headers(response.headers_mut(), &done.provider, &done.model, overhead.as_ref());
         return Ok(response);
     }
-    let response = state.llm().generate_stream(request).await.map_err(|s| LlmError(d, s.into()))?;
+    let response = state.llm().generate_stream(request).await.map_err(|s| LlmError::status(d, s))?;
     let overhead = overhead_of(response.metadata());
     let mut events = response.into_inner();
     let first = match events.next().await {
         Some(Ok(event)) => event,
-        Some(Err(status)) => return Err(LlmError(d, status.into())),
-        None => return Err(LlmError(d, Error::unavailable("the llm router ended the stream without an answer"))),
+        Some(Err(status)) => return Err(LlmError::status(d, status)),
+        None => return Err(LlmError::new(d, Error::unavailable("the llm router ended the stream without an answer"))),
     };
     let (provider, model) = match &first.event {
         Some(StreamEvent::Chunk(c)) => (c.provider.clone(), c.model.clone()),
@@ -753,6 +794,109 @@ impl Relay for AnthropicRelay {
     }
 }
 
+// ---------------------------------------------------------------- OpenAI embeddings
+
+#[derive(Debug, Deserialize)]
+pub struct EmbeddingsInput {
+    /// empty takes the configured embedding model (`llm.embedding_model`)
+    #[serde(default)]
+    model: String,
+    input: Value,
+    encoding_format: Option<String>,
+    dimensions: Option<u32>,
+    user: Option<String>,
+}
+
+/// The most inputs one call may carry (OpenAI's own limit).
+const MAX_EMBED_INPUTS: usize = 2048;
+
+fn embed_inputs(input: Value) -> Result<Vec<String>, Error> {
+    let shape = || Error::invalid("invalid_input", "input must be a string or an array of strings");
+    let inputs = match input {
+        Value::String(text) => vec![text],
+        Value::Array(items) => {
+            // a token array, or an array of them
+            if !items.is_empty() && (items.iter().all(Value::is_number) || items.iter().all(Value::is_array)) {
+                return Err(Error::invalid(
+                    "unsupported_input",
+                    "token arrays are not supported: input must be a string or an array of strings",
+                ));
+            }
+            items
+                .into_iter()
+                .map(|v| if let Value::String(text) = v { Ok(text) } else { Err(shape()) })
+                .collect::<Result<_, _>>()?
+        }
+        _ => return Err(shape()),
+    };
+    if inputs.len() > MAX_EMBED_INPUTS {
+        return Err(Error::invalid("too_many_inputs", format!("input holds more than {MAX_EMBED_INPUTS} texts")));
+    }
+    Ok(inputs)
+}
+
+/// OpenAI-compatible embeddings: `input` a string or an array of strings,
+/// `encoding_format` float (default) or base64 (little-endian f32), routed, limited and
+/// paid for like chat.
+#[utoipa::path(post, path = "/v1/embeddings", tag = "llm",
+    responses((status = 200, description = "an OpenAI embeddings list: {\"object\": \"list\", \"data\": [{\"object\": \"embedding\", \"index\", \"embedding\"}], \"model\", \"usage\"}"),
+        (status = 402, description = "the budget refuses the call; no provider was called"),
+        (status = 429, description = "over the provider's request limit; Retry-After tells when to come back")),
+    security(("bearer" = [])))]
+pub async fn embeddings(
+    State(state): State<AppState>,
+    key: Option<Extension<ApiKeyId>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let d = Dialect::OpenAi;
+    let result = async {
+        let input: EmbeddingsInput = parse(d, &headers, &body)?;
+        let base64 = match input.encoding_format.as_deref() {
+            None | Some("float") => false,
+            Some("base64") => true,
+            Some(other) => {
+                let message = format!("encoding_format {other:?} is not float or base64");
+                return Err(LlmError::new(d, Error::invalid("invalid_encoding_format", message)));
+            }
+        };
+        let inputs = embed_inputs(input.input).map_err(|e| LlmError::new(d, e))?;
+        let request = pb::EmbedRequest {
+            inputs,
+            model: input.model,
+            dimensions: input.dimensions,
+            caller: input.user.unwrap_or_default(),
+            api_key_id: key_id(key),
+            ..Default::default()
+        };
+        let response = state.llm().embed(request).await.map_err(|s| LlmError::status(d, s))?;
+        let overhead = overhead_of(response.metadata());
+        let done = response.into_inner();
+        let data: Vec<Value> = done
+            .embeddings
+            .iter()
+            .map(|e| {
+                let embedding = if base64 {
+                    let bytes: Vec<u8> = e.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    Value::String(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes))
+                } else {
+                    json!(e.values)
+                };
+                json!({"object": "embedding", "index": e.index, "embedding": embedding})
+            })
+            .collect();
+        let usage = done.usage.unwrap_or_default();
+        let body = json!({
+            "object": "list", "data": data, "model": format!("{}/{}", done.provider, done.model),
+            "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens},
+        });
+        let mut response = axum::Json(body).into_response();
+        helix_headers(response.headers_mut(), &done.provider, &done.model, overhead.as_ref());
+        Ok::<_, LlmError>(response)
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
 // ---------------------------------------------------------------- the original system's routes
 
 #[derive(Debug, Deserialize)]
@@ -776,7 +920,12 @@ pub struct GenerateInput {
     responses((status = 200, description = "{\"content\", \"response\", \"provider\", \"model\", \"usage\", \"cost_usd\", \"latency_ms\"}"),
         (status = 402, description = "the budget refuses the call")),
     security(("bearer" = [])))]
-pub async fn generate(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn generate(
+    State(state): State<AppState>,
+    key: Option<Extension<ApiKeyId>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let d = Dialect::Helix;
     let result = async {
         let input: GenerateInput = parse(d, &headers, &body)?;
@@ -796,15 +945,16 @@ pub async fn generate(State(state): State<AppState>, headers: HeaderMap, body: B
             n: None,
             user: None,
         };
-        let mut request = openai_to_pb(chat).map_err(|e| LlmError(d, e))?;
+        let mut request = openai_to_pb(chat).map_err(|e| LlmError::new(d, e))?;
         request.prompt = input.prompt.unwrap_or_default();
         request.system = input.system.unwrap_or_default();
         request.providers = input.provider.into_iter().collect();
         request.task_type = input.task_type.unwrap_or_default();
         request.complexity = input.complexity.unwrap_or_default();
         request.namespace = input.namespace.unwrap_or_default();
+        request.api_key_id = key_id(key);
         let started = Instant::now();
-        let response = state.llm().generate(request).await.map_err(|s| LlmError(d, s.into()))?;
+        let response = state.llm().generate(request).await.map_err(|s| LlmError::status(d, s))?;
         let overhead = overhead_of(response.metadata());
         let done = response.into_inner();
         let usage = done.usage.unwrap_or_default();
@@ -831,33 +981,39 @@ pub async fn generate(State(state): State<AppState>, headers: HeaderMap, body: B
     security(("bearer" = [])))]
 pub async fn budget(State(state): State<AppState>) -> Response {
     match state.llm().get_budget(pb::GetBudgetRequest { history_days: 7 }).await {
-        Ok(response) => {
-            let b = response.into_inner();
-            let time = |t: Option<helix_proto::Timestamp>| {
-                t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
-                    .map(|t| t.to_rfc3339())
-            };
-            let providers: Vec<Value> = b
-                .providers
-                .iter()
-                .map(|p| {
-                    json!({"provider": p.provider, "spent_today_usd": p.spent_today_usd,
-                        "requests_today": p.requests_today, "tokens_today": p.tokens_today})
-                })
-                .collect();
-            let history: Vec<Value> = b
-                .history
-                .iter()
-                .map(|d| json!({"date": d.date, "cost_usd": d.cost_usd, "requests": d.requests}))
-                .collect();
-            axum::Json(json!({
-                "daily_limit_usd": b.daily_limit_usd, "spent_today_usd": b.spent_today_usd,
-                "remaining_usd": b.remaining_usd, "action": b.action, "exceeded": b.exceeded,
-                "day_start": time(b.day_start), "resets_at": time(b.resets_at),
-                "providers": providers, "history": history,
-            }))
-            .into_response()
-        }
-        Err(status) => LlmError(Dialect::Helix, status.into()).into_response(),
+        Ok(response) => axum::Json(budget_json(response.into_inner())).into_response(),
+        Err(status) => LlmError::status(Dialect::Helix, status).into_response(),
     }
+}
+
+pub fn rfc3339(t: Option<helix_proto::Timestamp>) -> Option<String> {
+    t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)).map(|t| t.to_rfc3339())
+}
+
+/// The budget as `/api/budget` and `/api/v1/llm/budget` show it.
+pub fn budget_json(b: pb::BudgetStatus) -> Value {
+    let providers: Vec<Value> = b
+        .providers
+        .iter()
+        .map(|p| {
+            json!({"provider": p.provider, "spent_today_usd": p.spent_today_usd,
+                "requests_today": p.requests_today, "tokens_today": p.tokens_today})
+        })
+        .collect();
+    let history: Vec<Value> =
+        b.history.iter().map(|d| json!({"date": d.date, "cost_usd": d.cost_usd, "requests": d.requests})).collect();
+    let keys: Vec<Value> = b
+        .keys
+        .iter()
+        .map(|k| {
+            json!({"api_key_id": k.api_key_id, "daily_limit_usd": k.daily_limit_usd,
+                "spent_today_usd": k.spent_today_usd, "requests_today": k.requests_today, "exceeded": k.exceeded})
+        })
+        .collect();
+    json!({
+        "daily_limit_usd": b.daily_limit_usd, "spent_today_usd": b.spent_today_usd,
+        "remaining_usd": b.remaining_usd, "action": b.action, "exceeded": b.exceeded,
+        "day_start": rfc3339(b.day_start), "resets_at": rfc3339(b.resets_at),
+        "providers": providers, "history": history, "keys": keys,
+    })
 }

@@ -11,9 +11,11 @@ use serde_json::Value;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
+use crate::analytics::{self, Filter, Totals};
 use crate::budget::{self, micros_to_usd};
 use crate::openai;
-use crate::router::{Answer, Call, Router, StreamItem};
+use crate::ratelimit::Limit;
+use crate::router::{Answer, Call, CallError, Router, StreamItem};
 use crate::types::{ChatRequest, Delta, Message, Role, Tool, ToolCall};
 
 /// The response metadata entry (and, at the gateway, header) with the router's own
@@ -31,6 +33,22 @@ impl LlmApi {
 }
 
 type Reply<T> = std::result::Result<Response<T>, Status>;
+
+/// The gRPC metadata entry (and, at the gateway, header) telling a caller refused by a
+/// request limit when to come back, in whole seconds.
+pub const RETRY_AFTER_METADATA: &str = "retry-after";
+
+impl From<CallError> for Status {
+    fn from(error: CallError) -> Self {
+        let mut status = Status::from(error.error);
+        if let Some(wait) = error.retry_after
+            && let Ok(value) = (wait.as_secs_f64().ceil().max(1.0) as u64).to_string().parse()
+        {
+            status.metadata_mut().insert(RETRY_AFTER_METADATA, value);
+        }
+        status
+    }
+}
 
 fn reply<T>(result: Result<T>) -> Reply<T> {
     result.map(Response::new).map_err(Status::from)
@@ -104,6 +122,8 @@ impl LlmRouterService for LlmApi {
                     health: health.status().to_owned(),
                     circuit_open: health.is_open(),
                     last_error: health.last_error(),
+                    rate_limit: Some(rate_limit_to_pb(router.rate.report(i).limit)),
+                    requests_remaining: router.rate.report(i).available.unwrap_or(u32::MAX),
                     ..Default::default()
                 }
             })
@@ -157,6 +177,299 @@ impl LlmRouterService for LlmApi {
         Ok(Response::new(pb::ListModelsResponse { models }))
     }
 
+    async fn embed(&self, request: Request<pb::EmbedRequest>) -> Reply<pb::EmbedResponse> {
+        let (embedded, overhead) = self.embed_inner(request.into_inner()).await.map_err(Status::from)?;
+        let mut response = Response::new(embedded);
+        if let Ok(value) = overhead.as_micros().to_string().parse() {
+            response.metadata_mut().insert(OVERHEAD_METADATA, value);
+        }
+        Ok(response)
+    }
+
+    async fn list_rate_limits(&self, _: Request<pb::ListRateLimitsRequest>) -> Reply<pb::RateLimits> {
+        Ok(Response::new(self.rate_limits()))
+    }
+
+    async fn set_rate_limit(&self, request: Request<pb::SetRateLimitRequest>) -> Reply<pb::RateLimits> {
+        let request = request.into_inner();
+        let result = async {
+            let limit =
+                request.limit.ok_or_else(|| Error::invalid("invalid_rate_limit", "a rate limit needs its limits"))?;
+            if limit.tokens_per_minute != 0 {
+                return Err(Error::new(
+                    helix_core::ErrorKind::Unimplemented,
+                    "unimplemented",
+                    "tokens_per_minute is not enforced yet; set requests_per_minute, requests_per_hour and burst",
+                ));
+            }
+            if limit.burst > 0 && limit.requests_per_minute == 0 {
+                return Err(Error::invalid(
+                    "invalid_rate_limit",
+                    "burst sizes the per-minute bucket: it needs requests_per_minute",
+                ));
+            }
+            let limit =
+                Limit { per_minute: limit.requests_per_minute, per_hour: limit.requests_per_hour, burst: limit.burst };
+            self.router.set_rate_limit(&request.provider, limit).await?;
+            Ok(self.rate_limits())
+        };
+        reply(result.await)
+    }
+
+    async fn query_usage(&self, request: Request<pb::QueryUsageRequest>) -> Reply<pb::UsageRecords> {
+        let r = request.into_inner();
+        let result = async {
+            if let Some(day) = &r.day
+                && chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").is_err()
+            {
+                return Err(Error::invalid("invalid_day", format!("day {day:?} is not YYYY-MM-DD")));
+            }
+            let filter = Filter {
+                api_key_id: r.api_key_id,
+                provider: r.provider,
+                model: r.model,
+                day: r.day,
+                ..Filter::default()
+            };
+            let db = self.router.budget.db();
+            let limit = match r.limit {
+                0 => 100,
+                n => n.min(1000),
+            };
+            let totals = analytics::totals(db, &filter).await?;
+            let records = analytics::records(db, &filter, limit).await?;
+            let n = |v: i64| v.max(0) as u64;
+            Ok(pb::UsageRecords {
+                records: records
+                    .into_iter()
+                    .map(|r| pb::UsageRecord {
+                        id: r.id,
+                        created_at: Some(timestamp_of_micros(r.created_at)),
+                        day: r.day,
+                        request_id: r.request_id,
+                        caller: r.caller,
+                        api_key_id: r.api_key_id,
+                        provider: r.provider,
+                        model: r.model,
+                        outcome: r.outcome,
+                        kind: r.kind,
+                        usage: Some(pb::TokenUsage {
+                            prompt_tokens: n(r.prompt_tokens),
+                            completion_tokens: n(r.completion_tokens),
+                            total_tokens: n(r.prompt_tokens + r.completion_tokens),
+                            cost_usd: micros_to_usd(r.cost_micros),
+                        }),
+                        latency_ms: u32::try_from(r.latency_ms).unwrap_or(u32::MAX),
+                        streamed: r.streamed,
+                        fell_back: r.fell_back,
+                        downgraded: r.downgraded,
+                    })
+                    .collect(),
+                total: Some(usage_pb(&totals)),
+                requests: n(totals.requests),
+            })
+        };
+        reply(result.await)
+    }
+
+    async fn get_analytics_dashboard(
+        &self,
+        request: Request<pb::GetAnalyticsDashboardRequest>,
+    ) -> Reply<pb::AnalyticsDashboard> {
+        let r = request.into_inner();
+        let result = async {
+            let (start, end) = window(r.range.as_ref(), chrono::Duration::hours(24))?;
+            let filter = Filter { start: Some(start), end: Some(end), ..Filter::default() };
+            let db = self.router.budget.db();
+            let totals = analytics::totals(db, &filter).await?;
+            let p95 = analytics::latency_percentile(db, &filter, totals.requests, 0.95).await?;
+            let mut by_model: Vec<pb::ModelUsage> = Vec::new();
+            for (model, _) in analytics::grouped(db, &filter, "model").await? {
+                let provider_filter = Filter { model: Some(model.clone()), ..filter.clone() };
+                for (provider, t) in analytics::grouped(db, &provider_filter, "provider").await? {
+                    by_model.push(pb::ModelUsage {
+                        provider,
+                        model: model.clone(),
+                        requests: t.requests.max(0) as u64,
+                        usage: Some(usage_pb(&t)),
+                    });
+                }
+            }
+            by_model.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.model.cmp(&b.model)));
+            by_model.truncate(10);
+            let router = &self.router;
+            let configured: Vec<usize> = (0..router.providers.len())
+                .filter(|i| router.providers[*i].configured && router.providers[*i].enabled)
+                .collect();
+            let healthy = configured.iter().filter(|i| !router.health(**i).is_open()).count();
+            let budget = router.budget.status(7).await?;
+            Ok(pb::AnalyticsDashboard {
+                range: Some(range_pb(start, end)),
+                requests: totals.requests.max(0) as u64,
+                errors: totals.errors.max(0) as u64,
+                error_rate: ratio(totals.errors, totals.requests),
+                usage: Some(usage_pb(&totals)),
+                mean_latency_ms: totals.mean_latency_ms(),
+                p95_latency_ms: p95,
+                fallbacks: totals.fallbacks.max(0) as u64,
+                downgrades: totals.downgrades.max(0) as u64,
+                budget_rejections: totals.refused.max(0) as u64,
+                top_models: by_model,
+                providers_configured: configured.len() as u32,
+                providers_healthy: healthy as u32,
+                budget: Some(status_to_pb(budget)),
+            })
+        };
+        reply(result.await)
+    }
+
+    async fn get_usage_trends(&self, request: Request<pb::GetUsageTrendsRequest>) -> Reply<pb::UsageTrends> {
+        let r = request.into_inner();
+        let result = async {
+            let (granularity, width) = match r.granularity.as_str() {
+                "hour" => ("hour", chrono::Duration::hours(1)),
+                "" | "day" => ("day", chrono::Duration::days(1)),
+                "week" => ("week", chrono::Duration::weeks(1)),
+                other => {
+                    return Err(Error::invalid(
+                        "invalid_granularity",
+                        format!("granularity {other:?} is not hour, day or week"),
+                    ));
+                }
+            };
+            let width = width.num_microseconds().unwrap_or(i64::MAX);
+            let (start, end) = window(r.range.as_ref(), chrono::Duration::days(7))?;
+            let count = (end - start + width - 1) / width;
+            if count > 2000 {
+                return Err(Error::invalid(
+                    "invalid_range",
+                    "the range holds more than 2000 buckets: widen granularity",
+                ));
+            }
+            let filter = Filter {
+                start: Some(start),
+                end: Some(end),
+                provider: r.provider,
+                model: r.model,
+                ..Filter::default()
+            };
+            let db = self.router.budget.db();
+            let found: std::collections::BTreeMap<i64, Totals> =
+                analytics::buckets(db, &filter, width).await?.into_iter().collect();
+            let buckets = (0..count)
+                .map(|i| {
+                    let t = found.get(&i).copied().unwrap_or_default();
+                    pb::UsageBucket {
+                        start: Some(timestamp_of_micros(start + i * width)),
+                        requests: t.requests.max(0) as u64,
+                        errors: t.errors.max(0) as u64,
+                        usage: Some(usage_pb(&t)),
+                        mean_latency_ms: t.mean_latency_ms(),
+                    }
+                })
+                .collect();
+            let now = analytics::totals(db, &filter).await?;
+            let before_filter = Filter { start: Some(start - (end - start)), end: Some(start), ..filter.clone() };
+            let before = analytics::totals(db, &before_filter).await?;
+            Ok(pb::UsageTrends {
+                granularity: granularity.to_owned(),
+                range: Some(range_pb(start, end)),
+                buckets,
+                tokens_change: change(before.tokens(), now.tokens()),
+                cost_change: change(before.cost_micros, now.cost_micros),
+            })
+        };
+        reply(result.await)
+    }
+
+    async fn get_provider_analytics(
+        &self,
+        request: Request<pb::GetProviderAnalyticsRequest>,
+    ) -> Reply<pb::ProviderAnalytics> {
+        let r = request.into_inner();
+        let result = async {
+            let (start, end) = window(r.range.as_ref(), chrono::Duration::hours(24))?;
+            let filter = Filter { start: Some(start), end: Some(end), ..Filter::default() };
+            let db = self.router.budget.db();
+            let mut providers = Vec::new();
+            for (name, t) in analytics::grouped(db, &filter, "provider").await? {
+                let one = Filter { provider: Some(name.clone()), ..filter.clone() };
+                let p50 = analytics::latency_percentile(db, &one, t.requests, 0.5).await?;
+                let p95 = analytics::latency_percentile(db, &one, t.requests, 0.95).await?;
+                let last_error =
+                    self.router.provider_index(&name).map(|i| self.router.health(i).last_error()).unwrap_or_default();
+                providers.push(pb::ProviderPerformance {
+                    provider: name,
+                    requests: t.requests.max(0) as u64,
+                    failures: t.errors.max(0) as u64,
+                    // of the calls that went to the provider: the budget's refusals did not
+                    success_rate: ratio(t.requests - t.refused - t.errors, t.requests - t.refused),
+                    mean_latency_ms: t.mean_latency_ms(),
+                    p50_latency_ms: p50,
+                    p95_latency_ms: p95,
+                    mean_first_token_ms: t.mean_first_token_ms(),
+                    usage: Some(usage_pb(&t)),
+                    cost_per_1k_tokens: if t.tokens() == 0 {
+                        0.0
+                    } else {
+                        micros_to_usd(t.cost_micros) * 1000.0 / t.tokens() as f64
+                    },
+                    fallbacks_from: 0,
+                    fallbacks_to: t.fallbacks.max(0) as u64,
+                    mean_feedback_score: None,
+                    last_error,
+                    last_used_at: (t.last_at > 0).then(|| timestamp_of_micros(t.last_at)),
+                });
+            }
+            providers.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.provider.cmp(&b.provider)));
+            Ok(pb::ProviderAnalytics { range: Some(range_pb(start, end)), providers })
+        };
+        reply(result.await)
+    }
+
+    async fn get_token_usage(&self, request: Request<pb::GetTokenUsageRequest>) -> Reply<pb::TokenUsageBreakdown> {
+        let r = request.into_inner();
+        let result = async {
+            let column = analytics::group_column(&r.group_by)?;
+            let (start, end) = window(r.range.as_ref(), chrono::Duration::hours(24))?;
+            let filter = Filter { start: Some(start), end: Some(end), provider: r.provider, ..Filter::default() };
+            let db = self.router.budget.db();
+            let total = analytics::totals(db, &filter).await?;
+            let groups = analytics::grouped(db, &filter, column).await?;
+            let page = r.page.unwrap_or_default();
+            let offset: usize = match page.cursor.as_str() {
+                "" => 0,
+                cursor => {
+                    cursor.parse().map_err(|_| Error::invalid("invalid_cursor", "the cursor is not one we gave"))?
+                }
+            };
+            let limit = match page.limit {
+                0 => 100,
+                n => n.min(1000) as usize,
+            };
+            let next = if groups.len() > offset + limit { (offset + limit).to_string() } else { String::new() };
+            let rows = groups
+                .into_iter()
+                .skip(offset)
+                .take(limit)
+                .map(|(key, t)| pb::TokenUsageRow {
+                    key,
+                    requests: t.requests.max(0) as u64,
+                    usage: Some(usage_pb(&t)),
+                    share: ratio(t.tokens(), total.tokens()),
+                })
+                .collect();
+            Ok(pb::TokenUsageBreakdown {
+                range: Some(range_pb(start, end)),
+                group_by: column.to_owned(),
+                rows,
+                total: Some(usage_pb(&total)),
+                next_cursor: next,
+            })
+        };
+        reply(result.await)
+    }
+
     async fn get_budget(&self, request: Request<pb::GetBudgetRequest>) -> Reply<pb::BudgetStatus> {
         let days = match request.into_inner().history_days {
             0 => 7,
@@ -184,6 +497,16 @@ impl LlmRouterService for LlmApi {
                     ));
                 }
             };
+            for key in &request.key_limits {
+                if key.api_key_id.is_empty() {
+                    return Err(Error::invalid("invalid_key_budget", "every key limit needs api_key_id"));
+                }
+                if let Some(cap) = key.daily_limit_usd
+                    && !(cap.is_finite() && cap >= 0.0)
+                {
+                    return Err(Error::invalid("invalid_budget", "daily_limit_usd must be a number of at least 0"));
+                }
+            }
             if !request.provider_limits.is_empty() {
                 return Err(Error::new(
                     helix_core::ErrorKind::Unimplemented,
@@ -192,10 +515,120 @@ impl LlmRouterService for LlmApi {
                 ));
             }
             self.router.budget.set(request.daily_limit_usd, reject);
+            for key in &request.key_limits {
+                self.router.budget.set_key_cap(&key.api_key_id, key.daily_limit_usd).await?;
+            }
             self.router.budget.status(7).await.map(status_to_pb)
         };
         reply(result.await)
     }
+}
+
+impl LlmApi {
+    async fn embed_inner(&self, r: pb::EmbedRequest) -> std::result::Result<(pb::EmbedResponse, Duration), CallError> {
+        let call = Call {
+            request_id: if r.request_id.is_empty() { uuid::Uuid::now_v7().to_string() } else { r.request_id },
+            caller: r.caller,
+            api_key_id: r.api_key_id,
+            model: r.model,
+            providers: if r.provider.is_empty() { Vec::new() } else { vec![r.provider] },
+            ..Call::default()
+        };
+        let embedded = self.router.embed(call, r.inputs, r.dimensions).await?;
+        let dimensions = embedded.vectors.first().map_or(0, |v| v.len() as u32);
+        let overhead = embedded.overhead;
+        let response = pb::EmbedResponse {
+            embeddings: embedded
+                .vectors
+                .into_iter()
+                .enumerate()
+                .map(|(i, values)| pb::Embedding { index: i as u32, values })
+                .collect(),
+            provider: embedded.provider,
+            model: embedded.model,
+            dimensions,
+            usage: Some(pb::TokenUsage {
+                prompt_tokens: embedded.usage.prompt_tokens,
+                completion_tokens: 0,
+                total_tokens: embedded.usage.prompt_tokens,
+                cost_usd: micros_to_usd(embedded.cost_micros),
+            }),
+        };
+        Ok((response, overhead))
+    }
+
+    fn rate_limits(&self) -> pb::RateLimits {
+        let router = &self.router;
+        let providers = router
+            .providers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let report = router.rate.report(i);
+                pb::ProviderRateLimitStatus {
+                    provider: p.name.clone(),
+                    limit: Some(rate_limit_to_pb(report.limit)),
+                    requests_available: report.available,
+                    source: report.source.as_str().to_owned(),
+                }
+            })
+            .collect();
+        pb::RateLimits { providers }
+    }
+}
+
+fn rate_limit_to_pb(limit: Limit) -> pb::ProviderRateLimit {
+    pb::ProviderRateLimit {
+        requests_per_minute: limit.per_minute,
+        tokens_per_minute: 0,
+        burst: limit.burst,
+        requests_per_hour: limit.per_hour,
+    }
+}
+
+fn micros_of(t: &prost_types::Timestamp) -> i64 {
+    t.seconds.saturating_mul(1_000_000).saturating_add(i64::from(t.nanos / 1000))
+}
+
+fn timestamp_of_micros(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+/// A request's window in microseconds: unset bounds take the last `default` up to now.
+fn window(range: Option<&pb::TimeRange>, default: chrono::Duration) -> Result<(i64, i64)> {
+    let now = chrono::Utc::now().timestamp_micros() + 1;
+    let end = range.and_then(|r| r.end.as_ref()).map_or(now, micros_of);
+    let start = range.and_then(|r| r.start.as_ref()).map_or(end - default.num_microseconds().unwrap_or(0), micros_of);
+    if start >= end {
+        return Err(Error::invalid("invalid_range", "the range's start must come before its end"));
+    }
+    Ok((start, end))
+}
+
+fn range_pb(start: i64, end: i64) -> pb::TimeRange {
+    pb::TimeRange { start: Some(timestamp_of_micros(start)), end: Some(timestamp_of_micros(end)) }
+}
+
+fn usage_pb(t: &Totals) -> pb::TokenUsage {
+    let n = |v: i64| v.max(0) as u64;
+    pb::TokenUsage {
+        prompt_tokens: n(t.prompt_tokens),
+        completion_tokens: n(t.completion_tokens),
+        total_tokens: n(t.tokens()),
+        cost_usd: micros_to_usd(t.cost_micros),
+    }
+}
+
+fn ratio(part: i64, whole: i64) -> f64 {
+    if whole == 0 { 0.0 } else { part as f64 / whole as f64 }
+}
+
+/// The change from `before` to `now` as a ratio (0 when there was nothing before).
+fn change(before: i64, now: i64) -> f64 {
+    if before == 0 { 0.0 } else { (now - before) as f64 / before as f64 }
 }
 
 fn status_to_pb(status: budget::Status) -> pb::BudgetStatus {
@@ -228,6 +661,17 @@ fn status_to_pb(status: budget::Status) -> pb::BudgetStatus {
                 date: d.day,
                 cost_usd: micros_to_usd(d.spent_micros),
                 requests: d.requests.max(0) as u64,
+            })
+            .collect(),
+        keys: status
+            .keys
+            .into_iter()
+            .map(|k| pb::KeyBudget {
+                exceeded: k.cap_micros.is_some_and(|cap| k.spent_micros >= cap),
+                api_key_id: k.api_key_id,
+                daily_limit_usd: k.cap_micros.map(micros_to_usd),
+                spent_today_usd: micros_to_usd(k.spent_micros),
+                requests_today: k.requests.max(0) as u64,
             })
             .collect(),
     }
@@ -362,6 +806,7 @@ pub fn call_from_pb(r: pb::GenerateRequest) -> Result<Call> {
     Ok(Call {
         request_id: if r.request_id.is_empty() { uuid::Uuid::now_v7().to_string() } else { r.request_id },
         caller: r.caller,
+        api_key_id: r.api_key_id,
         chat: ChatRequest {
             messages,
             max_tokens: r.max_tokens,
@@ -377,6 +822,7 @@ pub fn call_from_pb(r: pb::GenerateRequest) -> Result<Call> {
         disable_fallback: r.disable_fallback,
         timeout: r.timeout_ms.map(|ms| Duration::from_millis(u64::from(ms))),
         max_cost_micros,
+        kind: "chat",
     })
 }
 

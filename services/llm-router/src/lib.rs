@@ -2,8 +2,9 @@
 //! fallbacks, retries and circuit breakers, streaming, cost and the daily budget.
 //!
 //! Its contract is `proto/helix/v1/llm_router.proto`; the gateway's OpenAI- and
-//! Anthropic-compatible routes (`/v1/chat/completions`, `/v1/messages`, `/v1/models`)
-//! and `/api/budget` call it.
+//! Anthropic-compatible routes (`/v1/chat/completions`, `/v1/embeddings`, `/v1/messages`,
+//! `/v1/models`), `/api/budget`, `/api/v1/rate-limits`, `/api/v1/llm/...` and
+//! `/api/analytics/...` call it.
 //!
 //! - `providers`: the catalogue (key variables, base URLs and their SDK variables);
 //!   `upstream`: the one pooled HTTP client and the calls; `openai` and `anthropic`:
@@ -11,8 +12,11 @@
 //! - `router`: targets from model names and aliases, admission, retries, fallbacks,
 //!   streams relayed delta by delta; `breaker`: per-provider health.
 //! - `pricing` (`pricing.toml`) and `budget`: integer micro-dollars, reserve before,
-//!   settle after, usage records in SQL.
+//!   settle after, usage records in SQL, per-API-key caps; `ratelimit`: per-provider
+//!   request limits (token buckets), kept in SQL; `analytics`: the usage records
+//!   queried and summed in SQL (dashboard, trends, providers, token usage).
 
+mod analytics;
 mod anthropic;
 mod breaker;
 mod budget;
@@ -20,6 +24,7 @@ mod grpc;
 mod openai;
 mod pricing;
 mod providers;
+mod ratelimit;
 mod router;
 mod sse;
 mod types;
@@ -62,12 +67,40 @@ pub async fn open(ctx: &ServiceContext) -> helix_runtime::Result<Arc<Router>> {
     }
     .map_err(Error::Config)?;
     let db = Database::open(ctx, SERVICE, &SQLITE, &POSTGRES).await?;
-    let budget = budget::Budget::new(db, config.daily_budget_usd, config.budget_action == "reject", ctx.tasks.clone());
+    let budget = budget::Budget::new(
+        db,
+        config.daily_budget_usd,
+        config.budget_action == "reject",
+        &config.key_budgets,
+        ctx.tasks.clone(),
+    );
     let router = router::Router::new(config, providers, pricing, budget, ctx.metrics.clone()).map_err(Error::Config)?;
+    let router = Arc::new(router);
+    router.refresh_rate_limits().await.map_err(|e| Error::Config(format!("llm rate limits: {e}")))?;
+    router.budget.refresh_key_caps().await.map_err(|e| Error::Config(format!("llm key budgets: {e}")))?;
+    // what other replicas set through the API reaches this one within a few seconds
+    let (refreshed, shutdown) = (router.clone(), ctx.shutdown.clone());
+    ctx.tasks.spawn(async move {
+        let mut tick = tokio::time::interval(ratelimit::REFRESH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let result = async {
+                refreshed.refresh_rate_limits().await?;
+                refreshed.budget.refresh_key_caps().await
+            };
+            if let Err(error) = result.await {
+                tracing::warn!(%error, "llm limits could not be refreshed");
+            }
+        }
+    });
     let usable: Vec<&str> =
         router.providers.iter().filter(|p| p.enabled && p.configured).map(|p| p.name.as_str()).collect();
     tracing::info!(providers = ?usable, pricing = %router.pricing.version, "llm router ready");
-    Ok(Arc::new(router))
+    Ok(router)
 }
 
 /// The llm-router gRPC service, ready to be served.

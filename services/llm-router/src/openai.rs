@@ -274,3 +274,50 @@ pub fn error_message(value: &Value) -> String {
         None => value.to_string().chars().take(500).collect(),
     }
 }
+
+/// OpenAI's embeddings route, after the base URL.
+pub const EMBEDDINGS_PATH: &str = "/embeddings";
+
+pub fn embeddings_body(model: &str, inputs: &[String], dimensions: Option<u32>) -> Value {
+    let mut body = serde_json::json!({"model": model, "input": inputs, "encoding_format": "float"});
+    if let Some(dimensions) = dimensions {
+        body["dimensions"] = dimensions.into();
+    }
+    body
+}
+
+/// An embeddings answer: one vector per input in input order, and the prompt tokens
+/// the provider reports (`None` when it reports none).
+pub fn parse_embeddings(body: &[u8], inputs: usize) -> Result<(Vec<Vec<f32>>, Option<u64>), UpstreamError> {
+    #[derive(Deserialize)]
+    struct Answer {
+        data: Vec<Item>,
+        usage: Option<EmbedUsage>,
+    }
+    #[derive(Deserialize)]
+    struct Item {
+        index: usize,
+        embedding: Vec<f32>,
+    }
+    #[derive(Deserialize)]
+    struct EmbedUsage {
+        prompt_tokens: u64,
+    }
+    if let Some(error) = embedded_error(body) {
+        return Err(error);
+    }
+    let answer: Answer = serde_json::from_slice(body)
+        .map_err(|e| UpstreamError::malformed(format!("an embeddings answer that does not parse: {e}")))?;
+    let mut vectors = vec![None; inputs];
+    for item in answer.data {
+        match vectors.get_mut(item.index) {
+            Some(slot @ None) => *slot = Some(item.embedding),
+            _ => return Err(UpstreamError::malformed(format!("embedding index {} is out of place", item.index))),
+        }
+    }
+    let vectors = vectors
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| UpstreamError::malformed("the answer misses some inputs' embeddings"))?;
+    Ok((vectors, answer.usage.map(|u| u.prompt_tokens)))
+}

@@ -24,6 +24,7 @@ use crate::breaker::{Admit, Health};
 use crate::budget::{self, Budget, Reservation, UsageRecord};
 use crate::pricing::{Price, Pricing};
 use crate::providers::Provider;
+use crate::ratelimit::{Limit, RateLimiter};
 use crate::types::{ChatRequest, Completion, Delta, FinishReason, ToolCall, UpstreamError, Usage};
 use crate::upstream::{Upstream, UpstreamStream};
 
@@ -47,7 +48,37 @@ pub struct Router {
     pub pricing: Pricing,
     unpriced_downgrade: bool,
     pub budget: Arc<Budget>,
+    /// per-provider request limits, by provider index
+    pub rate: RateLimiter,
+    embedding_model: String,
     metrics: Arc<Metrics>,
+}
+
+/// A call's failure, and for a call refused by the request limits the wait after
+/// which one may pass (the answer's `Retry-After`).
+#[derive(Debug)]
+pub struct CallError {
+    pub error: Error,
+    pub retry_after: Option<Duration>,
+}
+
+impl From<Error> for CallError {
+    fn from(error: Error) -> Self {
+        Self { error, retry_after: None }
+    }
+}
+
+pub type CallResult<T> = std::result::Result<T, CallError>;
+
+/// Embeddings and how they were reached.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    pub vectors: Vec<Vec<f32>>,
+    pub provider: String,
+    pub model: String,
+    pub usage: Usage,
+    pub cost_micros: i64,
+    pub overhead: Duration,
 }
 
 /// One call as the router takes it.
@@ -55,6 +86,8 @@ pub struct Router {
 pub struct Call {
     pub request_id: String,
     pub caller: String,
+    /// the API key the gateway authenticated; its daily cap applies too
+    pub api_key_id: String,
     pub chat: ChatRequest,
     pub model: String,
     /// providers to try first for a bare model name
@@ -63,6 +96,14 @@ pub struct Call {
     pub timeout: Option<Duration>,
     /// above this worst-case cost the budget action applies
     pub max_cost_micros: Option<i64>,
+    /// chat (the default when empty) or embed, for the usage records
+    pub kind: &'static str,
+}
+
+impl Call {
+    fn kind(&self) -> &'static str {
+        if self.kind.is_empty() { "chat" } else { self.kind }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -154,7 +195,21 @@ impl Router {
         }
         let breaker =
             |_: &Provider| Health::new(config.breaker_failures, Duration::from_millis(config.breaker_cooldown_ms));
+        let limits = providers
+            .iter()
+            .map(|p| {
+                let c = config.providers.get(&p.name);
+                let get = |f: fn(&helix_runtime::config::LlmProviderConfig) -> Option<u32>| c.and_then(f).unwrap_or(0);
+                Limit {
+                    per_minute: get(|c| c.requests_per_minute),
+                    per_hour: get(|c| c.requests_per_hour),
+                    burst: get(|c| c.burst),
+                }
+            })
+            .collect();
         Ok(Self {
+            rate: RateLimiter::new(limits),
+            embedding_model: config.embedding_model.clone(),
             health: providers.iter().map(breaker).collect(),
             providers,
             index,
@@ -182,6 +237,29 @@ impl Router {
 
     pub fn aliases(&self) -> &BTreeMap<String, LlmAlias> {
         &self.aliases
+    }
+
+    pub fn provider_index(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    /// Takes the request limits set through the API (by any replica) into this one.
+    pub async fn refresh_rate_limits(&self) -> Result<()> {
+        let set: BTreeMap<String, Limit> = crate::ratelimit::load(self.budget.db()).await?.into_iter().collect();
+        for (i, provider) in self.providers.iter().enumerate() {
+            self.rate.set(i, set.get(&provider.name).copied());
+        }
+        Ok(())
+    }
+
+    /// Changes a provider's request limits for every replica.
+    pub async fn set_rate_limit(&self, provider: &str, limit: Limit) -> Result<()> {
+        let Some(i) = self.provider_index(provider) else {
+            return Err(Error::not_found("provider", provider));
+        };
+        crate::ratelimit::save(self.budget.db(), provider, limit).await?;
+        self.rate.set(i, Some(limit));
+        Ok(())
     }
 
     fn usable(&self, i: usize) -> bool {
@@ -314,27 +392,40 @@ impl Router {
             let worst = price.worst_case_micros(prompt, call.chat.max_tokens);
             (call.max_cost_micros.is_none_or(|max| worst <= max)).then_some(worst)
         };
-        if let Some(worst) = fits(&price)
-            && let Some(reservation) = self.budget.reserve(worst).await?
-        {
-            return Ok(Admitted { target, price, reservation: Some(reservation) });
+        let key = Some(call.api_key_id.as_str());
+        let mut refusal = budget::Refusal::Global;
+        if let Some(worst) = fits(&price) {
+            match self.budget.reserve(worst, key).await? {
+                Ok(reservation) => return Ok(Admitted { target, price, reservation: Some(reservation) }),
+                Err(why) => refusal = why,
+            }
         }
-        let refuse = |what: &str| {
+        let refuse = |refusal: budget::Refusal, what: &str| {
+            let whose = match refusal {
+                budget::Refusal::Global => "the daily LLM budget",
+                budget::Refusal::Key => "this API key's daily LLM budget",
+            };
             budget::exceeded(format!(
-                "the daily LLM budget cannot cover this call ({}/{}{what}); nothing was sent to the provider",
+                "{whose} cannot cover this call ({}/{}{what}); nothing was sent to the provider",
                 provider.name, target.model
             ))
         };
         if self.budget.rejects() {
-            self.count_budget("reject");
-            return Err(refuse(""));
+            self.refused(call, &provider.name, &target.model);
+            return Err(refuse(refusal, ""));
         }
         // the dearest model that still fits: a downgrade gives up as little as it can
         let current = price.input + price.output;
         let cheaper = self.pricing.cheapest_of(&provider.name);
         for (model, cheaper) in cheaper.into_iter().filter(|(_, p)| p.input + p.output < current).rev() {
-            if let Some(worst) = fits(cheaper)
-                && let Some(reservation) = self.budget.reserve(worst).await?
+            let Some(worst) = fits(cheaper) else { continue };
+            let reservation = match self.budget.reserve(worst, key).await? {
+                Ok(reservation) => reservation,
+                Err(why) => {
+                    refusal = why;
+                    continue;
+                }
+            };
             {
                 self.count_budget("downgrade");
                 progress.routing.downgraded = true;
@@ -342,8 +433,30 @@ impl Router {
                 return Ok(Admitted { target, price: cheaper.clone(), reservation: Some(reservation) });
             }
         }
+        self.refused(call, &provider.name, &target.model);
+        Err(refuse(refusal, ", nor any cheaper model of it"))
+    }
+
+    /// Counts and records (outcome `budget`, nothing spent) a call the budget refused.
+    fn refused(&self, call: &Call, provider: &str, model: &str) {
         self.count_budget("reject");
-        Err(refuse(", nor any cheaper model of it"))
+        let record = UsageRecord {
+            request_id: call.request_id.clone(),
+            caller: call.caller.clone(),
+            api_key_id: call.api_key_id.clone(),
+            kind: call.kind(),
+            provider: provider.to_owned(),
+            model: model.to_owned(),
+            outcome: "budget".to_owned(),
+            usage: Usage::default(),
+            cost_micros: 0,
+            latency_ms: 0,
+            first_token_ms: 0,
+            streamed: false,
+            fell_back: false,
+            downgraded: false,
+        };
+        self.budget.settle_later(None, record);
     }
 
     fn count_budget(&self, action: &str) {
@@ -364,7 +477,7 @@ impl Router {
     }
 
     /// Tries the targets in order, each with retries, until `attempt` succeeds.
-    async fn route<'a, T, F, Fut>(&'a self, call: &Call, mut attempt: F) -> Result<(T, Admitted, Progress)>
+    async fn route<'a, T, F, Fut>(&'a self, call: &Call, mut attempt: F) -> CallResult<(T, Admitted, Progress)>
     where
         F: FnMut(&'a Provider, String) -> Fut,
         Fut: Future<Output = std::result::Result<T, UpstreamError>>,
@@ -381,6 +494,8 @@ impl Router {
         let (targets, reason) = self.resolve(call)?;
         progress.routing.reason = reason;
         let mut last_error: Option<Error> = None;
+        // the shortest wait until a provider's request limit lets a request through
+        let mut limited: Option<Duration> = None;
         for (n, target) in targets.into_iter().enumerate() {
             if n > 0 && call.disable_fallback {
                 break;
@@ -423,6 +538,23 @@ impl Router {
                     skip(&mut progress, "circuit open");
                     break Error::unavailable(format!("{}: circuit open", provider.name));
                 }
+                if let Err(wait) = self.rate.take(admitted.target.provider) {
+                    self.count_attempt(&provider.name, "rate_limited_here");
+                    let error = format!(
+                        "over {}'s request limit: the next request may go in {} ms",
+                        provider.name,
+                        wait.as_millis()
+                    );
+                    progress.routing.attempts.push(Attempt {
+                        provider: provider.name.clone(),
+                        model: model.clone(),
+                        outcome: "rate_limited",
+                        error: error.clone(),
+                        latency_ms: 0,
+                    });
+                    limited = Some(limited.map_or(wait, |w| w.min(wait)));
+                    break Error::new(ErrorKind::RateLimited, "rate_limited", error);
+                }
                 let timeout = self.limits.attempt_timeout.min(progress.deadline - now);
                 let result = match tokio::time::timeout(timeout, attempt(provider, model.clone())).await {
                     Ok(result) => result,
@@ -462,7 +594,8 @@ impl Router {
                     return Err(Error::invalid(
                         "provider_rejected_request",
                         format!("{} refused the request: {}", provider.name, error.message),
-                    ));
+                    )
+                    .into());
                 }
                 if error.retryable() && retry < self.limits.max_retries {
                     let wait = self.backoff(retry, &error);
@@ -493,17 +626,26 @@ impl Router {
             format!("no provider could answer: {}", tried.join("; "))
         };
         let kind = match last_error.map(|e| e.kind()) {
+            Some(ErrorKind::RateLimited) => {
+                // the last provider was held back by its request limit: the caller may come back
+                let wait = limited.unwrap_or(Duration::from_secs(1));
+                let message = format!("{message} (retry after {} s)", wait.as_secs_f64().ceil());
+                return Err(CallError {
+                    error: Error::new(ErrorKind::RateLimited, "rate_limited", message),
+                    retry_after: Some(wait),
+                });
+            }
             Some(ErrorKind::Timeout) => ErrorKind::Timeout,
             _ => ErrorKind::Unavailable,
         };
-        Err(Error::new(kind, "no_provider_available", message))
+        Err(Error::new(kind, "no_provider_available", message).into())
     }
 
     /// A whole answer.
-    pub async fn generate(&self, call: Call) -> Result<Answer> {
+    pub async fn generate(&self, call: Call) -> CallResult<Answer> {
         let upstream = &self.upstream;
         let chat = &call.chat;
-        let (completion, admitted, progress) =
+        let (completion, mut admitted, progress) =
             self.route(&call, |provider, model| async move { upstream.complete(provider, &model, chat).await }).await?;
         let usage = completion.usage.unwrap_or_default();
         // no usage reported: the reservation is charged, never nothing
@@ -511,28 +653,8 @@ impl Router {
             Some(usage) => admitted.price.cost_micros(&usage),
             None => admitted.reservation.as_ref().map_or(0, |r| r.micros),
         };
-        let provider = self.providers[admitted.target.provider].name.clone();
+        let (provider, overhead) = self.settle_whole(&call, "generate", &mut admitted, &progress, usage, cost);
         let latency = progress.started.elapsed();
-        let record = UsageRecord {
-            request_id: call.request_id.clone(),
-            caller: call.caller.clone(),
-            provider: provider.clone(),
-            model: admitted.target.model.clone(),
-            outcome: "ok".to_owned(),
-            usage,
-            cost_micros: cost,
-            latency_ms: latency.as_millis() as u64,
-            first_token_ms: 0,
-            streamed: false,
-            fell_back: progress.routing.fell_back,
-            downgraded: progress.routing.downgraded,
-        };
-        self.budget.settle_later(admitted.reservation, record);
-        let overhead = progress.overhead();
-        self.metrics
-            .llm_router_overhead
-            .get_or_create(&LlmOverheadLabels { call: "generate".to_owned() })
-            .observe(overhead.as_secs_f64());
         Ok(Answer {
             completion,
             provider,
@@ -547,7 +669,7 @@ impl Router {
     }
 
     /// A stream, returned once its first content arrived (after fallbacks if need be).
-    pub async fn stream(self: &Arc<Self>, call: Call) -> Result<ChatStream> {
+    pub async fn stream(self: &Arc<Self>, call: Call) -> CallResult<ChatStream> {
         let upstream = &self.upstream;
         let chat = &call.chat;
         let idle = self.limits.idle;
@@ -590,6 +712,7 @@ impl Router {
             routing: progress.routing,
             request_id: call.request_id,
             caller: call.caller,
+            api_key_id: call.api_key_id,
             started: progress.started,
             first_token: progress.started.elapsed(),
             overhead,
@@ -599,6 +722,88 @@ impl Router {
             usage: None,
             ended: false,
         })
+    }
+}
+
+impl Router {
+    /// Embeddings of `inputs`, routed, limited and paid for like a chat call: admitted
+    /// on a worst case of the inputs' estimated tokens at the model's input price (an
+    /// embedding model gives no output), settled on the tokens the provider reports.
+    pub async fn embed(&self, mut call: Call, inputs: Vec<String>, dimensions: Option<u32>) -> CallResult<Embedded> {
+        if inputs.is_empty() {
+            return Err(Error::invalid("empty_input", "input must hold at least one text").into());
+        }
+        if inputs.iter().any(String::is_empty) {
+            return Err(Error::invalid("empty_input", "input must not contain an empty string").into());
+        }
+        if dimensions == Some(0) {
+            return Err(Error::invalid("invalid_dimensions", "dimensions must be at least 1").into());
+        }
+        if matches!(call.model.trim(), "" | "auto") {
+            call.model.clone_from(&self.embedding_model);
+        }
+        call.kind = "embed";
+        // admission sees the inputs as the prompt, and no output
+        call.chat = ChatRequest {
+            messages: inputs
+                .iter()
+                .map(|text| crate::types::Message::text(crate::types::Role::User, text.clone()))
+                .collect(),
+            max_tokens: Some(0),
+            ..ChatRequest::default()
+        };
+        let upstream = &self.upstream;
+        let inputs = &inputs;
+        let ((vectors, reported), mut admitted, progress) = self
+            .route(&call, |provider, model| async move { upstream.embed(provider, &model, inputs, dimensions).await })
+            .await?;
+        let usage = Usage { prompt_tokens: reported.unwrap_or(0), ..Usage::default() };
+        let cost = match reported {
+            Some(_) => admitted.price.cost_micros(&usage),
+            None => admitted.reservation.as_ref().map_or(0, |r| r.micros),
+        };
+        let (provider, overhead) = self.settle_whole(&call, "embed", &mut admitted, &progress, usage, cost);
+        Ok(Embedded { vectors, provider, model: admitted.target.model, usage, cost_micros: cost, overhead })
+    }
+}
+
+impl Router {
+    /// Settles a whole (not streamed) answer in the background and observes the
+    /// router's overhead (`label`: the metric's call label).
+    /// Returns the provider's name and the overhead.
+    fn settle_whole(
+        &self,
+        call: &Call,
+        label: &str,
+        admitted: &mut Admitted,
+        progress: &Progress,
+        usage: Usage,
+        cost_micros: i64,
+    ) -> (String, Duration) {
+        let provider = self.providers[admitted.target.provider].name.clone();
+        let record = UsageRecord {
+            request_id: call.request_id.clone(),
+            caller: call.caller.clone(),
+            api_key_id: call.api_key_id.clone(),
+            kind: call.kind(),
+            provider: provider.clone(),
+            model: admitted.target.model.clone(),
+            outcome: "ok".to_owned(),
+            usage,
+            cost_micros,
+            latency_ms: progress.started.elapsed().as_millis() as u64,
+            first_token_ms: 0,
+            streamed: false,
+            fell_back: progress.routing.fell_back,
+            downgraded: progress.routing.downgraded,
+        };
+        self.budget.settle_later(admitted.reservation.take(), record);
+        let overhead = progress.overhead();
+        self.metrics
+            .llm_router_overhead
+            .get_or_create(&LlmOverheadLabels { call: label.to_owned() })
+            .observe(overhead.as_secs_f64());
+        (provider, overhead)
     }
 }
 
@@ -632,6 +837,7 @@ pub struct ChatStream {
     routing: Routing,
     request_id: String,
     caller: String,
+    api_key_id: String,
     started: Instant,
     first_token: Duration,
     pub overhead: Duration,
@@ -709,6 +915,8 @@ impl ChatStream {
         let record = UsageRecord {
             request_id: self.request_id.clone(),
             caller: self.caller.clone(),
+            api_key_id: self.api_key_id.clone(),
+            kind: "chat",
             provider: self.provider.clone(),
             model: self.model.clone(),
             outcome: outcome.to_owned(),

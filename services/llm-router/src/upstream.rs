@@ -89,6 +89,32 @@ impl Upstream {
         }
     }
 
+    /// One attempt at embeddings (OpenAI's wire: every provider with embeddings here
+    /// speaks it); the caller bounds its time.
+    pub async fn embed(
+        &self,
+        provider: &Provider,
+        model: &str,
+        inputs: &[String],
+        dimensions: Option<u32>,
+    ) -> Result<(Vec<Vec<f32>>, Option<u64>), UpstreamError> {
+        if provider.protocol != Protocol::OpenAi {
+            return Err(UpstreamError::new(
+                FailureKind::Unsupported,
+                format!("{} has no OpenAI-style embeddings endpoint", provider.name),
+            ));
+        }
+        let body = openai::embeddings_body(model, inputs, dimensions);
+        let mut builder = self.client.post(format!("{}{}", provider.base_url, openai::EMBEDDINGS_PATH)).json(&body);
+        if let Some(key) = &provider.api_key {
+            builder = builder.bearer_auth(key.expose());
+        }
+        let response = builder.send().await.map_err(send_error)?;
+        let response = check_status(response).await?;
+        let body = read_limited(response, MAX_BODY).await?;
+        openai::parse_embeddings(&body, inputs.len())
+    }
+
     /// Sends a streamed call and waits for its response head; the caller bounds that
     /// time, `idle` bounds each silence after it.
     pub async fn open_stream(
