@@ -13,15 +13,15 @@ crate::on_both_backends!(hx_up_store_recall_and_restart);
 
 const HX: &str = env!("CARGO_BIN_EXE_hx");
 
-struct Running {
-    child: Child,
+pub(crate) struct Running {
+    pub(crate) child: Child,
     _stdout: Lines<BufReader<ChildStdout>>,
-    url: String,
-    printed_key: Option<String>,
+    pub(crate) url: String,
+    pub(crate) printed_key: Option<String>,
 }
 
 /// Starts `hx up` on free ports and reads its banner (and the admin key, when printed).
-async fn hx_up(env: &TestEnv) -> anyhow::Result<Running> {
+pub(crate) async fn hx_up(env: &TestEnv) -> anyhow::Result<Running> {
     let mut command = Command::new(HX);
     command
         .arg("up")
@@ -49,7 +49,7 @@ async fn hx_up(env: &TestEnv) -> anyhow::Result<Running> {
 }
 
 /// Stops `hx up` the way a service manager does: SIGTERM, then wait.
-async fn terminate(mut running: Running) -> anyhow::Result<()> {
+pub(crate) async fn terminate(mut running: Running) -> anyhow::Result<()> {
     let pid = running.child.id().unwrap().to_string();
     std::process::Command::new("kill").args(["-TERM", &pid]).status()?;
     let status = tokio::time::timeout(Duration::from_secs(30), running.child.wait()).await??;

@@ -1,12 +1,14 @@
 //! The workflow engine through the gateway: a workflow with parallel branches, a
 //! for_each loop and quality gates runs to completion; the whole Helix restarted while
 //! it runs resumes it without running finished steps again; cancel stops a running
-//! execution within 2 s; bad definitions are refused with their reason; every example
+//! execution within 2 s; `hx up` killed with SIGKILL mid-run resumes it once restarted
+//! (after the dead owner's lease lapses); bad definitions are refused with their reason; every example
 //! in examples/workflows validates and the offline ones run.
 
 use std::time::{Duration, Instant};
 
-use helix_testkit::{Backend, TestHelix};
+use anyhow::Context as _;
+use helix_testkit::{Backend, TestEnv, TestHelix};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -14,6 +16,7 @@ use crate::support::{code, read};
 
 crate::on_both_backends!(
     runs_resumes_after_restart_and_cancels,
+    a_killed_orchestrator_resumes_after_its_lease_lapses,
     refuses_bad_definitions_and_runs_the_examples,
     jobs_sub_workflows_http_and_the_cli,
 );
@@ -395,4 +398,58 @@ async fn jobs_sub_workflows_http_and_the_cli(backend: Backend) -> anyhow::Result
     assert!(!ok && out.contains("invalid_id"), "{out}");
     helix.stop().await;
     Ok(())
+}
+
+/// `hx up` in its own process, SIGKILLed while `pause` waits (no shutdown, the lease
+/// left held by a dead owner), then started again on the same data: the new process
+/// claims the run once the lease lapses and finishes it, finished steps not run again.
+async fn a_killed_orchestrator_resumes_after_its_lease_lapses(backend: Backend) -> anyhow::Result<()> {
+    let env = TestEnv::new(backend).await?;
+    let mut first = crate::cli::hx_up(&env).await?;
+    let key = first.printed_key.clone().context("the first start prints the admin key")?;
+    let http = reqwest::Client::new();
+    let call = |url: &str, method: Method, path: &str| http.request(method, format!("{url}{path}")).bearer_auth(&key);
+    let (status, workflow) =
+        read(call(&first.url, Method::POST, "/api/v1/workflows").json(&json!({"definition": DEMO})).send().await?)
+            .await;
+    assert_eq!(status, 201, "{workflow}");
+    let tag = format!("kill-{}", uuid::Uuid::now_v7().simple());
+    let path = format!("/api/v1/workflows/{}/execute", workflow["id"].as_str().unwrap());
+    let (status, run) =
+        read(call(&first.url, Method::POST, &path).json(&json!({"variables": {"tag": tag}})).send().await?).await;
+    assert_eq!(status, 202, "{run}");
+    let execution = format!("/api/v1/workflows/executions/{}", run["id"].as_str().unwrap());
+    let wait_for = |url: String, what: &'static str, done: fn(&Value) -> bool| {
+        let request = call(&url, Method::GET, &execution);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let (status, e) = read(request.try_clone().unwrap().send().await?).await;
+                anyhow::ensure!(status == 200, "{status} {e}");
+                if done(&e) {
+                    return anyhow::Ok(e);
+                }
+                anyhow::ensure!(Instant::now() < deadline, "the execution never got to {what}: {e:#}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_for(first.url.clone(), "pause running", |e| step(e, "pause")["state"] == "running").await?;
+
+    first.child.start_kill()?;
+    first.child.wait().await?;
+    let second = crate::cli::hx_up(&env).await?;
+    let done = wait_for(second.url.clone(), "an end", |e| {
+        matches!(e["state"].as_str(), Some("succeeded" | "failed" | "cancelled"))
+    })
+    .await?;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    for (finished, attempts) in [("seed", 1), ("left", 1), ("right", 1), ("pause", 2), ("report", 1)] {
+        assert_eq!(step(&done, finished)["attempt"], attempts, "{finished}: {done:#}");
+    }
+    let (status, nodes) =
+        read(call(&second.url, Method::GET, &format!("/api/v1/nodes?tag={tag}&limit=100")).send().await?).await;
+    assert_eq!(status, 200, "{nodes}");
+    assert_eq!(nodes["nodes"].as_array().map(Vec::len), Some(4), "seed + 3 topics, none twice: {nodes:#}");
+    crate::cli::terminate(second).await
 }
