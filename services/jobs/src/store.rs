@@ -230,6 +230,13 @@ impl JobStore {
             query = query.bind(value);
         }
         let mut tx = self.outbox.begin().await?;
+        if self.db.backend == Backend::Postgres {
+            // Walk `jobs_ready` in its order and stop at the batch. Left to itself, with
+            // statistics older than a burst of enqueues (autoanalyze runs up to a minute
+            // later), the planner reads and sorts every waiting job on each lease: 100k
+            // waiting jobs made a lease cost 50-200 ms.
+            sqlx::query("SET LOCAL enable_sort = off").execute(&mut *tx).await.map_err(db_error)?;
+        }
         let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
         if rows.is_empty() {
             drop(tx);
