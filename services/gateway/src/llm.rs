@@ -152,6 +152,35 @@ fn helix_headers(headers: &mut HeaderMap, provider: &str, model: &str, overhead:
     }
 }
 
+/// A stream from the router, opened: its overhead header, its first event and the rest,
+/// and the provider and model that answered.
+struct Opened {
+    overhead: Option<HeaderValue>,
+    first: pb::GenerateStreamEvent,
+    events: tonic::Streaming<pb::GenerateStreamEvent>,
+    provider: String,
+    model: String,
+}
+
+/// Opens a generation stream and awaits its first event: the router answers only once
+/// the first chunk is there, so provider and model are known before any byte is sent.
+async fn open_stream(state: &AppState, request: pb::GenerateRequest, d: Dialect) -> Result<Opened, LlmError> {
+    let response = state.llm().generate_stream(request).await.map_err(|s| LlmError::status(d, s))?;
+    let overhead = overhead_of(response.metadata());
+    let mut events = response.into_inner();
+    let first = match events.next().await {
+        Some(Ok(event)) => event,
+        Some(Err(status)) => return Err(LlmError::status(d, status)),
+        None => return Err(LlmError::new(d, Error::unavailable("the llm router ended the stream without an answer"))),
+    };
+    let (provider, model) = match &first.event {
+        Some(StreamEvent::Chunk(c)) => (c.provider.clone(), c.model.clone()),
+        Some(StreamEvent::Done(done)) => (done.provider.clone(), done.model.clone()),
+        None => (String::new(), String::new()),
+    };
+    Ok(Opened { overhead, first, events, provider, model })
+}
+
 fn overhead_of(metadata: &tonic::metadata::MetadataMap) -> Option<HeaderValue> {
     metadata.get(OVERHEAD).and_then(|v| v.to_str().ok()).and_then(|v| HeaderValue::from_str(v).ok())
 }
@@ -312,20 +341,7 @@ async fn chat_completions_inner(
         helix_headers(response.headers_mut(), &done.provider, &done.model, overhead.as_ref());
         return Ok(response);
     }
-    let response = state.llm().generate_stream(request).await.map_err(|s| LlmError::status(d, s))?;
-    let overhead = overhead_of(response.metadata());
-    let mut events = response.into_inner();
-    // the router answers only once the first chunk is there, so provider and model are known
-    let first = match events.next().await {
-        Some(Ok(event)) => event,
-        Some(Err(status)) => return Err(LlmError::status(d, status)),
-        None => return Err(LlmError::new(d, Error::unavailable("the llm router ended the stream without an answer"))),
-    };
-    let (provider, model) = match &first.event {
-        Some(StreamEvent::Chunk(c)) => (c.provider.clone(), c.model.clone()),
-        Some(StreamEvent::Done(done)) => (done.provider.clone(), done.model.clone()),
-        None => (String::new(), String::new()),
-    };
+    let Opened { overhead, first, events, provider, model } = open_stream(&state, request, d).await?;
     let relay = OpenAiRelay {
         id,
         created,
@@ -679,19 +695,7 @@ async fn messages_inner(state: AppState, api_key_id: String, headers: &HeaderMap
         helix_headers(response.headers_mut(), &done.provider, &done.model, overhead.as_ref());
         return Ok(response);
     }
-    let response = state.llm().generate_stream(request).await.map_err(|s| LlmError::status(d, s))?;
-    let overhead = overhead_of(response.metadata());
-    let mut events = response.into_inner();
-    let first = match events.next().await {
-        Some(Ok(event)) => event,
-        Some(Err(status)) => return Err(LlmError::status(d, status)),
-        None => return Err(LlmError::new(d, Error::unavailable("the llm router ended the stream without an answer"))),
-    };
-    let (provider, model) = match &first.event {
-        Some(StreamEvent::Chunk(c)) => (c.provider.clone(), c.model.clone()),
-        Some(StreamEvent::Done(done)) => (done.provider.clone(), done.model.clone()),
-        None => (String::new(), String::new()),
-    };
+    let Opened { overhead, first, events, provider, model } = open_stream(&state, request, d).await?;
     let mut relay = AnthropicRelay { block: None, next_index: 0, pending: VecDeque::new() };
     let start = json!({"type": "message_start", "message": {
         "id": id, "type": "message", "role": "assistant", "model": format!("{provider}/{model}"),
