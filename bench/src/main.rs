@@ -35,8 +35,9 @@ struct Args {
     /// seconds each (backend, concurrency, path) is measured, after a warm-up
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// which benchmark: foundation, search (bench/src/search.rs), graph (bench/src/graph.rs) or
-    /// llm (bench/src/llm.rs), jobs (bench/src/jobs.rs)
+    /// which benchmark: foundation, search (bench/src/search.rs), search-indexing (its indexing
+    /// part alone, for profiling), graph (bench/src/graph.rs), llm (bench/src/llm.rs) or jobs
+    /// (bench/src/jobs.rs)
     #[arg(long, default_value = "foundation")]
     suite: String,
 }
@@ -126,6 +127,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.suite == "search" {
         return search::run(&args.out).await;
+    }
+    if args.suite == "search-indexing" {
+        return search::run_indexing(&args.out).await;
     }
     if args.suite == "graph" {
         return graph::run(&args.out).await;

@@ -2,8 +2,6 @@
 //! trigrams. Texts that share words get similar vectors; synonyms do not. Stable across
 //! platforms and releases (its own hash function), so stored vectors stay valid.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 
 use crate::{Embedder, EmbedderInfo, EmbedderKind, Result, blocking, normalize};
@@ -41,26 +39,37 @@ impl LexicalHashEmbedder {
     pub fn embed_text(&self, text: &str) -> Vec<f32> {
         let lower = text.to_lowercase();
         let words: Vec<&str> = lower.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
-        // term frequency per hashed feature, then sublinear tf (1 + ln tf) per feature
-        let mut tf: HashMap<u64, (f32, f32)> = HashMap::new();
-        let mut add = |hash: u64, weight: f32| tf.entry(hash).or_insert((0.0, weight)).0 += 1.0;
+        // every feature occurrence, then counted by sorting: a hash map of the features
+        // and a string per trigram cost several times the hashing itself
+        let mut features: Vec<(u64, f32)> = Vec::with_capacity(words.len() * 8);
+        let mut padded = String::new();
+        let mut bounds: Vec<usize> = Vec::new();
         for (i, word) in words.iter().enumerate() {
-            add(hash(b'w', &[word]), UNIGRAM);
+            features.push((hash(b'w', &[word]), UNIGRAM));
             if let Some(next) = words.get(i + 1) {
-                add(hash(b'b', &[word, " ", next]), BIGRAM);
+                features.push((hash(b'b', &[word, " ", next]), BIGRAM));
             }
-            let chars: Vec<char> = format!("<{word}>").chars().collect();
-            if chars.len() > 4 {
-                // words of one or two letters are covered by their unigram already
-                for trigram in chars.windows(3) {
-                    add(hash(b't', &[&trigram.iter().collect::<String>()]), TRIGRAM);
+            padded.clear();
+            padded.push('<');
+            padded.push_str(word);
+            padded.push('>');
+            bounds.clear();
+            bounds.extend(padded.char_indices().map(|(at, _)| at));
+            bounds.push(padded.len());
+            // words of one or two letters are covered by their unigram already
+            if bounds.len() - 1 > 4 {
+                for window in bounds.windows(4) {
+                    features.push((hash(b't', &[&padded[window[0]..window[3]]]), TRIGRAM));
                 }
             }
         }
+        features.sort_unstable_by_key(|&(hash, _)| hash);
+        // term frequency per hashed feature, then sublinear tf (1 + ln tf) per feature
         let mut v = vec![0.0; self.dim];
-        for (hash, (count, weight)) in tf {
+        for run in features.chunk_by(|a, b| a.0 == b.0) {
+            let (hash, weight) = run[0];
             let sign = if hash >> 63 == 0 { 1.0 } else { -1.0 };
-            v[(hash % self.dim as u64) as usize] += sign * weight * (1.0 + count.ln());
+            v[(hash % self.dim as u64) as usize] += sign * weight * (1.0 + (run.len() as f32).ln());
         }
         normalize(&mut v);
         v

@@ -3,6 +3,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::stream::{BoxStream, Stream, StreamExt};
 
 use crate::envelope::Envelope;
@@ -17,6 +18,23 @@ pub trait EventBus: Send + Sync + 'static {
     /// Resolves once the bus has durably accepted the event. Publishing an envelope whose id was already
     /// published within the de-duplication window stores it once (returns Ok, reports duplicate=true).
     async fn publish(&self, event: &Envelope) -> Result<PublishAck>;
+
+    /// Publishes `events` in order, as [`publish`](Self::publish) does each, without waiting
+    /// for one to be accepted before the next is sent where the bus allows it (NATS
+    /// pipelines them; in process they are stored under one lock). Answers the acks of the
+    /// first events, as many as the bus accepted, and the error that stopped the rest. An
+    /// event after the failed one may have been stored too (and then before it): publishing
+    /// it again is de-duplicated.
+    async fn publish_batch(&self, events: Vec<Envelope>) -> (Vec<PublishAck>, Result<()>) {
+        let mut acks = Vec::with_capacity(events.len());
+        for event in &events {
+            match self.publish(event).await {
+                Ok(ack) => acks.push(ack),
+                Err(error) => return (acks, Err(error)),
+            }
+        }
+        (acks, Ok(()))
+    }
 
     /// Durable subscription: `filter` is a subject pattern (`helix.node.*`, `helix.node.>`, exact), `group`
     /// names a durable consumer: each event goes to one member of the group; every group sees every event
@@ -132,6 +150,23 @@ impl Subscription {
     /// The next delivery; `None` once the bus is closed.
     pub async fn next(&mut self) -> Option<Result<Delivery>> {
         self.inner.next().await
+    }
+
+    /// Adds to `batch` the deliveries that have already arrived, until it holds `max`,
+    /// without waiting: for consumers that handle what a burst brought together. A
+    /// problem reported in between ends the take (with a warning); the end of the
+    /// subscription is seen by the next call of [`next`](Self::next).
+    pub fn take_ready(&mut self, batch: &mut Vec<Delivery>, max: usize) {
+        while batch.len() < max {
+            match self.inner.next().now_or_never() {
+                Some(Some(Ok(delivery))) => batch.push(delivery),
+                Some(Some(Err(error))) => {
+                    tracing::warn!(%error, "event subscription problem, it goes on");
+                    break;
+                }
+                Some(None) | None => break,
+            }
+        }
     }
 }
 

@@ -88,6 +88,10 @@ struct ConsumerState {
     pending: BTreeMap<u64, Attempt>,
     /// Nak'd or past their ack deadline: redelivered first, lowest sequence first.
     redeliver: BTreeMap<u64, Attempt>,
+    /// No pending deadline is earlier (it may be earlier than all of them after acks):
+    /// `pending` is searched for lapsed deliveries only once this has passed, not on
+    /// every take, which with thousands in flight would cost more than the take.
+    earliest_deadline: Option<Instant>,
     next_token: u64,
 }
 
@@ -169,7 +173,11 @@ impl InProcessBus {
 #[async_trait::async_trait]
 impl EventBus for InProcessBus {
     async fn publish(&self, event: &Envelope) -> Result<PublishAck> {
-        self.handle.core.publish(event)
+        self.handle.core.publish(event.clone())
+    }
+
+    async fn publish_batch(&self, events: Vec<Envelope>) -> (Vec<PublishAck>, Result<()>) {
+        self.handle.core.publish_batch(events)
     }
 
     async fn subscribe(&self, filter: &str, group: &str) -> Result<Subscription> {
@@ -190,6 +198,7 @@ impl EventBus for InProcessBus {
                     cursor: first_seq,
                     pending: BTreeMap::new(),
                     redeliver: BTreeMap::new(),
+                    earliest_deadline: None,
                     next_token: 0,
                 });
             }
@@ -251,38 +260,44 @@ impl Core {
         if self.closed.load(Ordering::SeqCst) { Err(Error::Closed) } else { Ok(()) }
     }
 
-    fn publish(&self, event: &Envelope) -> Result<PublishAck> {
+    fn publish(&self, event: Envelope) -> Result<PublishAck> {
         self.ensure_open()?;
         let domain = subjects::validate_subject(&event.r#type)?;
         let stream = &self.streams[domain_index(domain)];
-        let now = Instant::now();
-        let sequence = {
-            let mut state = stream.lock();
-            state.forget_ids_before(now, self.config.duplicate_window);
-            if let Some(&sequence) = state.dedup.get(&event.id) {
-                return Ok(PublishAck { stream: stream.name.clone(), sequence, duplicate: true });
+        let (sequence, duplicate) = stream.lock().store(event, Instant::now(), &self.config);
+        stream.changed.notify_waiters();
+        Ok(PublishAck { stream: stream.name.clone(), sequence, duplicate })
+    }
+
+    /// Stores each run of events of one stream under one lock and wakes its subscribers once.
+    fn publish_batch(&self, events: Vec<Envelope>) -> (Vec<PublishAck>, Result<()>) {
+        let mut acks = Vec::with_capacity(events.len());
+        let mut events = events.into_iter().peekable();
+        while let Some(first) = events.next() {
+            if let Err(error) = self.ensure_open() {
+                return (acks, Err(error));
             }
-            let sequence = state.next_seq;
-            state.next_seq += 1;
-            let stored = Arc::new(Stored {
-                seq: sequence,
-                subject: event.r#type.clone(),
-                envelope: event.clone(),
-                stored_at: now,
-            });
-            for entry in &state.tails {
-                if subjects::matches(&entry.filter, &stored.subject) {
-                    entry.tail.push(stored.clone());
+            let index = match subjects::validate_subject(&first.r#type) {
+                Ok(domain) => domain_index(domain),
+                Err(error) => return (acks, Err(error)),
+            };
+            let stream = &self.streams[index];
+            let ack = |(sequence, duplicate)| PublishAck { stream: stream.name.clone(), sequence, duplicate };
+            {
+                let mut state = stream.lock();
+                let now = Instant::now();
+                acks.push(ack(state.store(first, now, &self.config)));
+                // the events after it that go to the same stream
+                let same_stream = |next: &Envelope| {
+                    subjects::validate_subject(&next.r#type).is_ok_and(|domain| domain_index(domain) == index)
+                };
+                while let Some(next) = events.next_if(same_stream) {
+                    acks.push(ack(state.store(next, now, &self.config)));
                 }
             }
-            state.log.push_back(stored);
-            state.dedup.insert(event.id, sequence);
-            state.dedup_order.push_back((now, event.id));
-            state.trim(now, &self.config);
-            sequence
-        };
-        stream.changed.notify_waiters();
-        Ok(PublishAck { stream: stream.name.clone(), sequence, duplicate: false })
+            stream.changed.notify_waiters();
+        }
+        (acks, Ok(()))
     }
 }
 
@@ -294,6 +309,29 @@ impl StreamCore {
 }
 
 impl StreamState {
+    /// Appends the event to the log unless its id was published within the
+    /// de-duplication window; its sequence, and whether it was a duplicate.
+    fn store(&mut self, event: Envelope, now: Instant, config: &EventsConfig) -> (u64, bool) {
+        self.forget_ids_before(now, config.duplicate_window);
+        if let Some(&sequence) = self.dedup.get(&event.id) {
+            return (sequence, true);
+        }
+        let sequence = self.next_seq;
+        self.next_seq += 1;
+        let id = event.id;
+        let stored = Arc::new(Stored { seq: sequence, subject: event.r#type.clone(), envelope: event, stored_at: now });
+        for entry in &self.tails {
+            if subjects::matches(&entry.filter, &stored.subject) {
+                entry.tail.push(stored.clone());
+            }
+        }
+        self.log.push_back(stored);
+        self.dedup.insert(id, sequence);
+        self.dedup_order.push_back((now, id));
+        self.trim(now, config);
+        (sequence, false)
+    }
+
     fn first_seq(&self) -> u64 {
         self.log.front().map_or(self.next_seq, |message| message.seq)
     }
@@ -324,12 +362,15 @@ impl StreamState {
         let Some(consumer) = self.consumers.get_mut(consumer) else {
             return Next::Wait(None);
         };
-        let expired: Vec<u64> =
-            consumer.pending.iter().filter(|(_, attempt)| attempt.deadline <= now).map(|(seq, _)| *seq).collect();
-        for seq in expired {
-            if let Some(attempt) = consumer.pending.remove(&seq) {
-                consumer.requeue(seq, attempt, config.max_deliver);
+        if consumer.earliest_deadline.is_some_and(|earliest| earliest <= now) {
+            let expired: Vec<u64> =
+                consumer.pending.iter().filter(|(_, attempt)| attempt.deadline <= now).map(|(seq, _)| *seq).collect();
+            for seq in expired {
+                if let Some(attempt) = consumer.pending.remove(&seq) {
+                    consumer.requeue(seq, attempt, config.max_deliver);
+                }
             }
+            consumer.earliest_deadline = consumer.pending.values().map(|attempt| attempt.deadline).min();
         }
 
         let (message, deliveries) = if let Some((_, attempt)) = consumer.redeliver.pop_first() {
@@ -349,18 +390,23 @@ impl StreamState {
             }
             match found {
                 Some(message) => (message, 1),
-                None => return Next::Wait(consumer.pending.values().map(|attempt| attempt.deadline).min()),
+                None => return Next::Wait(consumer.earliest_deadline),
             }
         };
         consumer.next_token += 1;
         let token = consumer.next_token;
         let attempt = Attempt { message: message.clone(), deliveries, deadline: now + config.ack_wait, token };
+        consumer.note_deadline(attempt.deadline);
         consumer.pending.insert(message.seq, attempt);
         Next::Deliver { message, deliveries, token }
     }
 }
 
 impl ConsumerState {
+    fn note_deadline(&mut self, deadline: Instant) {
+        self.earliest_deadline = Some(self.earliest_deadline.map_or(deadline, |earliest| earliest.min(deadline)));
+    }
+
     fn requeue(&mut self, seq: u64, attempt: Attempt, max_deliver: i64) {
         let exhausted = u64::try_from(max_deliver).is_ok_and(|max| attempt.deliveries >= max);
         if exhausted {
@@ -533,6 +579,8 @@ impl Acker {
             };
             if !delay.is_zero() {
                 attempt.deadline = Instant::now() + delay;
+                let deadline = attempt.deadline;
+                consumer.note_deadline(deadline);
             } else if let Some(attempt) = consumer.pending.remove(&self.seq) {
                 consumer.requeue(self.seq, attempt, self.core.config.max_deliver);
             }

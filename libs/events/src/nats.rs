@@ -30,6 +30,8 @@ const PULL_EXPIRES: Duration = Duration::from_secs(10);
 /// Idle heartbeat of a pull request. Two missed heartbeats re-open the subscription: that is how a consumer
 /// lost with its stream (which servers before 2.10 do not report) is noticed and re-created.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+/// Publishes a batch sends ahead of the acks it waits for.
+const PUBLISH_WINDOW: usize = 256;
 /// Longest wait between two attempts to re-open a broken subscription.
 const MAX_REOPEN_DELAY: Duration = Duration::from_secs(5);
 
@@ -115,17 +117,7 @@ impl NatsBus {
 impl EventBus for NatsBus {
     async fn publish(&self, event: &Envelope) -> Result<PublishAck> {
         let domain = subjects::validate_subject(&event.r#type)?;
-        let payload = bytes::Bytes::from(event.to_json()?);
-        let mut headers = HeaderMap::new();
-        if let Some(trace) = &event.trace {
-            headers.insert(HEADER_TRACEPARENT, trace.traceparent.as_str());
-            if let Some(tracestate) = &trace.tracestate {
-                headers.insert(HEADER_TRACESTATE, tracestate.as_str());
-            }
-        }
-        let message = PublishMessage::build().payload(payload).headers(headers).message_id(event.id.to_string());
-        let subject = self.inner.config.wire_subject(&event.r#type);
-
+        let (subject, message) = self.inner.message_of(event)?;
         let mut recreated = false;
         loop {
             match self.inner.publish_once(&subject, message.clone()).await {
@@ -140,6 +132,54 @@ impl EventBus for NatsBus {
                 Err(err) => return Err(Error::nats("publish", err)),
             }
         }
+    }
+
+    /// Sends up to [`PUBLISH_WINDOW`] publishes before waiting for the first one's ack,
+    /// so a batch costs about one round trip per window instead of one per event. After a
+    /// failure the rest go one at a time through `publish`, which re-creates a lost stream.
+    async fn publish_batch(&self, events: Vec<Envelope>) -> (Vec<PublishAck>, Result<()>) {
+        let mut acks = Vec::with_capacity(events.len());
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut failed = false;
+        for event in &events {
+            let Ok((subject, message)) = self.inner.message_of(event) else {
+                failed = true;
+                break;
+            };
+            match self.inner.jetstream.send_publish(subject, message).await {
+                Ok(ack) => in_flight.push_back(ack),
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+            if in_flight.len() >= PUBLISH_WINDOW
+                && let Some(ack) = in_flight.pop_front()
+            {
+                let Ok(ack) = ack.await else {
+                    failed = true;
+                    break;
+                };
+                acks.push(PublishAck { stream: ack.stream, sequence: ack.sequence, duplicate: ack.duplicate });
+            }
+        }
+        while !failed && let Some(ack) = in_flight.pop_front() {
+            match ack.await {
+                Ok(ack) => {
+                    acks.push(PublishAck { stream: ack.stream, sequence: ack.sequence, duplicate: ack.duplicate })
+                }
+                Err(_) => failed = true,
+            }
+        }
+        // the events after the first unacked one, again and in order: what the server
+        // stored of them already is de-duplicated by their ids
+        for event in events.iter().skip(acks.len()) {
+            match self.publish(event).await {
+                Ok(ack) => acks.push(ack),
+                Err(error) => return (acks, Err(error)),
+            }
+        }
+        (acks, Ok(()))
     }
 
     async fn subscribe(&self, filter: &str, group: &str) -> Result<Subscription> {
@@ -221,6 +261,22 @@ impl Inner {
             envelope.trace = trace_from_headers(message.headers.as_ref());
         }
         Some(Delivery { envelope, subject, redelivered: false, delivery_count: 1, acker: Acker::Tail })
+    }
+
+    /// The wire subject and message of an event: its JSON, the trace headers, and its id
+    /// as `Nats-Msg-Id` for de-duplication.
+    fn message_of(&self, event: &Envelope) -> Result<(String, PublishMessage)> {
+        subjects::validate_subject(&event.r#type)?;
+        let payload = bytes::Bytes::from(event.to_json()?);
+        let mut headers = HeaderMap::new();
+        if let Some(trace) = &event.trace {
+            headers.insert(HEADER_TRACEPARENT, trace.traceparent.as_str());
+            if let Some(tracestate) = &trace.tracestate {
+                headers.insert(HEADER_TRACESTATE, tracestate.as_str());
+            }
+        }
+        let message = PublishMessage::build().payload(payload).headers(headers).message_id(event.id.to_string());
+        Ok((self.config.wire_subject(&event.r#type), message))
     }
 
     async fn publish_once(

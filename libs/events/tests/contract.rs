@@ -168,6 +168,8 @@ contract! {
     duplicate_id_is_stored_once,
     group_resumes_after_resubscribing,
     order_within_a_subject_is_kept,
+    a_batch_is_published_in_order_and_deduplicated,
+    a_batch_stops_at_an_invalid_subject,
     rejects_invalid_subjects_filters_and_groups,
     group_names_need_not_be_nats_names,
     health_check_passes,
@@ -456,6 +458,53 @@ async fn order_within_a_subject_is_kept(h: Harness) -> Result<()> {
         delivery.ack().await?;
     }
     Ok(())
+}
+
+async fn a_batch_is_published_in_order_and_deduplicated(h: Harness) -> Result<()> {
+    let bus = h.bus().await;
+    // more than NATS's publish window, over two streams, one event twice
+    let nodes: Vec<Envelope> = (0..600).map(|n| event(subjects::NODE_CREATED, n)).collect();
+    let edge = event(subjects::GRAPH_EDGE_CREATED, 600);
+    let mut batch = nodes[..300].to_vec();
+    batch.push(edge.clone());
+    batch.extend_from_slice(&nodes[300..]);
+    batch.push(nodes[0].clone());
+    let mut subscription = bus.subscribe("helix.>", "batched").await?;
+    let (acks, result) = bus.publish_batch(batch).await;
+    result?;
+    ensure!(acks.len() == 602, "an ack for every event: {}", acks.len());
+    ensure!(acks[..601].iter().all(|ack| !ack.duplicate), "fresh events reported duplicate");
+    ensure!(acks[601].duplicate && acks[601].sequence == acks[0].sequence, "the repeated event: {:?}", acks[601]);
+    ensure!(acks[300].stream.ends_with("_HELIX_GRAPH"), "the edge went to its stream: {:?}", acks[300]);
+    let node_sequences: Vec<u64> = acks[..300].iter().chain(&acks[301..601]).map(|ack| ack.sequence).collect();
+    ensure!(node_sequences == (1..=600).collect::<Vec<u64>>(), "nodes stored in order");
+    let mut delivered = Vec::new();
+    while delivered.len() < 601 {
+        let delivery = recv(&mut subscription).await.with_context(|| format!("after {}", delivered.len()))?;
+        if delivery.subject == subjects::NODE_CREATED {
+            delivered.push(delivery.envelope.id);
+        } else {
+            ensure!(delivery.envelope.id == edge.id, "unexpected {delivery:?}");
+            delivered.push(edge.id);
+        }
+        delivery.ack().await?;
+    }
+    let nodes_delivered: Vec<Uuid> = delivered.iter().copied().filter(|id| *id != edge.id).collect();
+    ensure!(nodes_delivered == nodes.iter().map(|e| e.id).collect::<Vec<_>>(), "node events out of order");
+    assert_quiet(&mut subscription, Duration::from_millis(300)).await.context("the repeated event")
+}
+
+async fn a_batch_stops_at_an_invalid_subject(h: Harness) -> Result<()> {
+    let bus = h.bus().await;
+    let good = event(subjects::NODE_CREATED, 1);
+    let after = event(subjects::NODE_CREATED, 3);
+    let batch = vec![good.clone(), event("helix.node.exploded", 2), after];
+    let mut subscription = bus.subscribe(subjects::NODE_CREATED, "stopped").await?;
+    let (acks, result) = bus.publish_batch(batch).await;
+    ensure!(matches!(result, Err(Error::InvalidSubject { .. })), "{result:?}");
+    ensure!(acks.len() == 1, "the event before the invalid one is acked alone: {acks:?}");
+    recv_exactly(&mut subscription, &[&good]).await?;
+    assert_quiet(&mut subscription, Duration::from_millis(300)).await.context("nothing after the invalid event")
 }
 
 async fn rejects_invalid_subjects_filters_and_groups(h: Harness) -> Result<()> {

@@ -215,25 +215,41 @@ impl ObservedBus {
 #[async_trait::async_trait]
 impl EventBus for ObservedBus {
     async fn publish(&self, event: &Envelope) -> helix_events::Result<PublishAck> {
-        let span =
-            tracing::info_span!("event.publish", subject = %event.r#type, event.id = %event.id, otel.kind = "producer");
-        if let Some(trace) = &event.trace {
-            helix_telemetry::follow_trace(&span, &trace.traceparent, trace.tracestate.as_deref());
-        }
-        // subscribers continue from the publish span: gateway → storage → publish → consume
+        let span = publish_span(event);
         let mut traced = event.clone();
-        if let Some((traceparent, tracestate)) = span.in_scope(helix_telemetry::current_trace) {
-            traced.trace = Some(helix_events::TraceContext { traceparent, tracestate });
-        }
+        traced.trace = span.in_scope(traced_context);
         let result = self.inner.publish(&traced).instrument(span).await;
-        let outcome = match &result {
-            Ok(ack) if ack.duplicate => "duplicate",
-            Ok(_) => "ok",
-            Err(_) => "error",
-        };
-        let labels = EventLabels { subject: event.r#type.clone(), outcome: outcome.to_owned() };
-        self.metrics.events_published.get_or_create(&labels).inc();
+        self.count_published(&event.r#type, result.as_ref().map(|ack| ack.duplicate).map_err(|_| ()));
         result
+    }
+
+    async fn publish_batch(&self, mut events: Vec<Envelope>) -> (Vec<PublishAck>, helix_events::Result<()>) {
+        // one span for each run of events of one trace (a bulk write's events share one)
+        let mut spans: Vec<tracing::Span> = Vec::new();
+        let mut last_trace = None;
+        let mut traced = None;
+        for event in &mut events {
+            let trace = event.trace.as_ref().map(|trace| trace.traceparent.clone());
+            if spans.is_empty() || trace != last_trace {
+                let span = publish_span(event);
+                traced = span.in_scope(traced_context);
+                spans.push(span);
+                last_trace = trace;
+            }
+            event.trace.clone_from(&traced);
+        }
+        let subjects: Vec<String> = events.iter().map(|event| event.r#type.clone()).collect();
+        let first = spans.first().cloned().unwrap_or_else(tracing::Span::none);
+        let (acks, result) = self.inner.publish_batch(events).instrument(first).await;
+        for (subject, ack) in subjects.iter().zip(&acks) {
+            self.count_published(subject, Ok(ack.duplicate));
+        }
+        if result.is_err()
+            && let Some(subject) = subjects.get(acks.len())
+        {
+            self.count_published(subject, Err(()));
+        }
+        (acks, result)
     }
 
     async fn subscribe(&self, filter: &str, group: &str) -> helix_events::Result<Subscription> {
@@ -270,6 +286,36 @@ impl EventBus for ObservedBus {
     async fn check(&self) -> helix_events::Result<()> {
         self.inner.check().await
     }
+}
+
+impl ObservedBus {
+    /// Counts a publish: `Ok(duplicate)` or `Err(())` for a failed one.
+    fn count_published(&self, subject: &str, outcome: Result<bool, ()>) {
+        let outcome = match outcome {
+            Ok(true) => "duplicate",
+            Ok(false) => "ok",
+            Err(()) => "error",
+        };
+        let labels = EventLabels { subject: subject.to_owned(), outcome: outcome.to_owned() };
+        self.metrics.events_published.get_or_create(&labels).inc();
+    }
+}
+
+/// The span of publishing `event`, a child of the trace the event carries.
+fn publish_span(event: &Envelope) -> tracing::Span {
+    let span =
+        tracing::info_span!("event.publish", subject = %event.r#type, event.id = %event.id, otel.kind = "producer");
+    if let Some(trace) = &event.trace {
+        helix_telemetry::follow_trace(&span, &trace.traceparent, trace.tracestate.as_deref());
+    }
+    span
+}
+
+/// The trace context published events carry, taken inside their publish span:
+/// subscribers continue from it (gateway → storage → publish → consume).
+fn traced_context() -> Option<helix_events::TraceContext> {
+    helix_telemetry::current_trace()
+        .map(|(traceparent, tracestate)| helix_events::TraceContext { traceparent, tracestate })
 }
 
 /// A span for handling `delivery`, a child of the trace that published it.

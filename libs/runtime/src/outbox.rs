@@ -36,7 +36,7 @@ impl Outbox {
 
     /// A write transaction; put its events in with [`enqueue`].
     pub async fn begin(&self) -> Result<Transaction<'static, Any>> {
-        self.db.pool.begin().await.map_err(db_error)
+        self.db.writer.begin().await.map_err(db_error)
     }
 
     /// Commits and wakes the relay.
@@ -90,7 +90,8 @@ pub async fn enqueue_all(
         })
         .collect();
     for chunk in texts.chunks(ROWS_PER_INSERT) {
-        let sql = format!("INSERT INTO outbox (subject, envelope) VALUES {}", crate::db::value_rows(chunk.len(), 2));
+        let rows = crate::db::value_rows(Backend::of(tx), chunk.len(), 2);
+        let sql = format!("INSERT INTO outbox (subject, envelope) VALUES {rows}");
         let mut query = sqlx::query(&sql);
         for text in chunk {
             query = query.bind(subject).bind(text.as_str());
@@ -156,7 +157,7 @@ async fn relay_batch(db: &Database, bus: &dyn EventBus, lock: i64) -> Result<usi
         Backend::Sqlite => {
             let rows = fetch_batch(&db.pool).await?;
             let published = publish_all(bus, rows).await;
-            delete_published(&db.pool, &published.seqs).await?;
+            delete_published(&db.writer, db.backend, &published.seqs).await?;
             published.result.map(|()| published.seqs.len())
         }
         // Replicas share the outbox: one relay at a time keeps events in commit order.
@@ -173,7 +174,7 @@ async fn relay_batch(db: &Database, bus: &dyn EventBus, lock: i64) -> Result<usi
             }
             let rows = fetch_batch(&mut *tx).await?;
             let published = publish_all(bus, rows).await;
-            delete_published(&mut *tx, &published.seqs).await?;
+            delete_published(&mut *tx, db.backend, &published.seqs).await?;
             tx.commit().await.map_err(db_error)?;
             published.result.map(|()| published.seqs.len())
         }
@@ -200,32 +201,38 @@ async fn fetch_batch<'e>(db: impl Executor<'e, Database = sqlx::Any>) -> Result<
 /// subscribers see a node's events in the order they happened.
 async fn publish_all(bus: &dyn EventBus, rows: Vec<(i64, String)>) -> Published {
     let mut seqs = Vec::with_capacity(rows.len());
+    let mut batch = Vec::with_capacity(rows.len());
+    // unreadable rows would block the outbox forever; they cannot be published
+    let mut unreadable = Vec::new();
     for (seq, text) in rows {
-        let envelope: Envelope = match serde_json::from_str(&text) {
-            Ok(envelope) => envelope,
-            Err(error) => {
-                // Unreadable rows would block the outbox forever; they cannot be published.
-                tracing::error!(seq, %error, "dropping unreadable outbox row");
+        match serde_json::from_str::<Envelope>(&text) {
+            Ok(envelope) => {
                 seqs.push(seq);
-                continue;
+                batch.push(envelope);
             }
-        };
-        if let Err(error) = bus.publish(&envelope).await {
-            return Published { seqs, result: Err(helix_core::Error::unavailable(format!("event bus: {error}"))) };
+            Err(error) => {
+                tracing::error!(seq, %error, "dropping unreadable outbox row");
+                unreadable.push(seq);
+            }
         }
-        seqs.push(seq);
     }
-    Published { seqs, result: Ok(()) }
+    let (acks, result) = bus.publish_batch(batch).await;
+    seqs.truncate(acks.len());
+    seqs.extend(unreadable);
+    Published { seqs, result: result.map_err(|error| helix_core::Error::unavailable(format!("event bus: {error}"))) }
 }
 
-async fn delete_published<'e>(db: impl Executor<'e, Database = sqlx::Any>, seqs: &[i64]) -> Result<()> {
+async fn delete_published<'e>(
+    db: impl Executor<'e, Database = sqlx::Any>,
+    backend: Backend,
+    seqs: &[i64],
+) -> Result<()> {
     if seqs.is_empty() {
         return Ok(());
     }
     // By the exact seqs published, never a range: under PostgreSQL a transaction that
     // took a lower seq may commit after the batch was read.
-    let placeholders: Vec<String> = (1..=seqs.len()).map(|i| format!("${i}")).collect();
-    let sql = format!("DELETE FROM outbox WHERE seq IN ({})", placeholders.join(", "));
+    let sql = format!("DELETE FROM outbox WHERE seq IN ({})", crate::db::parameters(backend, 0, seqs.len()));
     let mut query = sqlx::query(&sql);
     for seq in seqs {
         query = query.bind(*seq);

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use helix_core::graph::NodeLabel;
 use helix_core::{Error, Result};
 use helix_events::{Delivery, Subscription, subjects};
@@ -57,17 +56,7 @@ pub async fn follow_nodes(store: Arc<GraphStore>, mut events: Subscription, shut
             Some(Ok(delivery)) => delivery,
         };
         let mut batch = vec![first];
-        while batch.len() < BATCH {
-            // what is already here; a stream that ended is seen by the next round
-            match events.next().now_or_never() {
-                Some(Some(Ok(delivery))) => batch.push(delivery),
-                Some(Some(Err(error))) => {
-                    tracing::warn!(%error, "node events subscription");
-                    break;
-                }
-                Some(None) | None => break,
-            }
-        }
+        events.take_ready(&mut batch, BATCH);
         if !settle(&store, batch, &shutdown).await {
             return;
         }

@@ -76,6 +76,9 @@ use tokio_util::sync::CancellationToken;
 pub use grpc::SearchApi;
 use index::{IndexSettings, Opened, SearchIndex, VectorBackend};
 use vectors::QdrantSettings;
+/// The embedded vector store on its own: the search benchmark measures its raw write
+/// cost beside raw tantivy's.
+pub use vectors::{EdgeVectors, EmbedderMark, VectorOp, VectorPoint, VectorStore};
 
 /// Where the Qdrant API key is read from, as Qdrant's own clients do.
 const QDRANT_API_KEY_ENV: &str = "QDRANT_API_KEY";

@@ -62,6 +62,16 @@ pub enum VectorOp {
     Delete(Uuid),
 }
 
+impl VectorOp {
+    /// The node the change is about.
+    pub fn id(&self) -> Uuid {
+        match self {
+            VectorOp::Upsert(point) => point.id,
+            VectorOp::Delete(id) => *id,
+        }
+    }
+}
+
 /// The filters of a search, as full text applies them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct VectorFilter {

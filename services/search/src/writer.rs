@@ -4,8 +4,9 @@
 //! [`embedding`](crate::embedding) stage first, which gives documents their vectors.
 //!
 //! The writer keeps both sides of the index in step: the vector of a document is
-//! written (or removed) exactly when its full-text document is, just before the
-//! full-text commit, so a search sees both or neither.
+//! written (or removed) before its full-text document commits — in runs while the batch
+//! fills, the rest just before the commit — and a search takes a vector hit only when
+//! its document is committed, so it sees both or neither.
 //!
 //! Changes are committed in small batches: the writer takes what is waiting, then
 //! commits, but not more often than every [`COMMIT_INTERVAL`]; after a commit the
@@ -37,6 +38,8 @@ use crate::vectors::{VectorOp, VectorPoint, VectorStore};
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 /// Commit once this many changes wait, even if more are coming.
 const MAX_BATCH: usize = 5_000;
+/// Vector changes written together while a batch is still open.
+const VECTOR_FLUSH: usize = 512;
 /// Memory tantivy may fill before it writes a segment (its minimum is 15 MB).
 const WRITER_MEMORY: usize = 32 * 1024 * 1024;
 /// A full reindex drops tombstones older than this: late deliveries come within
@@ -186,6 +189,7 @@ pub(crate) fn writer(
     vectors: Arc<dyn VectorStore>,
 ) -> Result<(WriterHandle, tokio::sync::mpsc::UnboundedReceiver<Command>, Sender<Command>, Writer)> {
     let inner = index.writer_with_num_threads(1, WRITER_MEMORY).map_err(index_error)?;
+    let known = known_ids(&reader, fields).map_err(index_error)?;
     let (to_writer, receiver) = std::sync::mpsc::channel();
     let (commands, to_stage) = tokio::sync::mpsc::unbounded_channel();
     let status = Arc::new(WriterStatus::new(last_commit));
@@ -198,12 +202,30 @@ pub(crate) fn writer(
         vectors,
         pending_vectors: Vec::new(),
         pending: HashMap::new(),
+        known,
+        vectors_failed: None,
         changes: 0,
         waiting: Vec::new(),
         last_commit: Instant::now().checked_sub(COMMIT_INTERVAL).unwrap_or_else(Instant::now),
         reindex: None,
     };
     Ok((WriterHandle { commands, status }, to_stage, to_writer, writer))
+}
+
+/// Every id the index has a document for (live or tombstone), from the id field's terms
+/// of every segment; ids of deleted documents not merged away yet come too.
+fn known_ids(reader: &IndexReader, fields: Fields) -> tantivy::Result<HashSet<u128>> {
+    let mut known = HashSet::new();
+    for segment in reader.searcher().segment_readers() {
+        let terms = segment.inverted_index(fields.id)?;
+        let mut stream = terms.terms().stream()?;
+        while stream.advance() {
+            if let Some(id) = std::str::from_utf8(stream.key()).ok().and_then(|id| id.parse::<uuid::Uuid>().ok()) {
+                known.insert(id.as_u128());
+            }
+        }
+    }
+    Ok(known)
 }
 
 /// The vector change that goes with indexing `doc`: its vector, or none (a document
@@ -250,6 +272,13 @@ pub struct Writer {
     /// What the uncommitted changes left of each id they touched (the reader does not
     /// see them yet): `None` when they removed it.
     pending: HashMap<String, Option<Indexed>>,
+    /// Ids that may have a document: one that is not here needs no lookup in the index,
+    /// which is most of what a burst of new nodes would cost the writer. Ids removed
+    /// stay (a lookup then finds nothing).
+    known: HashSet<u128>,
+    /// A flush of vectors before the commit failed: the commit fails with it, so its
+    /// changes are rolled back and tried again.
+    vectors_failed: Option<Error>,
     /// uncommitted changes
     changes: usize,
     waiting: Vec<(Reply<Applied>, Applied)>,
@@ -341,9 +370,11 @@ impl Writer {
                     applied.skipped_stale += 1;
                     return Ok(());
                 }
+                let vector = vector_op(&doc)?;
                 self.inner.delete_term(self.fields.id_term(&doc.id));
                 self.inner.add_document(self.fields.document_of(&doc)).map_err(index_error)?;
-                self.pending_vectors.push(vector_op(&doc)?);
+                self.known.insert(vector.id().as_u128());
+                self.push_vector(vector);
                 self.pending.insert(doc.id, Some(Indexed::Live { version: doc.version }));
                 applied.indexed += 1;
             }
@@ -354,7 +385,7 @@ impl Writer {
                     return Ok(());
                 }
                 self.inner.delete_term(self.fields.id_term(&id));
-                self.pending_vectors.push(VectorOp::Delete(parse_uuid(&id)?));
+                self.push_vector(VectorOp::Delete(parse_uuid(&id)?));
                 self.pending.insert(id, None);
                 applied.removed += 1;
             }
@@ -367,9 +398,11 @@ impl Writer {
                     Some(Indexed::Tombstone { version: old }) if old >= deleted => return Ok(()),
                     _ => deleted,
                 };
+                let uuid = parse_uuid(&id)?;
                 self.inner.delete_term(self.fields.id_term(&id));
                 self.inner.add_document(self.fields.tombstone(&id, tombstone, Utc::now())).map_err(index_error)?;
-                self.pending_vectors.push(VectorOp::Delete(parse_uuid(&id)?));
+                self.known.insert(uuid.as_u128());
+                self.push_vector(VectorOp::Delete(uuid));
                 self.pending.insert(id, Some(Indexed::Tombstone { version: tombstone }));
             }
         }
@@ -377,10 +410,27 @@ impl Writer {
         Ok(())
     }
 
+    /// Queues a vector change of the uncommitted batch. Every [`VECTOR_FLUSH`] changes
+    /// they are written at once, while tantivy's thread indexes the documents, instead of
+    /// all at the commit, when tantivy would wait for them: a vector may so be written
+    /// before its document commits (searches skip it until then), never after.
+    fn push_vector(&mut self, op: VectorOp) {
+        self.pending_vectors.push(op);
+        if self.pending_vectors.len() >= VECTOR_FLUSH && self.vectors_failed.is_none() {
+            let ops = std::mem::take(&mut self.pending_vectors);
+            if let Err(error) = self.vectors.apply(ops) {
+                self.vectors_failed = Some(error);
+            }
+        }
+    }
+
     /// What the index holds for `id`, uncommitted changes included.
     fn lookup(&self, id: &str) -> Result<Option<Indexed>> {
         if let Some(indexed) = self.pending.get(id) {
             return Ok(*indexed);
+        }
+        if !self.known.contains(&parse_uuid(id)?.as_u128()) {
+            return Ok(None);
         }
         let searcher = self.reader.searcher();
         let query = TermQuery::new(self.fields.id_term(id), IndexRecordOption::Basic);
@@ -403,7 +453,10 @@ impl Writer {
         // vectors first: a failed full-text commit is redone (events redelivered,
         // pushes retried) and writing a vector again changes nothing
         let vectors = std::mem::take(&mut self.pending_vectors);
-        let result = self.vectors.apply(vectors).and_then(|()| self.commit_at(at));
+        let result = match self.vectors_failed.take() {
+            Some(error) => Err(error),
+            None => self.vectors.apply(vectors).and_then(|()| self.commit_at(at)),
+        };
         self.pending.clear();
         self.changes = 0;
         self.last_commit = Instant::now();

@@ -4,7 +4,7 @@
 use helix_core::node::{MAX_BULK, Node, NodeDraft, NodeFields, NodeFilter, NodePage};
 use helix_core::{Error, Result};
 use helix_events::subjects;
-use helix_runtime::db::{self, Database, db_error, from_micros, micros, now};
+use helix_runtime::db::{self, Backend, Database, db_error, from_micros, micros, now};
 use helix_runtime::outbox::{self, Outbox};
 use serde_json::json;
 use sqlx::any::AnyRow;
@@ -217,7 +217,7 @@ impl NodeStore {
 }
 
 async fn insert_nodes(tx: &mut Transaction<'static, Any>, nodes: &[Node]) -> Result<()> {
-    let sql = format!("INSERT INTO nodes ({NODE_COLUMNS}) VALUES {}", db::value_rows(nodes.len(), 12));
+    let sql = format!("INSERT INTO nodes ({NODE_COLUMNS}) VALUES {}", db::value_rows(Backend::of(tx), nodes.len(), 12));
     let mut query = sqlx::query(&sql);
     for node in nodes {
         let f = &node.fields;
@@ -243,7 +243,8 @@ async fn insert_tags(tx: &mut Transaction<'static, Any>, nodes: &[Node]) -> Resu
     let tags: Vec<(&String, String)> =
         nodes.iter().flat_map(|node| node.fields.tags.iter().map(|tag| (tag, node.id.to_string()))).collect();
     for chunk in tags.chunks(outbox::ROWS_PER_INSERT) {
-        let sql = format!("INSERT INTO node_tags (tag, node_id) VALUES {}", db::value_rows(chunk.len(), 2));
+        let sql =
+            format!("INSERT INTO node_tags (tag, node_id) VALUES {}", db::value_rows(Backend::of(tx), chunk.len(), 2));
         let mut query = sqlx::query(&sql);
         for (tag, id) in chunk {
             query = query.bind(tag.as_str()).bind(id.as_str());
