@@ -14,7 +14,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::sse::SseEvent;
-use crate::types::{ChatRequest, Completion, Delta, FinishReason, Message, Role, ToolCall, UpstreamError, Usage};
+use crate::types::{
+    ChatRequest, Completion, Delta, FinishReason, Message, Role, ToolCall, UpstreamError, Usage, data_url,
+};
 
 pub const PATH: &str = "/v1/messages";
 pub const VERSION: &str = "2023-06-01";
@@ -22,7 +24,7 @@ pub const VERSION: &str = "2023-06-01";
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 
 pub fn request_body(model: &str, request: &ChatRequest, stream: bool) -> Value {
-    let mut system: Vec<String> = request.messages.iter().filter(|m| m.role == Role::System).map(plain_text).collect();
+    let mut system: Vec<String> = request.messages.iter().filter(|m| m.role == Role::System).map(Message::plain_text).collect();
     if let Some(format) = &request.response_format
         && format["type"] != "text"
     {
@@ -39,7 +41,7 @@ pub fn request_body(model: &str, request: &ChatRequest, stream: bool) -> Value {
             Role::Tool => (
                 Role::User,
                 vec![json!({"type": "tool_result", "tool_use_id": m.tool_call_id.clone().unwrap_or_default(),
-                    "content": plain_text(m)})],
+                    "content": m.plain_text()})],
             ),
             Role::Assistant => {
                 let mut blocks = content_blocks(m);
@@ -105,13 +107,6 @@ fn tool_choice(choice: &Value) -> Option<Value> {
     }
 }
 
-fn plain_text(m: &Message) -> String {
-    match &m.parts {
-        Some(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("\n"),
-        None => m.content.clone(),
-    }
-}
-
 /// OpenAI content (a string or parts) as Anthropic blocks; images as base64 or URL sources.
 fn content_blocks(m: &Message) -> Vec<Value> {
     let Some(parts) = &m.parts else {
@@ -123,7 +118,7 @@ fn content_blocks(m: &Message) -> Vec<Value> {
             Some("text") => Some(json!({"type": "text", "text": part["text"]})),
             Some("image_url") => {
                 let url = part["image_url"]["url"].as_str().or_else(|| part["image_url"].as_str())?;
-                let source = match url.strip_prefix("data:").and_then(|rest| rest.split_once(";base64,")) {
+                let source = match data_url(url) {
                     Some((media_type, data)) => json!({"type": "base64", "media_type": media_type, "data": data}),
                     None => json!({"type": "url", "url": url}),
                 };

@@ -16,6 +16,12 @@ pub enum Protocol {
     OpenAi,
     /// `POST {base}/v1/messages` (Anthropic's Messages API)
     Anthropic,
+    /// `POST {base}/v1beta/models/{model}:generateContent` (Google's Gemini API)
+    Gemini,
+    /// `POST {base}/api/chat` (Ollama's native API, newline-delimited JSON streams)
+    Ollama,
+    /// `POST {base}/v2/chat` (Cohere's v2 API)
+    Cohere,
     /// AWS Bedrock's Converse API with SigV4 signing: not built yet
     Bedrock,
 }
@@ -25,6 +31,9 @@ impl Protocol {
         match text {
             "openai" => Some(Self::OpenAi),
             "anthropic" => Some(Self::Anthropic),
+            "gemini" => Some(Self::Gemini),
+            "ollama" => Some(Self::Ollama),
+            "cohere" => Some(Self::Cohere),
             _ => None,
         }
     }
@@ -63,13 +72,13 @@ pub const KNOWN: &[Known] = &[
         key_env: &["OPENAI_API_KEY"],
         default_model: "gpt-4o-mini",
     },
-    // Gemini through its OpenAI-compatible endpoint until the native adapter exists
     Known {
         name: "google",
         display_name: "Google Gemini",
-        protocol: Protocol::OpenAi,
-        base_url: "https://generativelanguage.googleapis.com/v1beta/openai",
-        base_url_env: None,
+        protocol: Protocol::Gemini,
+        base_url: "https://generativelanguage.googleapis.com",
+        // the google-genai SDKs' variable
+        base_url_env: Some("GOOGLE_GEMINI_BASE_URL"),
         key_env: &["GOOGLE_API_KEY", "GEMINI_API_KEY"],
         default_model: "gemini-2.5-flash",
     },
@@ -100,12 +109,12 @@ pub const KNOWN: &[Known] = &[
         key_env: &["OPENROUTER_API_KEY"],
         default_model: "openai/gpt-4o-mini",
     },
-    // Ollama's OpenAI-compatible API; its clients name the server OLLAMA_HOST
+    // its clients name the server OLLAMA_HOST
     Known {
         name: "ollama",
         display_name: "Ollama",
-        protocol: Protocol::OpenAi,
-        base_url: "http://127.0.0.1:11434/v1",
+        protocol: Protocol::Ollama,
+        base_url: "http://127.0.0.1:11434",
         base_url_env: None,
         key_env: &[],
         default_model: "llama3.2",
@@ -166,12 +175,11 @@ pub const KNOWN: &[Known] = &[
         key_env: &["VENICE_API_KEY"],
         default_model: "llama-3.3-70b",
     },
-    // Cohere's OpenAI compatibility API until the native v2 adapter exists
     Known {
         name: "cohere",
         display_name: "Cohere",
-        protocol: Protocol::OpenAi,
-        base_url: "https://api.cohere.ai/compatibility/v1",
+        protocol: Protocol::Cohere,
+        base_url: "https://api.cohere.com",
         base_url_env: Some("CO_API_URL"),
         key_env: &["COHERE_API_KEY", "CO_API_KEY"],
         default_model: "command-r-plus",
@@ -230,7 +238,7 @@ pub fn build(config: &LlmConfig, env: &dyn Fn(&str) -> Option<String>) -> Result
             && let Some(host) = env("OLLAMA_HOST").filter(|v| !v.is_empty())
         {
             let host = if host.contains("://") { host } else { format!("http://{host}") };
-            base_url = format!("{}/v1", host.trim_end_matches('/'));
+            base_url = host.trim_end_matches('/').to_owned();
         }
         if base_url.contains("{account_id}") {
             let account = overrides.account_id.clone().or_else(|| env("CLOUDFLARE_ACCOUNT_ID")).unwrap_or_default();
@@ -267,7 +275,9 @@ pub fn build(config: &LlmConfig, env: &dyn Fn(&str) -> Option<String>) -> Result
         let protocol = match custom.protocol.as_deref() {
             None => Protocol::OpenAi,
             Some(text) => Protocol::parse(text)
-                .ok_or_else(|| format!("llm.providers.{name}.protocol must be openai or anthropic"))?,
+                .ok_or_else(|| {
+                    format!("llm.providers.{name}.protocol must be openai, anthropic, gemini, ollama or cohere")
+                })?,
         };
         providers.push(Provider {
             name: name.clone(),
@@ -352,7 +362,9 @@ mod tests {
         assert_eq!(url(&default, &[], "openai"), "https://api.openai.com/v1");
         assert_eq!(url(&default, &[("OPENAI_BASE_URL", "http://proxy:1/v1/")], "openai"), "http://proxy:1/v1");
         assert_eq!(url(&default, &[("ANTHROPIC_BASE_URL", "http://a:2")], "anthropic"), "http://a:2");
-        assert_eq!(url(&default, &[("OLLAMA_HOST", "gpu:11434")], "ollama"), "http://gpu:11434/v1");
+        assert_eq!(url(&default, &[("OLLAMA_HOST", "gpu:11434")], "ollama"), "http://gpu:11434");
+        assert_eq!(url(&default, &[("CO_API_URL", "http://co:4/")], "cohere"), "http://co:4");
+        assert_eq!(url(&default, &[], "google"), "https://generativelanguage.googleapis.com");
         assert_eq!(
             url(&default, &[("CLOUDFLARE_ACCOUNT_ID", "acc1")], "cloudflare"),
             "https://api.cloudflare.com/client/v4/accounts/acc1/ai/v1"

@@ -59,11 +59,24 @@ impl Message {
         Self { role, content: content.into(), parts: None, name: None, tool_call_id: None, tool_calls: Vec::new() }
     }
 
+    /// The text alone: the content, or the text parts joined by newlines.
+    pub fn plain_text(&self) -> String {
+        match &self.parts {
+            Some(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("\n"),
+            None => self.content.clone(),
+        }
+    }
+
     /// The text of the message, parts included, for token estimates.
     pub fn text_len(&self) -> usize {
         let parts: usize = self.parts.iter().flatten().filter_map(|p| p["text"].as_str()).map(str::len).sum();
         self.content.len() + parts + self.tool_calls.iter().map(|c| c.name.len() + c.arguments.len()).sum::<usize>()
     }
+}
+
+/// `data:<media type>;base64,<data>` as its media type and data.
+pub fn data_url(url: &str) -> Option<(&str, &str)> {
+    url.strip_prefix("data:")?.split_once(";base64,")
 }
 
 /// A function the model may call.
@@ -90,6 +103,12 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
+    /// The function an earlier assistant message called with `id`: wires that answer
+    /// a call by its function's name (Gemini, Ollama) need it.
+    pub fn tool_name_of(&self, id: &str) -> Option<&str> {
+        self.messages.iter().flat_map(|m| &m.tool_calls).find(|c| c.id == id).map(|c| c.name.as_str())
+    }
+
     /// A rough upper bound of the prompt's tokens, for reserving budget before the
     /// provider counts them: ~4 bytes a token for English, so bytes/3 over-estimates.
     pub fn prompt_token_estimate(&self) -> u64 {

@@ -1,14 +1,15 @@
 //! Calls to providers over HTTP: one pooled client for the process (keep-alive, HTTP/2
 //! by ALPN over TLS), the request each protocol wants, errors read into
-//! [`UpstreamError`], and streams decoded chunk by chunk as they arrive.
+//! [`UpstreamError`] (every provider's error body has its message where
+//! `openai::error_message` looks), and streams decoded chunk by chunk as they arrive.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::providers::{Protocol, Provider};
-use crate::sse::SseDecoder;
+use crate::sse::{LineDecoder, SseDecoder, SseEvent};
 use crate::types::{ChatRequest, Completion, Delta, FailureKind, UpstreamError};
-use crate::{anthropic, openai};
+use crate::{anthropic, cohere, gemini, ollama, openai};
 
 /// Error bodies are read up to this size; what follows is not worth holding.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -34,6 +35,17 @@ impl Upstream {
         Ok(Self { client })
     }
 
+    /// A POST of `body` to `url` with the provider's key as its protocol sends it.
+    fn post(&self, provider: &Provider, url: String, body: &serde_json::Value) -> reqwest::RequestBuilder {
+        let builder = self.client.post(url).json(body);
+        let Some(key) = &provider.api_key else { return builder };
+        match provider.protocol {
+            Protocol::Anthropic => builder.header("x-api-key", key.expose()),
+            Protocol::Gemini => builder.header(gemini::KEY_HEADER, key.expose()),
+            _ => builder.bearer_auth(key.expose()),
+        }
+    }
+
     fn request(
         &self,
         provider: &Provider,
@@ -41,27 +53,18 @@ impl Upstream {
         request: &ChatRequest,
         stream: bool,
     ) -> Result<reqwest::RequestBuilder, UpstreamError> {
-        let builder = match provider.protocol {
-            Protocol::OpenAi => {
-                let body = openai::request_body(model, request, stream);
-                let builder = self.client.post(format!("{}{}", provider.base_url, openai::PATH)).json(&body);
-                match &provider.api_key {
-                    Some(key) => builder.bearer_auth(key.expose()),
-                    None => builder,
-                }
-            }
+        let base = &provider.base_url;
+        let (url, body) = match provider.protocol {
+            Protocol::OpenAi => (format!("{base}{}", openai::PATH), openai::request_body(model, request, stream)),
             Protocol::Anthropic => {
-                let body = anthropic::request_body(model, request, stream);
-                let builder = self
-                    .client
-                    .post(format!("{}{}", provider.base_url, anthropic::PATH))
-                    .header("anthropic-version", anthropic::VERSION)
-                    .json(&body);
-                match &provider.api_key {
-                    Some(key) => builder.header("x-api-key", key.expose()),
-                    None => builder,
-                }
+                (format!("{base}{}", anthropic::PATH), anthropic::request_body(model, request, stream))
             }
+            Protocol::Gemini => {
+                let action = if stream { gemini::STREAM } else { gemini::GENERATE };
+                (gemini::url(base, model, action)?, gemini::request_body(request))
+            }
+            Protocol::Ollama => (format!("{base}{}", ollama::CHAT_PATH), ollama::request_body(model, request, stream)),
+            Protocol::Cohere => (format!("{base}{}", cohere::CHAT_PATH), cohere::request_body(model, request, stream)),
             Protocol::Bedrock => {
                 return Err(UpstreamError::new(
                     FailureKind::Unsupported,
@@ -69,7 +72,16 @@ impl Upstream {
                 ));
             }
         };
-        Ok(if stream { builder.header("accept", "text/event-stream") } else { builder })
+        let builder = self.post(provider, url, &body);
+        let builder = match provider.protocol {
+            Protocol::Anthropic => builder.header("anthropic-version", anthropic::VERSION),
+            _ => builder,
+        };
+        Ok(match provider.protocol {
+            Protocol::Ollama if stream => builder.header("accept", "application/x-ndjson"),
+            _ if stream => builder.header("accept", "text/event-stream"),
+            _ => builder,
+        })
     }
 
     /// One attempt at a whole answer; the caller bounds its time.
@@ -85,12 +97,15 @@ impl Upstream {
         let body = read_limited(response, MAX_BODY).await?;
         match provider.protocol {
             Protocol::Anthropic => anthropic::parse_response(&body),
-            _ => openai::parse_response(&body),
+            Protocol::Gemini => gemini::parse_response(&body),
+            Protocol::Ollama => ollama::parse_response(&body),
+            Protocol::Cohere => cohere::parse_response(&body),
+            Protocol::OpenAi | Protocol::Bedrock => openai::parse_response(&body),
         }
     }
 
-    /// One attempt at embeddings (OpenAI's wire: every provider with embeddings here
-    /// speaks it); the caller bounds its time.
+    /// One attempt at embeddings, on the provider's own embeddings route; the caller
+    /// bounds its time.
     pub async fn embed(
         &self,
         provider: &Provider,
@@ -98,21 +113,34 @@ impl Upstream {
         inputs: &[String],
         dimensions: Option<u32>,
     ) -> Result<(Vec<Vec<f32>>, Option<u64>), UpstreamError> {
-        if provider.protocol != Protocol::OpenAi {
-            return Err(UpstreamError::new(
-                FailureKind::Unsupported,
-                format!("{} has no OpenAI-style embeddings endpoint", provider.name),
-            ));
-        }
-        let body = openai::embeddings_body(model, inputs, dimensions);
-        let mut builder = self.client.post(format!("{}{}", provider.base_url, openai::EMBEDDINGS_PATH)).json(&body);
-        if let Some(key) = &provider.api_key {
-            builder = builder.bearer_auth(key.expose());
-        }
-        let response = builder.send().await.map_err(send_error)?;
+        let base = &provider.base_url;
+        let (url, body) = match provider.protocol {
+            Protocol::OpenAi => {
+                (format!("{base}{}", openai::EMBEDDINGS_PATH), openai::embeddings_body(model, inputs, dimensions))
+            }
+            Protocol::Gemini => (gemini::url(base, model, gemini::EMBED)?, gemini::embeddings_body(model, inputs, dimensions)),
+            Protocol::Ollama => {
+                (format!("{base}{}", ollama::EMBED_PATH), ollama::embeddings_body(model, inputs, dimensions))
+            }
+            Protocol::Cohere => {
+                (format!("{base}{}", cohere::EMBED_PATH), cohere::embeddings_body(model, inputs, dimensions))
+            }
+            Protocol::Anthropic | Protocol::Bedrock => {
+                return Err(UpstreamError::new(
+                    FailureKind::Unsupported,
+                    format!("{} has no embeddings endpoint here", provider.name),
+                ));
+            }
+        };
+        let response = self.post(provider, url, &body).send().await.map_err(send_error)?;
         let response = check_status(response).await?;
         let body = read_limited(response, MAX_BODY).await?;
-        openai::parse_embeddings(&body, inputs.len())
+        match provider.protocol {
+            Protocol::Gemini => gemini::parse_embeddings(&body, inputs.len()),
+            Protocol::Ollama => ollama::parse_embeddings(&body, inputs.len()),
+            Protocol::Cohere => cohere::parse_embeddings(&body, inputs.len()),
+            _ => openai::parse_embeddings(&body, inputs.len()),
+        }
     }
 
     /// Sends a streamed call and waits for its response head; the caller bounds that
@@ -127,32 +155,78 @@ impl Upstream {
         let builder = self.request(provider, model, request, true)?;
         let response = builder.send().await.map_err(send_error)?;
         let response = check_status(response).await?;
-        let decoder = match provider.protocol {
-            Protocol::Anthropic => Decoder::Anthropic(anthropic::StreamDecoder::default()),
-            _ => Decoder::OpenAi(openai::StreamDecoder::default()),
+        let (framing, decoder) = match provider.protocol {
+            Protocol::Anthropic => (Framing::default(), Decoder::Anthropic(anthropic::StreamDecoder::default())),
+            Protocol::Gemini => (Framing::default(), Decoder::Gemini(gemini::StreamDecoder::default())),
+            Protocol::Cohere => (Framing::default(), Decoder::Cohere(cohere::StreamDecoder::default())),
+            Protocol::Ollama => {
+                (Framing::Lines(LineDecoder::default()), Decoder::Ollama(ollama::StreamDecoder::default()))
+            }
+            Protocol::OpenAi | Protocol::Bedrock => (Framing::default(), Decoder::OpenAi(openai::StreamDecoder::default())),
         };
-        Ok(UpstreamStream {
-            response,
-            sse: SseDecoder::default(),
-            decoder,
-            pending: VecDeque::new(),
-            idle,
-            ended: false,
-        })
+        Ok(UpstreamStream { response, framing, decoder, pending: VecDeque::new(), idle, ended: false })
+    }
+}
+
+/// How a stream's bytes become events: server-sent events, or one JSON object a line.
+enum Framing {
+    Sse(SseDecoder),
+    Lines(LineDecoder),
+}
+
+impl Default for Framing {
+    fn default() -> Self {
+        Self::Sse(SseDecoder::default())
+    }
+}
+
+impl Framing {
+    fn feed(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, String> {
+        match self {
+            Self::Sse(d) => d.feed(bytes),
+            Self::Lines(d) => d.feed(bytes),
+        }
     }
 }
 
 enum Decoder {
     OpenAi(openai::StreamDecoder),
     Anthropic(anthropic::StreamDecoder),
+    Gemini(gemini::StreamDecoder),
+    Ollama(ollama::StreamDecoder),
+    Cohere(cohere::StreamDecoder),
+}
+
+impl Decoder {
+    fn decode(&mut self, event: SseEvent, out: &mut Vec<Delta>) -> Result<(), UpstreamError> {
+        match self {
+            Self::OpenAi(d) => d.decode(event, out),
+            Self::Anthropic(d) => d.decode(event, out),
+            Self::Gemini(d) => d.decode(event, out),
+            Self::Ollama(d) => d.decode(event, out),
+            Self::Cohere(d) => d.decode(event, out),
+        }
+    }
+
+    /// Whether the protocol's end marker arrived.
+    fn is_done(&self) -> bool {
+        match self {
+            Self::OpenAi(d) => d.done,
+            Self::Anthropic(d) => d.done,
+            Self::Gemini(d) => d.done,
+            Self::Ollama(d) => d.done,
+            Self::Cohere(d) => d.done,
+        }
+    }
 }
 
 /// A provider's stream as deltas. It ends with `None` only after the protocol's end
-/// marker (`[DONE]`, `message_stop`); a connection cut before it, a silence longer than
+/// marker (`[DONE]`, `message_stop`, a Gemini `finishReason`, Ollama's `done: true`,
+/// Cohere's `message-end`); a connection cut before it, a silence longer than
 /// the idle timeout, or an unreadable event is an error.
 pub struct UpstreamStream {
     response: reqwest::Response,
-    sse: SseDecoder,
+    framing: Framing,
     decoder: Decoder,
     pending: VecDeque<Delta>,
     idle: Duration,
@@ -189,20 +263,14 @@ impl UpstreamStream {
     }
 
     fn is_done(&self) -> bool {
-        match &self.decoder {
-            Decoder::OpenAi(d) => d.done,
-            Decoder::Anthropic(d) => d.done,
-        }
+        self.decoder.is_done()
     }
 
     fn decode(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
-        let events = self.sse.feed(bytes).map_err(UpstreamError::malformed)?;
+        let events = self.framing.feed(bytes).map_err(UpstreamError::malformed)?;
         let mut out = Vec::new();
         for event in events {
-            match &mut self.decoder {
-                Decoder::OpenAi(d) => d.decode(event, &mut out)?,
-                Decoder::Anthropic(d) => d.decode(event, &mut out)?,
-            }
+            self.decoder.decode(event, &mut out)?;
         }
         self.pending.extend(out);
         Ok(())
