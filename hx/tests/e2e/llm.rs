@@ -474,11 +474,18 @@ async fn native_adapters_translate_both_ways(backend: Backend) -> anyhow::Result
             "{name}: {body}"
         );
         let sent = fake.received().pop().unwrap();
-        assert_eq!((sent.path.as_str(), sent.key.as_deref()), (native.paths[0], Some(format!("sk-test-{name}").as_str())));
+        assert_eq!(
+            (sent.path.as_str(), sent.key.as_deref()),
+            (native.paths[0], Some(format!("sk-test-{name}").as_str()))
+        );
         check(name, &sent.body, &native.plain, "");
 
         // a tool call, forced
-        fake.script([Behaviour::ToolCall { id: "call_w1".into(), name: WEATHER_TOOL.into(), arguments: WEATHER_ARGS.into() }]);
+        fake.script([Behaviour::ToolCall {
+            id: "call_w1".into(),
+            name: WEATHER_TOOL.into(),
+            arguments: WEATHER_ARGS.into(),
+        }]);
         let (status, body) = read(
             chat(
                 &helix,
@@ -533,7 +540,11 @@ async fn native_adapters_translate_both_ways(backend: Backend) -> anyhow::Result
         assert_eq!(fake.received().pop().unwrap().path, native.paths[1], "{name}");
 
         // a stream of tool-call deltas
-        fake.script([Behaviour::ToolCall { id: "call_w2".into(), name: WEATHER_TOOL.into(), arguments: WEATHER_ARGS.into() }]);
+        fake.script([Behaviour::ToolCall {
+            id: "call_w2".into(),
+            name: WEATHER_TOOL.into(),
+            arguments: WEATHER_ARGS.into(),
+        }]);
         let response = chat(
             &helix,
             json!({"model": model, "stream": true, "tools": tools(), "messages": [{"role": "user", "content": "Weather?"}]}),

@@ -523,9 +523,11 @@ fn whole(wire: Wire, behaviour: &Behaviour, model: &str) -> Value {
             Some((20, 7)),
             model,
         ),
-        (Wire::Ollama, Behaviour::Reply { text, prompt_tokens, completion_tokens }) => {
-            ollama_line(model, json!({"role": "assistant", "content": text}), Some((*prompt_tokens, *completion_tokens)))
-        }
+        (Wire::Ollama, Behaviour::Reply { text, prompt_tokens, completion_tokens }) => ollama_line(
+            model,
+            json!({"role": "assistant", "content": text}),
+            Some((*prompt_tokens, *completion_tokens)),
+        ),
         (Wire::Ollama, Behaviour::ToolCall { name, arguments, .. }) => ollama_line(
             model,
             json!({"role": "assistant", "content": "", "tool_calls": [{"function": {"name": name,
@@ -654,7 +656,9 @@ fn ollama_lines(behaviour: &Behaviour, model: &str) -> Vec<String> {
             let end = ollama_line(model, json!({"role": "assistant", "content": ""}), Some((20, 7)));
             vec![line(call), line(end)]
         }
-        Behaviour::ErrorAfterFirstChunk => vec![text("Partial"), line(json!({"error": "an error was encountered while running the model"}))],
+        Behaviour::ErrorAfterFirstChunk => {
+            vec![text("Partial"), line(json!({"error": "an error was encountered while running the model"}))]
+        }
         Behaviour::CutMidway => vec![text("Partial")],
         Behaviour::MalformedJson => vec!["{\"model\": \"m\", \"message\": {\n".to_owned()],
         Behaviour::Status { .. } | Behaviour::Slow { .. } => Vec::new(),
@@ -667,9 +671,11 @@ fn cohere_events(behaviour: &Behaviour) -> Vec<String> {
     let event = |data: Value| format!("event: {}\ndata: {data}\n\n", data["type"].as_str().unwrap_or_default());
     let start = event(json!({"type": "message-start", "id": "fake-chat",
         "delta": {"message": {"role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}}));
-    let content_start =
-        event(json!({"type": "content-start", "index": 0, "delta": {"message": {"content": {"type": "text", "text": ""}}}}));
-    let delta = |t: &str| event(json!({"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": t}}}}));
+    let content_start = event(
+        json!({"type": "content-start", "index": 0, "delta": {"message": {"content": {"type": "text", "text": ""}}}}),
+    );
+    let delta =
+        |t: &str| event(json!({"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": t}}}}));
     let end = |reason: &str, (prompt, output): (u64, u64)| {
         event(json!({"type": "message-end", "delta": {"finish_reason": reason, "usage": cohere_usage(prompt, output)}}))
     };
@@ -682,7 +688,9 @@ fn cohere_events(behaviour: &Behaviour) -> Vec<String> {
             out.push(end("COMPLETE", (*prompt_tokens, *completion_tokens)));
         }
         Behaviour::ToolCall { id, name, arguments } => {
-            out.push(event(json!({"type": "tool-plan-delta", "delta": {"message": {"tool_plan": "I will look it up."}}})));
+            out.push(event(
+                json!({"type": "tool-plan-delta", "delta": {"message": {"tool_plan": "I will look it up."}}}),
+            ));
             out.push(event(json!({"type": "tool-call-start", "index": 0, "delta": {"message": {"tool_calls": {
                 "id": id, "type": "function", "function": {"name": name, "arguments": ""}}}}})));
             for piece in thirds(arguments) {
@@ -698,7 +706,9 @@ fn cohere_events(behaviour: &Behaviour) -> Vec<String> {
                 "error": "internal server error"}})));
         }
         Behaviour::CutMidway => out.extend([content_start, delta("Partial")]),
-        Behaviour::MalformedJson => return vec!["event: message-start\ndata: {\"type\": \"message-start\", \n\n".to_owned()],
+        Behaviour::MalformedJson => {
+            return vec!["event: message-start\ndata: {\"type\": \"message-start\", \n\n".to_owned()];
+        }
         Behaviour::Status { .. } | Behaviour::Slow { .. } => {}
     }
     out

@@ -24,7 +24,8 @@ pub const VERSION: &str = "2023-06-01";
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 
 pub fn request_body(model: &str, request: &ChatRequest, stream: bool) -> Value {
-    let mut system: Vec<String> = request.messages.iter().filter(|m| m.role == Role::System).map(Message::plain_text).collect();
+    let mut system: Vec<String> =
+        request.messages.iter().filter(|m| m.role == Role::System).map(Message::plain_text).collect();
     if let Some(format) = &request.response_format
         && format["type"] != "text"
     {

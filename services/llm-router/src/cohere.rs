@@ -176,7 +176,12 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, UpstreamError> {
             arguments: c["function"]["arguments"].as_str().unwrap_or("{}").to_owned(),
         })
         .collect();
-    Ok(Completion { content, tool_calls, finish_reason: finish_reason(&reason), usage: response.usage.map(Usage::from) })
+    Ok(Completion {
+        content,
+        tool_calls,
+        finish_reason: finish_reason(&reason),
+        usage: response.usage.map(Usage::from),
+    })
 }
 
 /// Follows the typed events; complete at `message-end`. Tool calls are numbered by
@@ -261,7 +266,8 @@ pub fn parse_embeddings(body: &[u8], inputs: usize) -> Result<(Vec<Vec<f32>>, Op
             answer.embeddings.float.len()
         )));
     }
-    let tokens = answer.meta.and_then(|m| m["billed_units"]["input_tokens"].as_f64()).map(|t| t.max(0.0).round() as u64);
+    let tokens =
+        answer.meta.and_then(|m| m["billed_units"]["input_tokens"].as_f64()).map(|t| t.max(0.0).round() as u64);
     Ok((answer.embeddings.float, tokens))
 }
 
@@ -310,7 +316,9 @@ mod tests {
                 "JSON mode with a schema",
                 ChatRequest {
                     messages: hi(),
-                    response_format: Some(json!({"type": "json_schema", "json_schema": {"schema": {"type": "object"}}})),
+                    response_format: Some(
+                        json!({"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}),
+                    ),
                     ..Default::default()
                 },
                 "/response_format",
@@ -349,7 +357,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(answer.finish_reason, FinishReason::ToolCalls);
-        assert_eq!(answer.tool_calls[0], ToolCall { id: "c1".into(), name: "f".into(), arguments: r#"{"a":1}"#.into() });
+        assert_eq!(
+            answer.tool_calls[0],
+            ToolCall { id: "c1".into(), name: "f".into(), arguments: r#"{"a":1}"#.into() }
+        );
         assert_eq!(answer.usage.map(|u| (u.prompt_tokens, u.completion_tokens)), Some((70, 2)));
         let text = parse_response(
             br#"{"finish_reason":"MAX_TOKENS","message":{"content":[{"type":"text","text":"Hi"}]},
@@ -409,9 +420,11 @@ mod tests {
             embeddings_body("embed-v4.0", &["a".into()], None),
             json!({"model": "embed-v4.0", "texts": ["a"], "input_type": "search_document", "embedding_types": ["float"]})
         );
-        let parsed =
-            parse_embeddings(br#"{"id":"x","embeddings":{"float":[[0.5]]},"meta":{"billed_units":{"input_tokens":1}}}"#, 1)
-                .unwrap();
+        let parsed = parse_embeddings(
+            br#"{"id":"x","embeddings":{"float":[[0.5]]},"meta":{"billed_units":{"input_tokens":1}}}"#,
+            1,
+        )
+        .unwrap();
         assert_eq!(parsed, (vec![vec![0.5]], Some(1)));
     }
 }

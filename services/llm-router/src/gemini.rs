@@ -16,8 +16,7 @@ use serde_json::{Map, Value, json};
 
 use crate::sse::SseEvent;
 use crate::types::{
-    ChatRequest, Completion, Delta, FailureKind, FinishReason, Message, Role, ToolCall, UpstreamError, Usage,
-    data_url,
+    ChatRequest, Completion, Delta, FailureKind, FinishReason, Message, Role, ToolCall, UpstreamError, Usage, data_url,
 };
 
 /// The URL of `action` (`generateContent`, `streamGenerateContent?alt=sse`,
@@ -37,12 +36,8 @@ pub const EMBED: &str = "batchEmbedContents";
 pub const KEY_HEADER: &str = "x-goog-api-key";
 
 pub fn request_body(request: &ChatRequest) -> Value {
-    let system: Vec<Value> = request
-        .messages
-        .iter()
-        .filter(|m| m.role == Role::System)
-        .map(|m| json!({"text": m.plain_text()}))
-        .collect();
+    let system: Vec<Value> =
+        request.messages.iter().filter(|m| m.role == Role::System).map(|m| json!({"text": m.plain_text()})).collect();
     let mut contents: Vec<(&str, Vec<Value>)> = Vec::new();
     for m in request.messages.iter().filter(|m| m.role != Role::System) {
         let (role, parts) = match m.role {
@@ -387,10 +382,7 @@ pub fn parse_embeddings(body: &[u8], inputs: usize) -> Result<(Vec<Vec<f32>>, Op
         return Err(error_of(error));
     }
     if answer.embeddings.len() != inputs {
-        return Err(UpstreamError::malformed(format!(
-            "{} embeddings for {inputs} inputs",
-            answer.embeddings.len()
-        )));
+        return Err(UpstreamError::malformed(format!("{} embeddings for {inputs} inputs", answer.embeddings.len())));
     }
     Ok((answer.embeddings.into_iter().map(|e| e.values).collect(), None))
 }
@@ -412,7 +404,8 @@ mod tests {
             description: Some("Weather".into()),
             parameters: json!({"type": "object"}),
         };
-        let call = ToolCall { id: "call_0".into(), name: "get_weather".into(), arguments: r#"{"city":"Paris"}"#.into() };
+        let call =
+            ToolCall { id: "call_0".into(), name: "get_weather".into(), arguments: r#"{"city":"Paris"}"#.into() };
         let cases: Vec<(&str, ChatRequest, &str, Value)> = vec![
             (
                 "system to systemInstruction, user text to parts",
@@ -481,10 +474,7 @@ mod tests {
                         user("Weather?"),
                         Message { tool_calls: vec![call], ..Message::text(Role::Assistant, "") },
                         Message { tool_call_id: Some("call_0".into()), ..Message::text(Role::Tool, "18 C") },
-                        Message {
-                            tool_call_id: Some("call_0".into()),
-                            ..Message::text(Role::Tool, r#"{"temp":18}"#)
-                        },
+                        Message { tool_call_id: Some("call_0".into()), ..Message::text(Role::Tool, r#"{"temp":18}"#) },
                     ],
                     ..Default::default()
                 },
@@ -535,8 +525,10 @@ mod tests {
 
     #[test]
     fn answers_translate_back() {
-        // (body, content, tool calls, finish, usage as (prompt, completion, cached, reasoning))
-        let cases: Vec<(Value, &str, usize, FinishReason, Option<(u64, u64, u64, u64)>)> = vec![
+        /// usage as (prompt, completion, cached, reasoning)
+        type Counts = Option<(u64, u64, u64, u64)>;
+        // (body, content, tool calls, finish, usage)
+        let cases: Vec<(Value, &str, usize, FinishReason, Counts)> = vec![
             (
                 json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "Hel"}, {"text": "lo"}]},
                     "finishReason": "STOP"}],
@@ -563,13 +555,7 @@ mod tests {
                 FinishReason::Length,
                 None,
             ),
-            (
-                json!({"candidates": [{"finishReason": "SAFETY"}]}),
-                "",
-                0,
-                FinishReason::ContentFilter,
-                None,
-            ),
+            (json!({"candidates": [{"finishReason": "SAFETY"}]}), "", 0, FinishReason::ContentFilter, None),
             (
                 json!({"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 3}}),
                 "",
@@ -600,7 +586,10 @@ mod tests {
     #[test]
     fn errors_keep_their_class() {
         let cases = [
-            (json!({"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED"}}), FailureKind::RateLimited),
+            (
+                json!({"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED"}}),
+                FailureKind::RateLimited,
+            ),
             (json!({"error": {"code": 503, "message": "overloaded", "status": "UNAVAILABLE"}}), FailureKind::Server),
             (json!({"error": {"message": "bad", "status": "INVALID_ARGUMENT"}}), FailureKind::BadRequest),
         ];
@@ -654,6 +643,9 @@ mod tests {
         let (vectors, tokens) =
             parse_embeddings(br#"{"embeddings": [{"values": [0.5, 1]}, {"values": [2]}]}"#, 2).unwrap();
         assert_eq!((vectors, tokens), (vec![vec![0.5, 1.0], vec![2.0]], None));
-        assert_eq!(parse_embeddings(br#"{"embeddings": [{"values": [1]}]}"#, 2).unwrap_err().kind, FailureKind::Malformed);
+        assert_eq!(
+            parse_embeddings(br#"{"embeddings": [{"values": [1]}]}"#, 2).unwrap_err().kind,
+            FailureKind::Malformed
+        );
     }
 }

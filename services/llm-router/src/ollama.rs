@@ -238,10 +238,7 @@ pub fn parse_embeddings(body: &[u8], inputs: usize) -> Result<(Vec<Vec<f32>>, Op
         return Err(error_of(error));
     }
     if answer.embeddings.len() != inputs {
-        return Err(UpstreamError::malformed(format!(
-            "{} embeddings for {inputs} inputs",
-            answer.embeddings.len()
-        )));
+        return Err(UpstreamError::malformed(format!("{} embeddings for {inputs} inputs", answer.embeddings.len())));
     }
     Ok((answer.embeddings, answer.prompt_eval_count))
 }
@@ -253,7 +250,8 @@ mod tests {
 
     #[test]
     fn requests_translate() {
-        let call = ToolCall { id: "call_0".into(), name: "get_weather".into(), arguments: r#"{"city":"Paris"}"#.into() };
+        let call =
+            ToolCall { id: "call_0".into(), name: "get_weather".into(), arguments: r#"{"city":"Paris"}"#.into() };
         let tool = Tool { name: "get_weather".into(), description: None, parameters: json!({"type": "object"}) };
         // (case, request, JSON pointer into the body, expected value there)
         let cases: Vec<(&str, ChatRequest, &str, Value)> = vec![
@@ -283,7 +281,9 @@ mod tests {
                 "a schema is the format",
                 ChatRequest {
                     messages: vec![Message::text(Role::User, "Hi")],
-                    response_format: Some(json!({"type": "json_schema", "json_schema": {"schema": {"type": "object"}}})),
+                    response_format: Some(
+                        json!({"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}),
+                    ),
                     ..Default::default()
                 },
                 "/format",
@@ -297,7 +297,12 @@ mod tests {
             ),
             (
                 "tool_choice none sends no tools",
-                ChatRequest { messages: vec![], tools: vec![tool], tool_choice: Some(json!("none")), ..Default::default() },
+                ChatRequest {
+                    messages: vec![],
+                    tools: vec![tool],
+                    tool_choice: Some(json!("none")),
+                    ..Default::default()
+                },
                 "/tools",
                 Value::Null,
             ),
@@ -349,7 +354,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(whole.finish_reason, FinishReason::ToolCalls);
-        assert_eq!(whole.tool_calls, vec![ToolCall { id: "call_0".into(), name: "f".into(), arguments: r#"{"a":1}"#.into() }]);
+        assert_eq!(
+            whole.tool_calls,
+            vec![ToolCall { id: "call_0".into(), name: "f".into(), arguments: r#"{"a":1}"#.into() }]
+        );
         assert_eq!(whole.usage.map(|u| (u.prompt_tokens, u.completion_tokens)), Some((7, 3)));
         let cut = parse_response(br#"{"message":{"content":"Hi"},"done":true,"done_reason":"length"}"#).unwrap();
         assert_eq!((cut.content.as_str(), cut.finish_reason, cut.usage), ("Hi", FinishReason::Length, None));

@@ -274,10 +274,9 @@ pub fn build(config: &LlmConfig, env: &dyn Fn(&str) -> Option<String>) -> Result
             custom.base_url.clone().ok_or_else(|| format!("llm.providers.{name}: a custom provider needs base_url"))?;
         let protocol = match custom.protocol.as_deref() {
             None => Protocol::OpenAi,
-            Some(text) => Protocol::parse(text)
-                .ok_or_else(|| {
-                    format!("llm.providers.{name}.protocol must be openai, anthropic, gemini, ollama or cohere")
-                })?,
+            Some(text) => Protocol::parse(text).ok_or_else(|| {
+                format!("llm.providers.{name}.protocol must be openai, anthropic, gemini, ollama or cohere")
+            })?,
         };
         providers.push(Provider {
             name: name.clone(),

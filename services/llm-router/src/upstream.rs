@@ -118,7 +118,9 @@ impl Upstream {
             Protocol::OpenAi => {
                 (format!("{base}{}", openai::EMBEDDINGS_PATH), openai::embeddings_body(model, inputs, dimensions))
             }
-            Protocol::Gemini => (gemini::url(base, model, gemini::EMBED)?, gemini::embeddings_body(model, inputs, dimensions)),
+            Protocol::Gemini => {
+                (gemini::url(base, model, gemini::EMBED)?, gemini::embeddings_body(model, inputs, dimensions))
+            }
             Protocol::Ollama => {
                 (format!("{base}{}", ollama::EMBED_PATH), ollama::embeddings_body(model, inputs, dimensions))
             }
@@ -162,7 +164,9 @@ impl Upstream {
             Protocol::Ollama => {
                 (Framing::Lines(LineDecoder::default()), Decoder::Ollama(ollama::StreamDecoder::default()))
             }
-            Protocol::OpenAi | Protocol::Bedrock => (Framing::default(), Decoder::OpenAi(openai::StreamDecoder::default())),
+            Protocol::OpenAi | Protocol::Bedrock => {
+                (Framing::default(), Decoder::OpenAi(openai::StreamDecoder::default()))
+            }
         };
         Ok(UpstreamStream { response, framing, decoder, pending: VecDeque::new(), idle, ended: false })
     }
