@@ -8,8 +8,9 @@
 //!
 //! - `providers`: the catalogue (key variables, base URLs and their SDK variables);
 //!   `upstream`: the one pooled HTTP client and the calls; `openai`, `anthropic`,
-//!   `gemini`, `ollama` and `cohere`: the wire protocols (most providers speak
-//!   OpenAI's); `sse`: event streams and newline-delimited JSON.
+//!   `gemini`, `ollama`, `cohere` and `bedrock`: the wire protocols (most providers
+//!   speak OpenAI's); `sse`: event streams and newline-delimited JSON; `sigv4`: AWS
+//!   request signing.
 //! - `router`: targets from model names and aliases, admission, retries, fallbacks,
 //!   streams relayed delta by delta; `breaker`: per-provider health.
 //! - `pricing` (`pricing.toml`) and `budget`: integer micro-dollars, reserve before,
@@ -19,6 +20,7 @@
 
 mod analytics;
 mod anthropic;
+mod bedrock;
 mod breaker;
 mod budget;
 mod cohere;
@@ -30,6 +32,7 @@ mod pricing;
 mod providers;
 mod ratelimit;
 mod router;
+mod sigv4;
 mod sse;
 mod types;
 mod upstream;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::providers::{Protocol, Provider};
 use crate::sse::{LineDecoder, SseDecoder, SseEvent};
 use crate::types::{ChatRequest, Completion, Delta, FailureKind, UpstreamError};
-use crate::{anthropic, cohere, gemini, ollama, openai};
+use crate::{anthropic, bedrock, cohere, gemini, ollama, openai, sigv4};
 
 /// Error bodies are read up to this size; what follows is not worth holding.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -35,15 +35,34 @@ impl Upstream {
         Ok(Self { client })
     }
 
-    /// A POST of `body` to `url` with the provider's key as its protocol sends it.
-    fn post(&self, provider: &Provider, url: String, body: &serde_json::Value) -> reqwest::RequestBuilder {
+    /// A POST of `body` to `url` with the provider's key as its protocol sends it, or
+    /// signed with its AWS credentials.
+    fn post(
+        &self,
+        provider: &Provider,
+        url: String,
+        body: &serde_json::Value,
+    ) -> Result<reqwest::RequestBuilder, UpstreamError> {
+        if let Some(credentials) = &provider.aws {
+            let bytes = serde_json::to_vec(body).map_err(|e| UpstreamError::malformed(e.to_string()))?;
+            let parsed = reqwest::Url::parse(&url)
+                .map_err(|_| UpstreamError::new(FailureKind::BadRequest, "the provider's URL does not parse"))?;
+            // the Host header as the client will send it: the port only when not the default
+            let host = match parsed.port() {
+                Some(port) => format!("{}:{port}", parsed.host_str().unwrap_or_default()),
+                None => parsed.host_str().unwrap_or_default().to_owned(),
+            };
+            let signed = sigv4::sign(credentials, bedrock::SERVICE, &host, parsed.path(), &bytes, &sigv4::amz_date());
+            let builder = self.client.post(url).header("content-type", "application/json").body(bytes);
+            return Ok(signed.into_iter().fold(builder, |b, (name, value)| b.header(name, value)));
+        }
         let builder = self.client.post(url).json(body);
-        let Some(key) = &provider.api_key else { return builder };
-        match provider.protocol {
+        let Some(key) = &provider.api_key else { return Ok(builder) };
+        Ok(match provider.protocol {
             Protocol::Anthropic => builder.header("x-api-key", key.expose()),
             Protocol::Gemini => builder.header(gemini::KEY_HEADER, key.expose()),
             _ => builder.bearer_auth(key.expose()),
-        }
+        })
     }
 
     fn request(
@@ -65,20 +84,16 @@ impl Upstream {
             }
             Protocol::Ollama => (format!("{base}{}", ollama::CHAT_PATH), ollama::request_body(model, request, stream)),
             Protocol::Cohere => (format!("{base}{}", cohere::CHAT_PATH), cohere::request_body(model, request, stream)),
-            Protocol::Bedrock => {
-                return Err(UpstreamError::new(
-                    FailureKind::Unsupported,
-                    "the AWS Bedrock adapter (Converse API, SigV4) is not built yet",
-                ));
-            }
+            Protocol::Bedrock => (format!("{base}{}", bedrock::path(model, stream)?), bedrock::request_body(request)),
         };
-        let builder = self.post(provider, url, &body);
+        let builder = self.post(provider, url, &body)?;
         let builder = match provider.protocol {
             Protocol::Anthropic => builder.header("anthropic-version", anthropic::VERSION),
             _ => builder,
         };
         Ok(match provider.protocol {
             Protocol::Ollama if stream => builder.header("accept", "application/x-ndjson"),
+            Protocol::Bedrock if stream => builder.header("accept", bedrock::EVENT_STREAM),
             _ if stream => builder.header("accept", "text/event-stream"),
             _ => builder,
         })
@@ -100,7 +115,8 @@ impl Upstream {
             Protocol::Gemini => gemini::parse_response(&body),
             Protocol::Ollama => ollama::parse_response(&body),
             Protocol::Cohere => cohere::parse_response(&body),
-            Protocol::OpenAi | Protocol::Bedrock => openai::parse_response(&body),
+            Protocol::Bedrock => bedrock::parse_response(&body),
+            Protocol::OpenAi => openai::parse_response(&body),
         }
     }
 
@@ -134,7 +150,7 @@ impl Upstream {
                 ));
             }
         };
-        let response = self.post(provider, url, &body).send().await.map_err(send_error)?;
+        let response = self.post(provider, url, &body)?.send().await.map_err(send_error)?;
         let response = check_status(response).await?;
         let body = read_limited(response, MAX_BODY).await?;
         match provider.protocol {
@@ -164,18 +180,22 @@ impl Upstream {
             Protocol::Ollama => {
                 (Framing::Lines(LineDecoder::default()), Decoder::Ollama(ollama::StreamDecoder::default()))
             }
-            Protocol::OpenAi | Protocol::Bedrock => {
-                (Framing::default(), Decoder::OpenAi(openai::StreamDecoder::default()))
-            }
+            Protocol::Bedrock => (
+                Framing::AwsEvents(bedrock::EventStreamDecoder::default()),
+                Decoder::Bedrock(bedrock::StreamDecoder::default()),
+            ),
+            Protocol::OpenAi => (Framing::default(), Decoder::OpenAi(openai::StreamDecoder::default())),
         };
         Ok(UpstreamStream { response, framing, decoder, pending: VecDeque::new(), idle, ended: false })
     }
 }
 
-/// How a stream's bytes become events: server-sent events, or one JSON object a line.
+/// How a stream's bytes become events: server-sent events, one JSON object a line, or
+/// AWS's binary event-stream messages.
 enum Framing {
     Sse(SseDecoder),
     Lines(LineDecoder),
+    AwsEvents(bedrock::EventStreamDecoder),
 }
 
 impl Default for Framing {
@@ -189,6 +209,7 @@ impl Framing {
         match self {
             Self::Sse(d) => d.feed(bytes),
             Self::Lines(d) => d.feed(bytes),
+            Self::AwsEvents(d) => d.feed(bytes),
         }
     }
 }
@@ -199,6 +220,7 @@ enum Decoder {
     Gemini(gemini::StreamDecoder),
     Ollama(ollama::StreamDecoder),
     Cohere(cohere::StreamDecoder),
+    Bedrock(bedrock::StreamDecoder),
 }
 
 impl Decoder {
@@ -209,6 +231,7 @@ impl Decoder {
             Self::Gemini(d) => d.decode(event, out),
             Self::Ollama(d) => d.decode(event, out),
             Self::Cohere(d) => d.decode(event, out),
+            Self::Bedrock(d) => d.decode(event, out),
         }
     }
 
@@ -220,13 +243,14 @@ impl Decoder {
             Self::Gemini(d) => d.done,
             Self::Ollama(d) => d.done,
             Self::Cohere(d) => d.done,
+            Self::Bedrock(d) => d.done,
         }
     }
 }
 
 /// A provider's stream as deltas. It ends with `None` only after the protocol's end
 /// marker (`[DONE]`, `message_stop`, a Gemini `finishReason`, Ollama's `done: true`,
-/// Cohere's `message-end`); a connection cut before it, a silence longer than
+/// Cohere's `message-end`, Bedrock's `messageStop`); a connection cut before it, a silence longer than
 /// the idle timeout, or an unreadable event is an error.
 pub struct UpstreamStream {
     response: reqwest::Response,
