@@ -4,8 +4,10 @@
 //! Anthropic's Messages API (`POST /v1/messages`), Google's Gemini API
 //! (`POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent?alt=sse`,
 //! `:batchEmbedContents`), Ollama's (`POST /api/chat` with newline-delimited JSON
-//! streams, `POST /api/embed`) and Cohere's v2 (`POST /v2/chat` with typed events,
-//! `POST /v2/embed`) — whole answers, streams with text and tool-call deltas, usage,
+//! streams, `POST /api/embed`), Cohere's v2 (`POST /v2/chat` with typed events,
+//! `POST /v2/embed`) and AWS Bedrock's Converse API (`POST /model/{id}/converse`,
+//! `/converse-stream` in AWS's binary event-stream encoding) — whole answers, streams
+//! with text and tool-call deltas, usage,
 //! stop reasons and error bodies — and, on request, their failures: error statuses
 //! with Retry-After, a slow first byte, an error after the first chunk, a stream cut
 //! without its end marker, malformed JSON.
@@ -37,6 +39,7 @@ pub enum Wire {
     Gemini,
     Ollama,
     Cohere,
+    Bedrock,
 }
 
 #[derive(Debug, Clone)]
@@ -74,7 +77,8 @@ pub struct Received {
     pub wire: Wire,
     /// the route, e.g. `/v1/embeddings`, `/v1beta/models/gemini-2.5-flash:generateContent`
     pub path: String,
-    /// the key, from `Authorization: Bearer`, `x-api-key` or `x-goog-api-key`
+    /// the key, from `Authorization: Bearer`, `x-api-key`, `x-goog-api-key`, or the
+    /// access key id of a SigV4 `Authorization`
     pub key: Option<String>,
     pub body: Value,
 }
@@ -108,6 +112,7 @@ impl FakeLlm {
             .route("/api/embed", post(ollama_embed))
             .route("/v2/chat", post(cohere))
             .route("/v2/embed", post(cohere_embed))
+            .route("/model/{model}/{action}", post(bedrock))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -147,7 +152,7 @@ impl FakeLlm {
     pub fn serve_as(&self, config: &mut HelixConfig, name: &str, wire: Wire) {
         let base_url = match wire {
             Wire::OpenAi => format!("{}/v1", self.url),
-            Wire::Anthropic | Wire::Gemini | Wire::Ollama | Wire::Cohere => self.url.clone(),
+            Wire::Anthropic | Wire::Gemini | Wire::Ollama | Wire::Cohere | Wire::Bedrock => self.url.clone(),
         };
         let protocol = match wire {
             Wire::OpenAi => "openai",
@@ -155,6 +160,7 @@ impl FakeLlm {
             Wire::Gemini => "gemini",
             Wire::Ollama => "ollama",
             Wire::Cohere => "cohere",
+            Wire::Bedrock => "bedrock",
         };
         let known = [
             "openai",
@@ -167,6 +173,7 @@ impl FakeLlm {
             "openrouter",
             "ollama",
             "cohere",
+            "bedrock",
         ];
         config.llm.providers.insert(
             name.to_owned(),
@@ -202,6 +209,10 @@ fn next(shared: &Shared, wire: Wire, path: &str, headers: &HeaderMap, body: &Byt
         .and_then(|v| v.strip_prefix("Bearer "))
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
         .or_else(|| headers.get("x-goog-api-key").and_then(|v| v.to_str().ok()))
+        .or_else(|| {
+            let signed = headers.get("authorization")?.to_str().ok()?.strip_prefix("AWS4-HMAC-SHA256 Credential=")?;
+            signed.split('/').next()
+        })
         .map(str::to_owned);
     shared.received.lock().unwrap().push(Received { wire, path: path.to_owned(), key, body: body.clone() });
     let scripted = shared.script.lock().unwrap().pop_front();
@@ -278,6 +289,24 @@ async fn cohere_embed(State(shared): State<Arc<Shared>>, headers: HeaderMap, bod
     native_embeddings(Wire::Cohere, behaviour, &model, texts.collect(), request["output_dimension"].as_u64()).await
 }
 
+/// Bedrock's `converse` (whole) and `converse-stream`; the model id is the path's
+/// (percent-decoded) segment.
+async fn bedrock(
+    State(shared): State<Arc<Shared>>,
+    Path((model, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/model/{model}/{action}");
+    let (behaviour, mut request) = next(&shared, Wire::Bedrock, &path, &headers, &body);
+    request["model"] = model.into();
+    match action.as_str() {
+        "converse" => respond(Wire::Bedrock, behaviour, request, false).await,
+        "converse-stream" => respond(Wire::Bedrock, behaviour, request, true).await,
+        _ => status_response(Wire::Bedrock, 404, None),
+    }
+}
+
 /// Gemini's error body: `{"error": {"code", "message", "status"}}`.
 fn gemini_error(status: StatusCode, name: &str, message: &str) -> Response {
     let body = json!({"error": {"code": status.as_u16(), "message": message, "status": name}});
@@ -303,12 +332,22 @@ fn error_body(wire: Wire, code: u16) -> Value {
         }
         Wire::Ollama => json!({"error": message}),
         Wire::Cohere => json!({"id": "fake-error", "message": message}),
+        Wire::Bedrock => json!({"message": message}),
     }
 }
 
 fn status_response(wire: Wire, code: u16, retry_after: Option<u64>) -> Response {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (status, axum::Json(error_body(wire, code))).into_response();
+    if wire == Wire::Bedrock {
+        let kind = match code {
+            429 => "ThrottlingException",
+            400 => "ValidationException",
+            503 => "ServiceUnavailableException",
+            _ => "InternalServerException",
+        };
+        response.headers_mut().insert("x-amzn-errortype", kind.parse().unwrap());
+    }
     if let Some(seconds) = retry_after {
         response.headers_mut().insert("retry-after", seconds.to_string().parse().unwrap());
     }
@@ -335,6 +374,11 @@ async fn respond(wire: Wire, behaviour: Behaviour, request: Value, stream: bool)
         }
         (Behaviour::ErrorAfterFirstChunk, false) => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
         (_, false) => axum::Json(whole(wire, &behaviour, &model)).into_response(),
+        (_, true) if wire == Wire::Bedrock => {
+            let frames = bedrock_frames(&behaviour);
+            let body = Body::from_stream(futures::stream::iter(frames.into_iter().map(Ok::<_, Infallible>)));
+            ([("content-type", "application/vnd.amazon.eventstream")], body).into_response()
+        }
         (_, true) if wire == Wire::Ollama => {
             let lines = ollama_lines(&behaviour, &model);
             let body = Body::from_stream(futures::stream::iter(lines.into_iter().map(Ok::<_, Infallible>)));
@@ -539,6 +583,20 @@ fn whole(wire: Wire, behaviour: &Behaviour, model: &str) -> Value {
             "message": {"role": "assistant", "content": [{"type": "text", "text": text}]},
             "usage": cohere_usage(*prompt_tokens, *completion_tokens),
         }),
+        (Wire::Bedrock, Behaviour::Reply { text, prompt_tokens, completion_tokens }) => json!({
+            "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+            "stopReason": "end_turn",
+            "usage": {"inputTokens": prompt_tokens, "outputTokens": completion_tokens,
+                "totalTokens": prompt_tokens + completion_tokens},
+            "metrics": {"latencyMs": 42},
+        }),
+        (Wire::Bedrock, Behaviour::ToolCall { id, name, arguments }) => json!({
+            "output": {"message": {"role": "assistant", "content": [{"toolUse": {"toolUseId": id, "name": name,
+                "input": serde_json::from_str::<Value>(arguments).unwrap_or(json!({}))}}]}},
+            "stopReason": "tool_use",
+            "usage": {"inputTokens": 20, "outputTokens": 7, "totalTokens": 27},
+            "metrics": {"latencyMs": 42},
+        }),
         (Wire::Cohere, Behaviour::ToolCall { id, name, arguments }) => json!({
             "id": "fake-chat", "finish_reason": "TOOL_CALL",
             "message": {"role": "assistant", "tool_plan": "I will look it up.",
@@ -600,9 +658,104 @@ fn events(wire: Wire, behaviour: &Behaviour, model: &str, include_usage: bool) -
         Wire::Anthropic => anthropic_events(behaviour, model),
         Wire::Gemini => gemini_events(behaviour, model),
         Wire::Cohere => cohere_events(behaviour),
-        // newline-delimited, not events: see `ollama_lines`
-        Wire::Ollama => Vec::new(),
+        // not server-sent events: see `ollama_lines` and `bedrock_frames`
+        Wire::Ollama | Wire::Bedrock => Vec::new(),
     }
+}
+
+/// `converse-stream`: AWS event-stream messages, each named by its `:event-type`
+/// header; complete at `messageStop`, usage in the `metadata` after it.
+fn bedrock_frames(behaviour: &Behaviour) -> Vec<Vec<u8>> {
+    let event = |name: &str, payload: Value| {
+        aws_event_message(
+            &[(":event-type", name), (":content-type", "application/json"), (":message-type", "event")],
+            payload.to_string().as_bytes(),
+        )
+    };
+    let text = |t: &str| event("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": t}}));
+    let end = |stop: &str, (prompt, output): (u64, u64)| {
+        [
+            event("messageStop", json!({"stopReason": stop})),
+            event(
+                "metadata",
+                json!({"usage": {"inputTokens": prompt, "outputTokens": output, "totalTokens": prompt + output},
+                    "metrics": {"latencyMs": 42}}),
+            ),
+        ]
+    };
+    let mut out = vec![event("messageStart", json!({"role": "assistant"}))];
+    match behaviour {
+        Behaviour::Reply { text: answer, prompt_tokens, completion_tokens } => {
+            out.extend(words(answer).iter().map(|w| text(w)));
+            out.push(event("contentBlockStop", json!({"contentBlockIndex": 0})));
+            out.extend(end("end_turn", (*prompt_tokens, *completion_tokens)));
+        }
+        Behaviour::ToolCall { id, name, arguments } => {
+            out.push(event(
+                "contentBlockStart",
+                json!({"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": id, "name": name}}}),
+            ));
+            for piece in thirds(arguments) {
+                out.push(event(
+                    "contentBlockDelta",
+                    json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": piece}}}),
+                ));
+            }
+            out.push(event("contentBlockStop", json!({"contentBlockIndex": 0})));
+            out.extend(end("tool_use", (20, 7)));
+        }
+        Behaviour::ErrorAfterFirstChunk => {
+            out.push(text("Partial"));
+            out.push(aws_event_message(
+                &[
+                    (":exception-type", "modelStreamErrorException"),
+                    (":content-type", "application/json"),
+                    (":message-type", "exception"),
+                ],
+                br#"{"message":"The model stream failed."}"#,
+            ));
+        }
+        Behaviour::CutMidway => out.push(text("Partial")),
+        // a well-framed message whose payload is not JSON
+        Behaviour::MalformedJson => return vec![aws_event_message(&[(":event-type", "messageStart")], b"{\"role\": ")],
+        Behaviour::Status { .. } | Behaviour::Slow { .. } => {}
+    }
+    out
+}
+
+/// One message of AWS's event-stream encoding: total length, headers length and
+/// their CRC32 (the prelude), string headers (name length, name, type 7, value length,
+/// value), the payload, the CRC32 of all before it; big-endian.
+fn aws_event_message(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
+    let mut encoded = Vec::new();
+    for (name, value) in headers {
+        encoded.push(name.len() as u8);
+        encoded.extend_from_slice(name.as_bytes());
+        encoded.push(7);
+        encoded.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        encoded.extend_from_slice(value.as_bytes());
+    }
+    let total = (12 + encoded.len() + payload.len() + 4) as u32;
+    let mut message = total.to_be_bytes().to_vec();
+    message.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    message.extend_from_slice(&crc32(&message).to_be_bytes());
+    message.extend_from_slice(&encoded);
+    message.extend_from_slice(payload);
+    message.extend_from_slice(&crc32(&message).to_be_bytes());
+    message
+}
+
+/// CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320), bit by bit: written here from
+/// the definition so that the fake does not share the router's implementation.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for byte in bytes {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
 }
 
 /// `streamGenerateContent?alt=sse`: each event a whole response with the next piece;
