@@ -16,7 +16,8 @@ use serde_json::{Map, Value, json};
 
 use crate::sse::SseEvent;
 use crate::types::{
-    ChatRequest, Completion, Delta, FailureKind, FinishReason, Message, Role, ToolCall, UpstreamError, Usage, data_url,
+    ChatRequest, Completion, Delta, FailureKind, FinishReason, MADE_UP_CALL_ID, Message, Role, ToolCall, UpstreamError,
+    Usage, data_url, made_up_call_id,
 };
 
 /// The URL of `action` (`generateContent`, `streamGenerateContent?alt=sse`,
@@ -51,7 +52,7 @@ pub fn request_body(request: &ChatRequest) -> Value {
                     .filter(Value::is_object)
                     .unwrap_or_else(|| json!({"output": text}));
                 let mut call = json!({"name": name, "response": response});
-                if !id.is_empty() {
+                if !id.is_empty() && !id.starts_with(MADE_UP_CALL_ID) {
                     call["id"] = id.into();
                 }
                 ("user", vec![json!({"functionResponse": call})])
@@ -63,7 +64,12 @@ pub fn request_body(request: &ChatRequest) -> Value {
                         .ok()
                         .filter(Value::is_object)
                         .unwrap_or_else(|| json!({}));
-                    parts.push(json!({"functionCall": {"id": call.id, "name": call.name, "args": args}}));
+                    let mut function_call = json!({"name": call.name, "args": args});
+                    // an id Gemini gave goes back; one made up here never existed there
+                    if !call.id.starts_with(MADE_UP_CALL_ID) {
+                        function_call["id"] = call.id.clone().into();
+                    }
+                    parts.push(json!({"functionCall": function_call}));
                 }
                 ("model", parts)
             }
@@ -245,7 +251,7 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, UpstreamError> {
         if let Some(text) = part["text"].as_str() {
             content.push_str(text);
         } else if let Some(call) = part.get("functionCall") {
-            tool_calls.push(tool_call(call, tool_calls.len()));
+            tool_calls.push(tool_call(call));
         }
     }
     let finish = match candidate.finish_reason.as_deref() {
@@ -256,11 +262,11 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, UpstreamError> {
     Ok(Completion { content, tool_calls, finish_reason: finish, usage })
 }
 
-/// A `functionCall` part as a tool call; older models give no id, so the position
-/// stands in for one (the way back looks the name up by it).
-fn tool_call(call: &Value, position: usize) -> ToolCall {
+/// A `functionCall` part as a tool call; older models give no id, so one is made up
+/// (the way back looks the function's name up by it).
+fn tool_call(call: &Value) -> ToolCall {
     ToolCall {
-        id: call["id"].as_str().map_or_else(|| format!("call_{position}"), str::to_owned),
+        id: call["id"].as_str().map_or_else(made_up_call_id, str::to_owned),
         name: call["name"].as_str().unwrap_or_default().to_owned(),
         arguments: if call["args"].is_object() { call["args"].to_string() } else { "{}".to_owned() },
     }
@@ -297,7 +303,7 @@ impl StreamDecoder {
                 if let Some(text) = part["text"].as_str().filter(|t| !t.is_empty()) {
                     out.push(Delta::Text(text.to_owned()));
                 } else if let Some(call) = part.get("functionCall") {
-                    let call = tool_call(call, self.tool_calls as usize);
+                    let call = tool_call(call);
                     out.push(Delta::ToolCall {
                         index: self.tool_calls,
                         id: Some(call.id),
@@ -580,7 +586,21 @@ mod tests {
         )
         .unwrap()
         .tool_calls[0];
-        assert_eq!((call.id.as_str(), call.name.as_str(), call.arguments.as_str()), ("call_0", "f", r#"{"a":1}"#));
+        assert_eq!((call.name.as_str(), call.arguments.as_str()), ("f", r#"{"a":1}"#));
+        assert!(call.id.starts_with(MADE_UP_CALL_ID), "{call:?}");
+        // a made-up id never goes to Gemini
+        let request = ChatRequest {
+            messages: vec![
+                Message { tool_calls: vec![call.clone()], ..Message::text(Role::Assistant, "") },
+                Message { tool_call_id: Some(call.id.clone()), ..Message::text(Role::Tool, "ok") },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            request_body(&request)["contents"],
+            json!([{"role": "model", "parts": [{"functionCall": {"name": "f", "args": {"a": 1}}}]},
+                {"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {"output": "ok"}}}]}])
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use crate::sse::SseEvent;
 use crate::types::{
     ChatRequest, Completion, Delta, FinishReason, Message, Role, ToolCall, UpstreamError, Usage, data_url,
+    made_up_call_id,
 };
 
 pub const CHAT_PATH: &str = "/api/chat";
@@ -130,11 +131,11 @@ impl Response {
 }
 
 /// A tool call as Ollama gives it: `{"function": {"name", "arguments": {...}}}`, whole,
-/// and without an id on most versions, so the position stands in for one.
-fn tool_call(call: &Value, position: usize) -> ToolCall {
+/// and without an id on most versions, so one is made up.
+fn tool_call(call: &Value) -> ToolCall {
     let function = &call["function"];
     ToolCall {
-        id: call["id"].as_str().map_or_else(|| format!("call_{position}"), str::to_owned),
+        id: call["id"].as_str().map_or_else(made_up_call_id, str::to_owned),
         name: function["name"].as_str().unwrap_or_default().to_owned(),
         arguments: match &function["arguments"] {
             Value::String(text) => text.clone(),
@@ -155,8 +156,7 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, UpstreamError> {
     }
     let usage = response.usage();
     let message = response.message.as_ref();
-    let tool_calls: Vec<ToolCall> =
-        message.map(|m| m.tool_calls.iter().enumerate().map(|(i, c)| tool_call(c, i)).collect()).unwrap_or_default();
+    let tool_calls: Vec<ToolCall> = message.map(|m| m.tool_calls.iter().map(tool_call).collect()).unwrap_or_default();
     Ok(Completion {
         content: message.map(|m| m.content.clone()).unwrap_or_default(),
         finish_reason: response.finish(!tool_calls.is_empty()),
@@ -189,7 +189,7 @@ impl StreamDecoder {
                 out.push(Delta::Text(message.content.clone()));
             }
             for call in &message.tool_calls {
-                let call = tool_call(call, self.tool_calls as usize);
+                let call = tool_call(call);
                 out.push(Delta::ToolCall {
                     index: self.tool_calls,
                     id: Some(call.id),
@@ -354,10 +354,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(whole.finish_reason, FinishReason::ToolCalls);
-        assert_eq!(
-            whole.tool_calls,
-            vec![ToolCall { id: "call_0".into(), name: "f".into(), arguments: r#"{"a":1}"#.into() }]
-        );
+        let call = &whole.tool_calls[0];
+        assert_eq!((whole.tool_calls.len(), call.name.as_str(), call.arguments.as_str()), (1, "f", r#"{"a":1}"#));
+        assert!(call.id.starts_with(crate::types::MADE_UP_CALL_ID), "an id is made up: {call:?}");
         assert_eq!(whole.usage.map(|u| (u.prompt_tokens, u.completion_tokens)), Some((7, 3)));
         let cut = parse_response(br#"{"message":{"content":"Hi"},"done":true,"done_reason":"length"}"#).unwrap();
         assert_eq!((cut.content.as_str(), cut.finish_reason, cut.usage), ("Hi", FinishReason::Length, None));

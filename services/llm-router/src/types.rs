@@ -74,6 +74,16 @@ impl Message {
     }
 }
 
+/// The prefix of the tool call ids the router makes up for wires whose calls come
+/// without one (Gemini's older models, Ollama).
+pub const MADE_UP_CALL_ID: &str = "call_hx_";
+
+/// A made-up tool call id: unique, so that a later turn's calls never share an id with
+/// an earlier one's (the way back finds a call's function by its id).
+pub fn made_up_call_id() -> String {
+    format!("{MADE_UP_CALL_ID}{}", uuid::Uuid::now_v7().simple())
+}
+
 /// `data:<media type>;base64,<data>` as its media type and data.
 pub fn data_url(url: &str) -> Option<(&str, &str)> {
     url.strip_prefix("data:")?.split_once(";base64,")
