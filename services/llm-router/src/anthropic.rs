@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use crate::sse::SseEvent;
 use crate::types::{
-    ChatRequest, Completion, Delta, FinishReason, Message, Role, ToolCall, UpstreamError, Usage, data_url,
+    ChatRequest, Completion, Delta, FinishReason, Message, Role, ToolCall, UpstreamError, Usage, data_url, push_turn,
 };
 
 pub const PATH: &str = "/v1/messages";
@@ -26,16 +26,7 @@ pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 pub fn request_body(model: &str, request: &ChatRequest, stream: bool) -> Value {
     let mut system: Vec<String> =
         request.messages.iter().filter(|m| m.role == Role::System).map(Message::plain_text).collect();
-    if let Some(format) = &request.response_format
-        && format["type"] != "text"
-    {
-        let schema = &format["json_schema"]["schema"];
-        system.push(if schema.is_object() {
-            format!("Answer with one JSON object only, matching this JSON Schema: {schema}")
-        } else {
-            "Answer with one JSON object only, no other text.".to_owned()
-        });
-    }
+    system.extend(request.json_instruction());
     let mut messages: Vec<(Role, Vec<Value>)> = Vec::new();
     for m in request.messages.iter().filter(|m| m.role != Role::System) {
         let (role, blocks) = match m.role {
@@ -47,20 +38,14 @@ pub fn request_body(model: &str, request: &ChatRequest, stream: bool) -> Value {
             Role::Assistant => {
                 let mut blocks = content_blocks(m);
                 for call in &m.tool_calls {
-                    let input: Value = serde_json::from_str(&call.arguments)
-                        .ok()
-                        .filter(Value::is_object)
-                        .unwrap_or_else(|| json!({}));
+                    let input = call.arguments_object();
                     blocks.push(json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input}));
                 }
                 (Role::Assistant, blocks)
             }
             _ => (Role::User, content_blocks(m)),
         };
-        match messages.last_mut() {
-            Some((last, existing)) if *last == role => existing.extend(blocks),
-            _ => messages.push((role, blocks)),
-        }
+        push_turn(&mut messages, role, blocks);
     }
     let mut body = Map::new();
     body.insert("model".into(), model.into());
@@ -70,15 +55,7 @@ pub fn request_body(model: &str, request: &ChatRequest, stream: bool) -> Value {
     }
     let messages = messages.into_iter().map(|(role, blocks)| json!({"role": role.as_str(), "content": blocks}));
     body.insert("messages".into(), messages.collect());
-    if let Some(t) = request.temperature {
-        body.insert("temperature".into(), t.into());
-    }
-    if let Some(p) = request.top_p {
-        body.insert("top_p".into(), p.into());
-    }
-    if !request.stop.is_empty() {
-        body.insert("stop_sequences".into(), request.stop.clone().into());
-    }
+    body.extend(request.sampling(["max_tokens", "temperature", "top_p", "stop_sequences"]));
     if !request.tools.is_empty() {
         let tools = request.tools.iter().map(|t| {
             let mut tool = json!({"name": t.name, "input_schema": t.parameters});

@@ -20,6 +20,7 @@ use crate::sigv4::uri_encode;
 use crate::sse::SseEvent;
 use crate::types::{
     ChatRequest, Completion, Delta, FailureKind, FinishReason, Message, Role, ToolCall, UpstreamError, Usage, data_url,
+    push_turn,
 };
 
 /// The service name Bedrock's runtime is signed for.
@@ -39,16 +40,7 @@ pub fn path(model: &str, stream: bool) -> Result<String, UpstreamError> {
 pub fn request_body(request: &ChatRequest) -> Value {
     let mut system: Vec<Value> =
         request.messages.iter().filter(|m| m.role == Role::System).map(|m| json!({"text": m.plain_text()})).collect();
-    if let Some(format) = &request.response_format
-        && format["type"] != "text"
-    {
-        let schema = &format["json_schema"]["schema"];
-        system.push(json!({"text": if schema.is_object() {
-            format!("Answer with one JSON object only, matching this JSON Schema: {schema}")
-        } else {
-            "Answer with one JSON object only, no other text.".to_owned()
-        }}));
-    }
+    system.extend(request.json_instruction().map(|text| json!({"text": text})));
     let mut messages: Vec<(Role, Vec<Value>)> = Vec::new();
     for m in request.messages.iter().filter(|m| m.role != Role::System) {
         let (role, blocks) = match m.role {
@@ -60,20 +52,14 @@ pub fn request_body(request: &ChatRequest) -> Value {
             Role::Assistant => {
                 let mut blocks = content_blocks(m);
                 for call in &m.tool_calls {
-                    let input = serde_json::from_str::<Value>(&call.arguments)
-                        .ok()
-                        .filter(Value::is_object)
-                        .unwrap_or_else(|| json!({}));
+                    let input = call.arguments_object();
                     blocks.push(json!({"toolUse": {"toolUseId": call.id, "name": call.name, "input": input}}));
                 }
                 (Role::Assistant, blocks)
             }
             _ => (Role::User, content_blocks(m)),
         };
-        match messages.last_mut() {
-            Some((last, existing)) if *last == role => existing.extend(blocks),
-            _ => messages.push((role, blocks)),
-        }
+        push_turn(&mut messages, role, blocks);
     }
     let mut body = Map::new();
     let messages = messages.into_iter().map(|(role, blocks)| json!({"role": role.as_str(), "content": blocks}));
@@ -81,19 +67,7 @@ pub fn request_body(request: &ChatRequest) -> Value {
     if !system.is_empty() {
         body.insert("system".into(), system.into());
     }
-    let mut config = Map::new();
-    if let Some(n) = request.max_tokens {
-        config.insert("maxTokens".into(), n.into());
-    }
-    if let Some(t) = request.temperature {
-        config.insert("temperature".into(), t.into());
-    }
-    if let Some(p) = request.top_p {
-        config.insert("topP".into(), p.into());
-    }
-    if !request.stop.is_empty() {
-        config.insert("stopSequences".into(), request.stop.clone().into());
-    }
+    let config = request.sampling(["maxTokens", "temperature", "topP", "stopSequences"]);
     if !config.is_empty() {
         body.insert("inferenceConfig".into(), Value::Object(config));
     }

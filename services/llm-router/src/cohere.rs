@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::sse::SseEvent;
-use crate::types::{ChatRequest, Completion, Delta, FinishReason, Message, Role, UpstreamError, Usage};
+use crate::types::{ChatRequest, Completion, Delta, FinishReason, Message, Role, UpstreamError, Usage, one_per_input};
 
 pub const CHAT_PATH: &str = "/v2/chat";
 pub const EMBED_PATH: &str = "/v2/embed";
@@ -23,27 +23,9 @@ pub fn request_body(model: &str, request: &ChatRequest, stream: bool) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), model.into());
     body.insert("messages".into(), request.messages.iter().map(message).collect());
-    if let Some(n) = request.max_tokens {
-        body.insert("max_tokens".into(), n.into());
-    }
-    if let Some(t) = request.temperature {
-        body.insert("temperature".into(), t.into());
-    }
-    if let Some(p) = request.top_p {
-        body.insert("p".into(), p.into());
-    }
-    if !request.stop.is_empty() {
-        body.insert("stop_sequences".into(), request.stop.clone().into());
-    }
+    body.extend(request.sampling(["max_tokens", "temperature", "p", "stop_sequences"]));
     if !request.tools.is_empty() {
-        let tools = request.tools.iter().map(|t| {
-            let mut function = json!({"name": t.name, "parameters": t.parameters});
-            if let Some(d) = &t.description {
-                function["description"] = d.clone().into();
-            }
-            json!({"type": "function", "function": function})
-        });
-        body.insert("tools".into(), tools.collect());
+        body.insert("tools".into(), crate::openai::function_tools(&request.tools));
         let choice = match request.tool_choice.as_ref() {
             Some(Value::String(c)) if c == "required" => Some("REQUIRED"),
             Some(Value::String(c)) if c == "none" => Some("NONE"),
@@ -260,15 +242,9 @@ pub fn parse_embeddings(body: &[u8], inputs: usize) -> Result<(Vec<Vec<f32>>, Op
     }
     let answer: Answer = serde_json::from_slice(body)
         .map_err(|e| UpstreamError::malformed(format!("an embeddings answer that does not parse: {e}")))?;
-    if answer.embeddings.float.len() != inputs {
-        return Err(UpstreamError::malformed(format!(
-            "{} embeddings for {inputs} inputs",
-            answer.embeddings.float.len()
-        )));
-    }
     let tokens =
         answer.meta.and_then(|m| m["billed_units"]["input_tokens"].as_f64()).map(|t| t.max(0.0).round() as u64);
-    Ok((answer.embeddings.float, tokens))
+    Ok((one_per_input(answer.embeddings.float, inputs)?, tokens))
 }
 
 #[cfg(test)]

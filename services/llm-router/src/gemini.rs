@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 use crate::sse::SseEvent;
 use crate::types::{
     ChatRequest, Completion, Delta, FailureKind, FinishReason, MADE_UP_CALL_ID, Message, Role, ToolCall, UpstreamError,
-    Usage, data_url, made_up_call_id,
+    Usage, data_url, made_up_call_id, one_per_input, push_turn,
 };
 
 /// The URL of `action` (`generateContent`, `streamGenerateContent?alt=sse`,
@@ -60,11 +60,7 @@ pub fn request_body(request: &ChatRequest) -> Value {
             Role::Assistant => {
                 let mut parts = parts(m);
                 for call in &m.tool_calls {
-                    let args = serde_json::from_str::<Value>(&call.arguments)
-                        .ok()
-                        .filter(Value::is_object)
-                        .unwrap_or_else(|| json!({}));
-                    let mut function_call = json!({"name": call.name, "args": args});
+                    let mut function_call = json!({"name": call.name, "args": call.arguments_object()});
                     // an id Gemini gave goes back; one made up here never existed there
                     if !call.id.starts_with(MADE_UP_CALL_ID) {
                         function_call["id"] = call.id.clone().into();
@@ -75,10 +71,7 @@ pub fn request_body(request: &ChatRequest) -> Value {
             }
             _ => ("user", parts(m)),
         };
-        match contents.last_mut() {
-            Some((last, existing)) if *last == role => existing.extend(parts),
-            _ => contents.push((role, parts)),
-        }
+        push_turn(&mut contents, role, parts);
     }
     let mut body = Map::new();
     let contents = contents.into_iter().map(|(role, parts)| json!({"role": role, "parts": parts}));
@@ -86,19 +79,7 @@ pub fn request_body(request: &ChatRequest) -> Value {
     if !system.is_empty() {
         body.insert("systemInstruction".into(), json!({"parts": system}));
     }
-    let mut config = Map::new();
-    if let Some(n) = request.max_tokens {
-        config.insert("maxOutputTokens".into(), n.into());
-    }
-    if let Some(t) = request.temperature {
-        config.insert("temperature".into(), t.into());
-    }
-    if let Some(p) = request.top_p {
-        config.insert("topP".into(), p.into());
-    }
-    if !request.stop.is_empty() {
-        config.insert("stopSequences".into(), request.stop.clone().into());
-    }
+    let mut config = request.sampling(["maxOutputTokens", "temperature", "topP", "stopSequences"]);
     if let Some(format) = &request.response_format
         && format["type"] != "text"
     {
@@ -303,13 +284,7 @@ impl StreamDecoder {
                 if let Some(text) = part["text"].as_str().filter(|t| !t.is_empty()) {
                     out.push(Delta::Text(text.to_owned()));
                 } else if let Some(call) = part.get("functionCall") {
-                    let call = tool_call(call);
-                    out.push(Delta::ToolCall {
-                        index: self.tool_calls,
-                        id: Some(call.id),
-                        name: Some(call.name),
-                        arguments: call.arguments,
-                    });
+                    out.push(Delta::whole_tool_call(self.tool_calls, tool_call(call)));
                     self.tool_calls += 1;
                 }
             }
@@ -387,10 +362,7 @@ pub fn parse_embeddings(body: &[u8], inputs: usize) -> Result<(Vec<Vec<f32>>, Op
     if let Some(error) = &answer.error {
         return Err(error_of(error));
     }
-    if answer.embeddings.len() != inputs {
-        return Err(UpstreamError::malformed(format!("{} embeddings for {inputs} inputs", answer.embeddings.len())));
-    }
-    Ok((answer.embeddings.into_iter().map(|e| e.values).collect(), None))
+    Ok((one_per_input(answer.embeddings.into_iter().map(|e| e.values).collect(), inputs)?, None))
 }
 
 #[cfg(test)]

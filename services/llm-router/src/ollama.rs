@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use crate::sse::SseEvent;
 use crate::types::{
     ChatRequest, Completion, Delta, FinishReason, Message, Role, ToolCall, UpstreamError, Usage, data_url,
-    made_up_call_id,
+    made_up_call_id, one_per_input,
 };
 
 pub const CHAT_PATH: &str = "/api/chat";
@@ -28,19 +28,7 @@ pub fn request_body(model: &str, request: &ChatRequest, stream: bool) -> Value {
     body.insert("messages".into(), messages.into());
     // Ollama streams unless told not to
     body.insert("stream".into(), stream.into());
-    let mut options = Map::new();
-    if let Some(n) = request.max_tokens {
-        options.insert("num_predict".into(), n.into());
-    }
-    if let Some(t) = request.temperature {
-        options.insert("temperature".into(), t.into());
-    }
-    if let Some(p) = request.top_p {
-        options.insert("top_p".into(), p.into());
-    }
-    if !request.stop.is_empty() {
-        options.insert("stop".into(), request.stop.clone().into());
-    }
+    let options = request.sampling(["num_predict", "temperature", "top_p", "stop"]);
     if !options.is_empty() {
         body.insert("options".into(), Value::Object(options));
     }
@@ -52,14 +40,7 @@ pub fn request_body(model: &str, request: &ChatRequest, stream: bool) -> Value {
     }
     let tools_off = request.tool_choice.as_ref().is_some_and(|c| c == "none");
     if !request.tools.is_empty() && !tools_off {
-        let tools = request.tools.iter().map(|t| {
-            let mut function = json!({"name": t.name, "parameters": t.parameters});
-            if let Some(d) = &t.description {
-                function["description"] = d.clone().into();
-            }
-            json!({"type": "function", "function": function})
-        });
-        body.insert("tools".into(), tools.collect());
+        body.insert("tools".into(), crate::openai::function_tools(&request.tools));
     }
     Value::Object(body)
 }
@@ -78,11 +59,8 @@ fn message(request: &ChatRequest, m: &Message) -> Value {
         out["images"] = images.into();
     }
     if !m.tool_calls.is_empty() {
-        let calls = m.tool_calls.iter().map(|c| {
-            let arguments =
-                serde_json::from_str::<Value>(&c.arguments).ok().filter(Value::is_object).unwrap_or_else(|| json!({}));
-            json!({"function": {"name": c.name, "arguments": arguments}})
-        });
+        let calls =
+            m.tool_calls.iter().map(|c| json!({"function": {"name": c.name, "arguments": c.arguments_object()}}));
         out["tool_calls"] = calls.collect();
     }
     if m.role == Role::Tool
@@ -189,13 +167,7 @@ impl StreamDecoder {
                 out.push(Delta::Text(message.content.clone()));
             }
             for call in &message.tool_calls {
-                let call = tool_call(call);
-                out.push(Delta::ToolCall {
-                    index: self.tool_calls,
-                    id: Some(call.id),
-                    name: Some(call.name),
-                    arguments: call.arguments,
-                });
+                out.push(Delta::whole_tool_call(self.tool_calls, tool_call(call)));
                 self.tool_calls += 1;
             }
         }
@@ -237,10 +209,7 @@ pub fn parse_embeddings(body: &[u8], inputs: usize) -> Result<(Vec<Vec<f32>>, Op
     if let Some(error) = &answer.error {
         return Err(error_of(error));
     }
-    if answer.embeddings.len() != inputs {
-        return Err(UpstreamError::malformed(format!("{} embeddings for {inputs} inputs", answer.embeddings.len())));
-    }
-    Ok((answer.embeddings, answer.prompt_eval_count))
+    Ok((one_per_input(answer.embeddings, inputs)?, answer.prompt_eval_count))
 }
 
 #[cfg(test)]
