@@ -375,3 +375,80 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<V
     }
     Ok(body)
 }
+
+#[cfg(test)]
+mod tests {
+    use helix_runtime::config::Secret;
+
+    use super::*;
+    use crate::sigv4::AwsCredentials;
+    use crate::types::{Message, Role};
+
+    fn provider(protocol: Protocol, aws: Option<AwsCredentials>) -> Provider {
+        Provider {
+            name: "p".into(),
+            display_name: "p".into(),
+            protocol,
+            base_url: "http://127.0.0.1:9".into(),
+            api_key: Some(Secret::new("key-1")),
+            aws,
+            configured: true,
+            enabled: true,
+            priority: 0,
+            default_model: String::new(),
+        }
+    }
+
+    /// Each protocol's route and credentials, as the request leaves (built, not sent).
+    #[test]
+    fn each_protocol_sends_its_route_and_key_its_way() {
+        let upstream = Upstream::new().unwrap();
+        let chat = ChatRequest { messages: vec![Message::text(Role::User, "Hi")], ..ChatRequest::default() };
+        // (protocol, model, the URL's path, header carrying the key, its value)
+        let cases = [
+            (Protocol::OpenAi, "m", "/chat/completions", "authorization", "Bearer key-1"),
+            (Protocol::Anthropic, "m", "/v1/messages", "x-api-key", "key-1"),
+            (
+                Protocol::Gemini,
+                "gemini-2.5-flash",
+                "/v1beta/models/gemini-2.5-flash:generateContent",
+                "x-goog-api-key",
+                "key-1",
+            ),
+            (Protocol::Ollama, "llama3.2", "/api/chat", "authorization", "Bearer key-1"),
+            (Protocol::Cohere, "command-r-plus", "/v2/chat", "authorization", "Bearer key-1"),
+            (Protocol::Bedrock, "a.b-v1:0", "/model/a.b-v1%3A0/converse", "authorization", "Bearer key-1"),
+        ];
+        for (protocol, model, path, header, value) in cases {
+            let request = upstream.request(&provider(protocol, None), model, &chat, false).unwrap().build().unwrap();
+            assert_eq!(request.url().path(), path, "{protocol:?}");
+            assert_eq!(request.headers()[header], value, "{protocol:?}");
+        }
+    }
+
+    /// With AWS credentials, Bedrock's request is signed for the host (port included)
+    /// and the encoded path it goes to, over the body it carries.
+    #[test]
+    fn bedrock_requests_are_signed_as_they_are_sent() {
+        let credentials = AwsCredentials {
+            access_key_id: "AKID".into(),
+            secret_access_key: Secret::new("s3cret"),
+            session_token: None,
+            region: "eu-west-1".into(),
+        };
+        let upstream = Upstream::new().unwrap();
+        let chat = ChatRequest { messages: vec![Message::text(Role::User, "Hi")], ..ChatRequest::default() };
+        let provider = provider(Protocol::Bedrock, Some(credentials.clone()));
+        let request = upstream.request(&provider, "a.b-v1:0", &chat, true).unwrap().build().unwrap();
+        assert_eq!(request.url().path(), "/model/a.b-v1%3A0/converse-stream");
+        assert_eq!(request.headers()["accept"], bedrock::EVENT_STREAM);
+        let date = request.headers()["x-amz-date"].to_str().unwrap();
+        let body = request.body().and_then(reqwest::Body::as_bytes).unwrap();
+        let expected = sigv4::sign(&credentials, "bedrock", "127.0.0.1:9", request.url().path(), body, date);
+        let authorization = request.headers()["authorization"].to_str().unwrap();
+        assert_eq!(Some(authorization), expected.iter().find(|(n, _)| *n == "authorization").map(|(_, v)| v.as_str()));
+        assert!(authorization.starts_with("AWS4-HMAC-SHA256 Credential=AKID/"), "{authorization}");
+        assert!(authorization.contains("/eu-west-1/bedrock/aws4_request, SignedHeaders=host;x-amz-date, "));
+        assert!(!authorization.contains("s3cret") && !authorization.contains("key-1"));
+    }
+}
