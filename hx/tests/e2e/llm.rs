@@ -16,6 +16,7 @@ use crate::support::read;
 
 crate::on_both_backends!(
     translation_both_ways_and_streams,
+    native_adapters_translate_both_ways,
     budget_reject_calls_no_provider,
     budget_holds_under_50_concurrent_calls,
     embeddings_wire_errors_and_the_shared_budget,
@@ -336,6 +337,276 @@ async fn translation_both_ways_and_streams(backend: Backend) -> anyhow::Result<(
     Ok(())
 }
 
+/// A native adapter and what its wire must receive for the same OpenAI-shaped calls:
+/// (JSON pointer into the body the fake got, the value there) per call.
+struct Native {
+    wire: Wire,
+    provider: &'static str,
+    model: &'static str,
+    /// none: the wire has no embeddings here (Bedrock's are not Converse calls)
+    embedding_model: Option<&'static str>,
+    /// the route of a whole answer and of a stream
+    paths: [&'static str; 2],
+    /// prompt tokens of the fake's plain reply as the wire reports them
+    prompt_tokens: u64,
+    /// a system message, a user message and max_tokens 50
+    plain: Vec<(&'static str, Value)>,
+    /// the weather tool with tool_choice "required"
+    tools: Vec<(&'static str, Value)>,
+    /// the tool call answered (the call's id is `{id}`), JSON mode
+    answered: Vec<(&'static str, Value)>,
+}
+
+fn natives() -> Vec<Native> {
+    let paris = json!("Paris");
+    vec![
+        Native {
+            wire: Wire::Gemini,
+            provider: "google",
+            model: "gemini-2.5-flash",
+            embedding_model: Some("gemini-embedding-001"),
+            paths: [
+                "/v1beta/models/gemini-2.5-flash:generateContent",
+                "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+            ],
+            prompt_tokens: 11,
+            plain: vec![
+                ("/systemInstruction", json!({"parts": [{"text": "Be brief."}]})),
+                ("/contents", json!([{"role": "user", "parts": [{"text": "Hi"}]}])),
+                ("/generationConfig/maxOutputTokens", json!(50)),
+            ],
+            tools: vec![
+                ("/tools/0/functionDeclarations/0/name", json!(WEATHER_TOOL)),
+                ("/tools/0/functionDeclarations/0/parameters/required", json!(["city"])),
+                ("/toolConfig/functionCallingConfig/mode", json!("ANY")),
+            ],
+            answered: vec![
+                ("/contents/1/role", json!("model")),
+                ("/contents/1/parts/0/functionCall/args/city", paris.clone()),
+                ("/contents/2/parts/0/functionResponse/name", json!(WEATHER_TOOL)),
+                ("/contents/2/parts/0/functionResponse/response", json!({"output": "18 C"})),
+                ("/generationConfig/responseMimeType", json!("application/json")),
+            ],
+        },
+        Native {
+            wire: Wire::Ollama,
+            provider: "ollama",
+            model: "llama3.2",
+            embedding_model: Some("nomic-embed-text"),
+            paths: ["/api/chat", "/api/chat"],
+            prompt_tokens: 11,
+            plain: vec![
+                ("/messages/0", json!({"role": "system", "content": "Be brief."})),
+                ("/options/num_predict", json!(50)),
+                ("/stream", json!(false)),
+            ],
+            tools: vec![("/tools/0/function/name", json!(WEATHER_TOOL))],
+            answered: vec![
+                ("/messages/1/tool_calls/0/function/arguments/city", paris.clone()),
+                ("/messages/2/role", json!("tool")),
+                ("/messages/2/tool_name", json!(WEATHER_TOOL)),
+                ("/format", json!("json")),
+            ],
+        },
+        Native {
+            wire: Wire::Cohere,
+            provider: "cohere",
+            model: "command-r-plus",
+            embedding_model: Some("embed-v4.0"),
+            paths: ["/v2/chat", "/v2/chat"],
+            // the tokens the model saw (Cohere adds its preamble), not the billed units
+            prompt_tokens: 71,
+            plain: vec![
+                ("/messages/0", json!({"role": "system", "content": "Be brief."})),
+                ("/max_tokens", json!(50)),
+                ("/model", json!("command-r-plus")),
+            ],
+            tools: vec![("/tools/0/function/name", json!(WEATHER_TOOL)), ("/tool_choice", json!("REQUIRED"))],
+            answered: vec![
+                ("/messages/1/tool_calls/0/function/arguments", json!(WEATHER_ARGS)),
+                ("/messages/2/tool_call_id", json!("{id}")),
+                ("/response_format", json!({"type": "json_object"})),
+            ],
+        },
+        Native {
+            wire: Wire::Bedrock,
+            provider: "bedrock",
+            model: "anthropic.claude-3-5-haiku-20241022-v1:0",
+            embedding_model: None,
+            paths: [
+                "/model/anthropic.claude-3-5-haiku-20241022-v1:0/converse",
+                "/model/anthropic.claude-3-5-haiku-20241022-v1:0/converse-stream",
+            ],
+            prompt_tokens: 11,
+            plain: vec![
+                ("/system", json!([{"text": "Be brief."}])),
+                ("/messages", json!([{"role": "user", "content": [{"text": "Hi"}]}])),
+                ("/inferenceConfig/maxTokens", json!(50)),
+            ],
+            tools: vec![
+                ("/toolConfig/tools/0/toolSpec/name", json!(WEATHER_TOOL)),
+                ("/toolConfig/tools/0/toolSpec/inputSchema/json/required", json!(["city"])),
+                ("/toolConfig/toolChoice", json!({"any": {}})),
+            ],
+            answered: vec![
+                ("/messages/1/content/0/toolUse/input/city", paris),
+                ("/messages/2/content/0/toolResult/toolUseId", json!("{id}")),
+                ("/messages/2/content/0/toolResult/content", json!([{"text": "18 C"}])),
+                ("/system/0/text", json!("Answer with one JSON object only, no other text.")),
+            ],
+        },
+    ]
+}
+
+/// Gemini, Ollama, Cohere and Bedrock behind the OpenAI door: the same calls as OpenAI clients
+/// send them become each native wire's request, and its answers, streams (text and
+/// tool calls), usage and embeddings come back in OpenAI's shape.
+async fn native_adapters_translate_both_ways(backend: Backend) -> anyhow::Result<()> {
+    let natives = natives();
+    let mut fakes = Vec::new();
+    for _ in &natives {
+        fakes.push(FakeLlm::start().await?);
+    }
+    let helix = start(backend, |config| {
+        for (native, fake) in natives.iter().zip(&fakes) {
+            fake.serve_as(config, native.provider, native.wire);
+        }
+    })
+    .await?;
+    let check = |name: &str, sent: &Value, expected: &[(&str, Value)], id: &str| {
+        for (pointer, value) in expected {
+            let value = if *value == json!("{id}") { json!(id) } else { value.clone() };
+            assert_eq!(sent.pointer(pointer), Some(&value), "{name} {pointer}: {sent}");
+        }
+    };
+    for (native, fake) in natives.iter().zip(&fakes) {
+        let name = native.provider;
+        let model = format!("{}/{}", native.provider, native.model);
+
+        // a whole answer
+        let (status, body) = read(
+            chat(
+                &helix,
+                json!({"model": model, "max_tokens": 50,
+                "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}),
+            )
+            .await?,
+        )
+        .await;
+        assert_eq!(status, 200, "{name}: {body}");
+        assert_eq!(body["choices"][0]["message"]["content"], "Hello from the fake", "{name}");
+        assert_eq!(body["choices"][0]["finish_reason"], "stop", "{name}");
+        assert_eq!(
+            (body["usage"]["prompt_tokens"].as_u64(), body["usage"]["completion_tokens"].as_u64()),
+            (Some(native.prompt_tokens), Some(4)),
+            "{name}: {body}"
+        );
+        let sent = fake.received().pop().unwrap();
+        assert_eq!(
+            (sent.path.as_str(), sent.key.as_deref()),
+            (native.paths[0], Some(format!("sk-test-{name}").as_str()))
+        );
+        check(name, &sent.body, &native.plain, "");
+
+        // a tool call, forced
+        fake.script([Behaviour::ToolCall {
+            id: "call_w1".into(),
+            name: WEATHER_TOOL.into(),
+            arguments: WEATHER_ARGS.into(),
+        }]);
+        let (status, body) = read(
+            chat(
+                &helix,
+                json!({"model": model, "tools": tools(), "tool_choice": "required",
+                "messages": [{"role": "user", "content": "Weather?"}]}),
+            )
+            .await?,
+        )
+        .await;
+        assert_eq!(status, 200, "{name}: {body}");
+        let call = &body["choices"][0]["message"]["tool_calls"][0];
+        assert_eq!(call["function"]["name"], WEATHER_TOOL, "{name}: {body}");
+        let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap())?;
+        assert_eq!(args, serde_json::from_str::<Value>(WEATHER_ARGS)?, "{name}");
+        assert_eq!(body["choices"][0]["finish_reason"], "tool_calls", "{name}");
+        let id = call["id"].as_str().filter(|id| !id.is_empty()).expect("a tool call id").to_owned();
+        check(name, &fake.received().pop().unwrap().body, &native.tools, &id);
+
+        // the tool's answer goes back, in JSON mode
+        let (status, body) = read(
+            chat(
+                &helix,
+                json!({"model": model, "response_format": {"type": "json_object"}, "messages": [
+                {"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": id, "type": "function",
+                    "function": {"name": WEATHER_TOOL, "arguments": WEATHER_ARGS}}]},
+                {"role": "tool", "tool_call_id": id, "content": "18 C"}]}),
+            )
+            .await?,
+        )
+        .await;
+        assert_eq!(status, 200, "{name}: {body}");
+        check(name, &fake.received().pop().unwrap().body, &native.answered, &id);
+
+        // a stream of text, with usage
+        let response = chat(
+            &helix,
+            json!({"model": model, "stream": true, "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await?;
+        assert_eq!(response.status(), 200, "{name}");
+        let stream = read_openai_stream(&sse(response).await?);
+        assert_eq!(stream.text, "Hello from the fake", "{name}: {stream:?}");
+        assert!(stream.done && stream.error.is_none(), "{name}: {stream:?}");
+        assert_eq!(stream.finish.as_deref(), Some("stop"), "{name}");
+        assert_eq!(
+            stream.usage.as_ref().map(|u| (u["prompt_tokens"].as_u64(), u["completion_tokens"].as_u64())),
+            Some((Some(native.prompt_tokens), Some(4))),
+            "{name}: {stream:?}"
+        );
+        assert_eq!(fake.received().pop().unwrap().path, native.paths[1], "{name}");
+
+        // a stream of tool-call deltas
+        fake.script([Behaviour::ToolCall {
+            id: "call_w2".into(),
+            name: WEATHER_TOOL.into(),
+            arguments: WEATHER_ARGS.into(),
+        }]);
+        let response = chat(
+            &helix,
+            json!({"model": model, "stream": true, "tools": tools(), "messages": [{"role": "user", "content": "Weather?"}]}),
+        )
+        .await?;
+        let stream = read_openai_stream(&sse(response).await?);
+        assert_eq!(stream.tools.len(), 1, "{name}: {stream:?}");
+        assert_eq!(stream.tools[0].0, WEATHER_TOOL, "{name}");
+        assert_eq!(serde_json::from_str::<Value>(&stream.tools[0].1)?, serde_json::from_str::<Value>(WEATHER_ARGS)?);
+        assert_eq!(stream.finish.as_deref(), Some("tool_calls"), "{name}");
+        assert!(stream.done && stream.error.is_none(), "{name}: {stream:?}");
+
+        // embeddings on the provider's own route
+        if let Some(embedding_model) = native.embedding_model {
+            let texts = ["one", "two words"];
+            let model = format!("{}/{embedding_model}", native.provider);
+            let (status, body) =
+                read(embed(&helix, json!({"model": model, "input": texts, "dimensions": 4})).await?).await;
+            assert_eq!(status, 200, "{name}: {body}");
+            for (i, text) in texts.iter().enumerate() {
+                assert!(close(&floats(&body["data"][i]["embedding"]), &fake_vector(text, 4)), "{name} {text}: {body}");
+            }
+            assert_eq!(fake.received().last().map(|r| r.wire), Some(native.wire));
+        }
+
+        // every call settled under its provider
+        let calls = 5 + u64::from(native.embedding_model.is_some());
+        let usage = settled(&helix, &format!("?provider={name}"), calls).await?;
+        assert!(usage["records"].as_array().unwrap().iter().all(|r| r["outcome"] == "ok"), "{name}: {usage}");
+    }
+    helix.stop().await;
+    Ok(())
+}
+
 /// What a cell of the fault matrix must end with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
@@ -349,25 +620,31 @@ enum Expect {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_matrix() -> anyhow::Result<()> {
-    let primary_openai = FakeLlm::start().await?;
-    let primary_anthropic = FakeLlm::start().await?;
+    // every adapter: (its wire, the catalogue provider speaking it, a priced model there)
+    let adapters = [
+        (Wire::OpenAi, "openai", "gpt-4o-mini"),
+        (Wire::Anthropic, "anthropic", "claude-haiku-4-5"),
+        (Wire::Gemini, "google", "gemini-2.5-flash"),
+        (Wire::Ollama, "ollama", "llama3.2"),
+        (Wire::Cohere, "cohere", "command-r-plus"),
+        (Wire::Bedrock, "bedrock", "anthropic.claude-3-5-haiku-20241022-v1:0"),
+    ];
+    let mut primaries = Vec::new();
+    for _ in adapters {
+        primaries.push(FakeLlm::start().await?);
+    }
     let backup = FakeLlm::start().await?;
     backup.set_default(Behaviour::reply("Backup answer here"));
     let helix = start(Backend::Embedded, |config| {
         config.llm.attempt_timeout_ms = 500;
         // the breaker must not open during the matrix
         config.llm.breaker_failures = 1000;
-        primary_openai.serve_as(config, "openai", Wire::OpenAi);
-        primary_anthropic.serve_as(config, "anthropic", Wire::Anthropic);
+        for ((wire, provider, model), fake) in adapters.iter().zip(&primaries) {
+            fake.serve_as(config, provider, *wire);
+            let chain = alias(&[&format!("{provider}/{model}"), "mistral/mistral-small-latest"]);
+            config.llm.aliases.insert(format!("chain-{provider}"), chain);
+        }
         backup.serve_as(config, "mistral", Wire::OpenAi);
-        config
-            .llm
-            .aliases
-            .insert("chain-openai".into(), alias(&["openai/gpt-4o-mini", "mistral/mistral-small-latest"]));
-        config
-            .llm
-            .aliases
-            .insert("chain-anthropic".into(), alias(&["anthropic/claude-haiku-4-5", "mistral/mistral-small-latest"]));
     })
     .await?;
     let reply = || Behaviour::reply("Primary answer here");
@@ -399,9 +676,8 @@ async fn fault_matrix() -> anyhow::Result<()> {
         ("malformed JSON", vec![Behaviour::MalformedJson], Expect::FellBack, Expect::FellBack),
         ("400 is the caller's", vec![Behaviour::status(400)], Expect::Retried(0), Expect::Retried(0)),
     ];
-    for (wire, primary, model) in
-        [(Wire::OpenAi, &primary_openai, "chain-openai"), (Wire::Anthropic, &primary_anthropic, "chain-anthropic")]
-    {
+    for ((wire, provider, _), primary) in adapters.iter().zip(&primaries) {
+        let model = format!("chain-{provider}");
         for (name, script, whole, streamed) in &cells {
             for (stream, expect) in [(false, *whole), (true, *streamed)] {
                 let cell = format!("{wire:?} {name} stream={stream}");

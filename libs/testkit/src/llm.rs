@@ -1,10 +1,16 @@
-//! A fake LLM provider for tests: one HTTP server on port 0 speaking OpenAI's chat
-//! completions (`POST /v1/chat/completions`), OpenAI's embeddings (`POST /v1/embeddings`:
-//! float or base64 vectors, its 400 and 404 bodies) and Anthropic's Messages API
-//! (`POST /v1/messages`) in their published wire formats — whole answers, server-sent
-//! event streams with text and tool-call deltas, usage, stop reasons and error bodies —
-//! and, on request, their failures: error statuses with Retry-After, a slow first byte,
-//! an error after the first chunk, a stream cut without its end marker, malformed JSON.
+//! A fake LLM provider for tests: one HTTP server on port 0 speaking, in their
+//! published wire formats, OpenAI's chat completions (`POST /v1/chat/completions`) and
+//! embeddings (`POST /v1/embeddings`: float or base64 vectors, its 400 and 404 bodies),
+//! Anthropic's Messages API (`POST /v1/messages`), Google's Gemini API
+//! (`POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent?alt=sse`,
+//! `:batchEmbedContents`), Ollama's (`POST /api/chat` with newline-delimited JSON
+//! streams, `POST /api/embed`), Cohere's v2 (`POST /v2/chat` with typed events,
+//! `POST /v2/embed`) and AWS Bedrock's Converse API (`POST /model/{id}/converse`,
+//! `/converse-stream` in AWS's binary event-stream encoding) — whole answers, streams
+//! with text and tool-call deltas, usage,
+//! stop reasons and error bodies — and, on request, their failures: error statuses
+//! with Retry-After, a slow first byte, an error after the first chunk, a stream cut
+//! without its end marker, malformed JSON.
 //!
 //! Each request takes the next scripted [`Behaviour`], or the default one; every
 //! request received is kept for assertions (a budget refusal must leave none).
@@ -16,7 +22,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -30,6 +36,10 @@ use tokio_util::sync::CancellationToken;
 pub enum Wire {
     OpenAi,
     Anthropic,
+    Gemini,
+    Ollama,
+    Cohere,
+    Bedrock,
 }
 
 #[derive(Debug, Clone)]
@@ -65,9 +75,10 @@ impl Behaviour {
 #[derive(Debug, Clone)]
 pub struct Received {
     pub wire: Wire,
-    /// the route, e.g. `/v1/embeddings`
-    pub path: &'static str,
-    /// the key, from `Authorization: Bearer` or `x-api-key`
+    /// the route, e.g. `/v1/embeddings`, `/v1beta/models/gemini-2.5-flash:generateContent`
+    pub path: String,
+    /// the key, from `Authorization: Bearer`, `x-api-key`, `x-goog-api-key`, or the
+    /// access key id of a SigV4 `Authorization`
     pub key: Option<String>,
     pub body: Value,
 }
@@ -96,6 +107,12 @@ impl FakeLlm {
             .route("/v1/chat/completions", post(openai))
             .route("/v1/messages", post(anthropic))
             .route("/v1/embeddings", post(embeddings))
+            .route("/v1beta/models/{target}", post(gemini))
+            .route("/api/chat", post(ollama))
+            .route("/api/embed", post(ollama_embed))
+            .route("/v2/chat", post(cohere))
+            .route("/v2/embed", post(cohere_embed))
+            .route("/model/{model}/{action}", post(bedrock))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -135,13 +152,29 @@ impl FakeLlm {
     pub fn serve_as(&self, config: &mut HelixConfig, name: &str, wire: Wire) {
         let base_url = match wire {
             Wire::OpenAi => format!("{}/v1", self.url),
-            Wire::Anthropic => self.url.clone(),
+            Wire::Anthropic | Wire::Gemini | Wire::Ollama | Wire::Cohere | Wire::Bedrock => self.url.clone(),
         };
         let protocol = match wire {
             Wire::OpenAi => "openai",
             Wire::Anthropic => "anthropic",
+            Wire::Gemini => "gemini",
+            Wire::Ollama => "ollama",
+            Wire::Cohere => "cohere",
+            Wire::Bedrock => "bedrock",
         };
-        let known = ["openai", "anthropic", "google", "xai", "deepseek", "mistral", "together", "openrouter"];
+        let known = [
+            "openai",
+            "anthropic",
+            "google",
+            "xai",
+            "deepseek",
+            "mistral",
+            "together",
+            "openrouter",
+            "ollama",
+            "cohere",
+            "bedrock",
+        ];
         config.llm.providers.insert(
             name.to_owned(),
             LlmProviderConfig {
@@ -168,61 +201,225 @@ pub fn quick_retries(config: &mut HelixConfig) {
     config.llm.stream_idle_timeout_ms = 2_000;
 }
 
-fn next(shared: &Shared, wire: Wire, path: &'static str, headers: &HeaderMap, body: &Bytes) -> (Behaviour, Value) {
+fn next(shared: &Shared, wire: Wire, path: &str, headers: &HeaderMap, body: &Bytes) -> (Behaviour, Value) {
     let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let key = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .or_else(|| headers.get("x-goog-api-key").and_then(|v| v.to_str().ok()))
+        .or_else(|| {
+            let signed = headers.get("authorization")?.to_str().ok()?.strip_prefix("AWS4-HMAC-SHA256 Credential=")?;
+            signed.split('/').next()
+        })
         .map(str::to_owned);
-    shared.received.lock().unwrap().push(Received { wire, path, key, body: body.clone() });
+    shared.received.lock().unwrap().push(Received { wire, path: path.to_owned(), key, body: body.clone() });
     let scripted = shared.script.lock().unwrap().pop_front();
     (scripted.unwrap_or_else(|| shared.default.lock().unwrap().clone()), body)
 }
 
 async fn openai(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let (behaviour, request) = next(&shared, Wire::OpenAi, "/v1/chat/completions", &headers, &body);
-    respond(Wire::OpenAi, behaviour, request).await
+    let stream = request["stream"] == true;
+    respond(Wire::OpenAi, behaviour, request, stream).await
 }
 
 async fn anthropic(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let (behaviour, request) = next(&shared, Wire::Anthropic, "/v1/messages", &headers, &body);
-    respond(Wire::Anthropic, behaviour, request).await
+    let stream = request["stream"] == true;
+    respond(Wire::Anthropic, behaviour, request, stream).await
 }
 
-async fn respond(wire: Wire, mut behaviour: Behaviour, request: Value) -> Response {
+/// Gemini's `models/{model}:{method}`: the model is in the path, streaming is the
+/// method (`streamGenerateContent`, with `alt=sse` for server-sent events).
+async fn gemini(
+    State(shared): State<Arc<Shared>>,
+    Path(target): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/v1beta/models/{target}");
+    let (behaviour, mut request) = next(&shared, Wire::Gemini, &path, &headers, &body);
+    let Some((model, method)) = target.split_once(':') else {
+        return gemini_error(StatusCode::NOT_FOUND, "NOT_FOUND", "Requested entity was not found.");
+    };
+    request["model"] = model.into();
+    match method {
+        "generateContent" => respond(Wire::Gemini, behaviour, request, false).await,
+        "streamGenerateContent" => respond(Wire::Gemini, behaviour, request, true).await,
+        "batchEmbedContents" => {
+            let texts = request["requests"].as_array().map(|requests| {
+                requests.iter().filter_map(|r| r["content"]["parts"][0]["text"].as_str().map(str::to_owned)).collect()
+            });
+            let dim = request["requests"][0]["outputDimensionality"].as_u64();
+            native_embeddings(Wire::Gemini, behaviour, model, texts.unwrap_or_default(), dim).await
+        }
+        _ => gemini_error(StatusCode::NOT_FOUND, "NOT_FOUND", "Requested entity was not found."),
+    }
+}
+
+/// Ollama streams unless the request says `"stream": false`.
+async fn ollama(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (behaviour, request) = next(&shared, Wire::Ollama, "/api/chat", &headers, &body);
+    let stream = request["stream"] != false;
+    respond(Wire::Ollama, behaviour, request, stream).await
+}
+
+async fn ollama_embed(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (behaviour, request) = next(&shared, Wire::Ollama, "/api/embed", &headers, &body);
+    let texts = match &request["input"] {
+        Value::String(text) => vec![text.clone()],
+        other => other.as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect(),
+    };
+    let model = request["model"].as_str().unwrap_or_default().to_owned();
+    native_embeddings(Wire::Ollama, behaviour, &model, texts, request["dimensions"].as_u64()).await
+}
+
+async fn cohere(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (behaviour, request) = next(&shared, Wire::Cohere, "/v2/chat", &headers, &body);
+    let stream = request["stream"] == true;
+    respond(Wire::Cohere, behaviour, request, stream).await
+}
+
+async fn cohere_embed(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (behaviour, request) = next(&shared, Wire::Cohere, "/v2/embed", &headers, &body);
+    let texts = request["texts"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned));
+    let model = request["model"].as_str().unwrap_or_default().to_owned();
+    native_embeddings(Wire::Cohere, behaviour, &model, texts.collect(), request["output_dimension"].as_u64()).await
+}
+
+/// Bedrock's `converse` (whole) and `converse-stream`; the model id is the path's
+/// (percent-decoded) segment.
+async fn bedrock(
+    State(shared): State<Arc<Shared>>,
+    Path((model, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/model/{model}/{action}");
+    let (behaviour, mut request) = next(&shared, Wire::Bedrock, &path, &headers, &body);
+    request["model"] = model.into();
+    match action.as_str() {
+        "converse" => respond(Wire::Bedrock, behaviour, request, false).await,
+        "converse-stream" => respond(Wire::Bedrock, behaviour, request, true).await,
+        _ => status_response(Wire::Bedrock, 404, None),
+    }
+}
+
+/// Gemini's error body: `{"error": {"code", "message", "status"}}`.
+fn gemini_error(status: StatusCode, name: &str, message: &str) -> Response {
+    let body = json!({"error": {"code": status.as_u16(), "message": message, "status": name}});
+    (status, axum::Json(body)).into_response()
+}
+
+/// The error body each wire answers a failed status with.
+fn error_body(wire: Wire, code: u16) -> Value {
+    let message = format!("fake failure {code}");
+    match wire {
+        Wire::OpenAi => json!({"error": {"message": message, "type": "server_error", "code": null}}),
+        Wire::Anthropic => json!({"type": "error", "error": {"type": anthropic_type(code), "message": message}}),
+        Wire::Gemini => {
+            let status = match code {
+                429 => "RESOURCE_EXHAUSTED",
+                400 => "INVALID_ARGUMENT",
+                403 => "PERMISSION_DENIED",
+                404 => "NOT_FOUND",
+                503 => "UNAVAILABLE",
+                _ => "INTERNAL",
+            };
+            json!({"error": {"code": code, "message": message, "status": status}})
+        }
+        Wire::Ollama => json!({"error": message}),
+        Wire::Cohere => json!({"id": "fake-error", "message": message}),
+        Wire::Bedrock => json!({"message": message}),
+    }
+}
+
+fn status_response(wire: Wire, code: u16, retry_after: Option<u64>) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, axum::Json(error_body(wire, code))).into_response();
+    if wire == Wire::Bedrock {
+        let kind = match code {
+            429 => "ThrottlingException",
+            400 => "ValidationException",
+            503 => "ServiceUnavailableException",
+            _ => "InternalServerException",
+        };
+        response.headers_mut().insert("x-amzn-errortype", kind.parse().unwrap());
+    }
+    if let Some(seconds) = retry_after {
+        response.headers_mut().insert("retry-after", seconds.to_string().parse().unwrap());
+    }
+    response
+}
+
+async fn slow(mut behaviour: Behaviour) -> Behaviour {
     while let Behaviour::Slow { delay, then } = behaviour {
         tokio::time::sleep(delay).await;
         behaviour = *then;
     }
-    let stream = request["stream"] == true;
+    behaviour
+}
+
+async fn respond(wire: Wire, behaviour: Behaviour, request: Value, stream: bool) -> Response {
+    let behaviour = slow(behaviour).await;
     let model = request["model"].as_str().unwrap_or("fake-model").to_owned();
     let include_usage = request["stream_options"]["include_usage"] == true;
     match (&behaviour, stream) {
-        (Behaviour::Status { code, retry_after }, _) => {
-            let message = format!("fake failure {code}");
-            let body = match wire {
-                Wire::OpenAi => json!({"error": {"message": message, "type": "server_error", "code": null}}),
-                Wire::Anthropic => {
-                    json!({"type": "error", "error": {"type": anthropic_type(*code), "message": message}})
-                }
-            };
-            let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut response = (status, axum::Json(body)).into_response();
-            if let Some(seconds) = retry_after {
-                response.headers_mut().insert("retry-after", seconds.to_string().parse().unwrap());
-            }
-            response
-        }
+        (Behaviour::Status { code, retry_after }, _) => status_response(wire, *code, *retry_after),
         (Behaviour::MalformedJson, false) => json_text("{\"id\": \"broken\", \"choices\": [ {"),
         (Behaviour::CutMidway, false) => {
             json_text("{\"id\": \"cut\", \"choices\": [{\"index\": 0, \"message\": {\"role\":")
         }
         (Behaviour::ErrorAfterFirstChunk, false) => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
         (_, false) => axum::Json(whole(wire, &behaviour, &model)).into_response(),
+        (_, true) if wire == Wire::Bedrock => {
+            let frames = bedrock_frames(&behaviour);
+            let body = Body::from_stream(futures::stream::iter(frames.into_iter().map(Ok::<_, Infallible>)));
+            ([("content-type", "application/vnd.amazon.eventstream")], body).into_response()
+        }
+        (_, true) if wire == Wire::Ollama => {
+            let lines = ollama_lines(&behaviour, &model);
+            let body = Body::from_stream(futures::stream::iter(lines.into_iter().map(Ok::<_, Infallible>)));
+            ([("content-type", "application/x-ndjson")], body).into_response()
+        }
         (_, true) => event_stream(events(wire, &behaviour, &model, include_usage)),
     }
+}
+
+/// Embeddings in Gemini's, Ollama's or Cohere's shape: the fake's vectors, one token a
+/// word; a model without "embed" in its name is not found.
+async fn native_embeddings(
+    wire: Wire,
+    behaviour: Behaviour,
+    model: &str,
+    texts: Vec<String>,
+    dim: Option<u64>,
+) -> Response {
+    match slow(behaviour).await {
+        Behaviour::Status { code, retry_after } => return status_response(wire, code, retry_after),
+        Behaviour::MalformedJson | Behaviour::CutMidway => return json_text("{\"embeddings\": ["),
+        _ => {}
+    }
+    if !model.contains("embed") {
+        return status_response(wire, 404, None);
+    }
+    if texts.is_empty() {
+        return status_response(wire, 400, None);
+    }
+    let dim = dim.map_or(FAKE_EMBEDDING_DIM, |d| d as usize);
+    let vectors: Vec<Vec<f32>> = texts.iter().map(|t| fake_vector(t, dim)).collect();
+    let tokens: usize = texts.iter().map(|t| t.split_whitespace().count()).sum();
+    let body = match wire {
+        Wire::Gemini => json!({"embeddings": vectors.iter().map(|v| json!({"values": v})).collect::<Vec<_>>()}),
+        Wire::Ollama => json!({"model": model, "embeddings": vectors, "total_duration": 14143917,
+            "load_duration": 1019500, "prompt_eval_count": tokens}),
+        _ => json!({"id": "fake-embed", "embeddings": {"float": vectors}, "texts": texts,
+            "meta": {"api_version": {"version": "2"}, "billed_units": {"input_tokens": tokens}},
+            "response_type": "embeddings_by_type"}),
+    };
+    axum::Json(body).into_response()
 }
 
 /// OpenAI's error body.
@@ -252,20 +449,9 @@ pub const FAKE_EMBEDDING_DIM: usize = 8;
 /// OpenAI's `POST /v1/embeddings`: `input` a string or an array of strings, one
 /// prompt token per word; the request errors OpenAI answers with its bodies.
 async fn embeddings(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (mut behaviour, request) = next(&shared, Wire::OpenAi, "/v1/embeddings", &headers, &body);
-    while let Behaviour::Slow { delay, then } = behaviour {
-        tokio::time::sleep(delay).await;
-        behaviour = *then;
-    }
-    match behaviour {
-        Behaviour::Status { code, retry_after } => {
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut response = openai_error(status, &format!("fake failure {code}"), Value::Null);
-            if let Some(seconds) = retry_after {
-                response.headers_mut().insert("retry-after", seconds.to_string().parse().unwrap());
-            }
-            return response;
-        }
+    let (behaviour, request) = next(&shared, Wire::OpenAi, "/v1/embeddings", &headers, &body);
+    match slow(behaviour).await {
+        Behaviour::Status { code, retry_after } => return status_response(Wire::OpenAi, code, retry_after),
         Behaviour::MalformedJson | Behaviour::CutMidway => return json_text("{\"object\": \"list\", \"data\": ["),
         _ => {}
     }
@@ -371,8 +557,90 @@ fn whole(wire: Wire, behaviour: &Behaviour, model: &str) -> Value {
             "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": null,
             "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
         }),
+        (Wire::Gemini, Behaviour::Reply { text, prompt_tokens, completion_tokens }) => {
+            gemini_chunk(json!([{"text": text}]), Some("STOP"), Some((*prompt_tokens, *completion_tokens)), model)
+        }
+        // Gemini's function calls come whole, and without an id on most models
+        (Wire::Gemini, Behaviour::ToolCall { name, arguments, .. }) => gemini_chunk(
+            json!([{"functionCall": {"name": name, "args": serde_json::from_str::<Value>(arguments).unwrap_or(json!({}))}}]),
+            Some("STOP"),
+            Some((20, 7)),
+            model,
+        ),
+        (Wire::Ollama, Behaviour::Reply { text, prompt_tokens, completion_tokens }) => ollama_line(
+            model,
+            json!({"role": "assistant", "content": text}),
+            Some((*prompt_tokens, *completion_tokens)),
+        ),
+        (Wire::Ollama, Behaviour::ToolCall { name, arguments, .. }) => ollama_line(
+            model,
+            json!({"role": "assistant", "content": "", "tool_calls": [{"function": {"name": name,
+                "arguments": serde_json::from_str::<Value>(arguments).unwrap_or(json!({}))}}]}),
+            Some((20, 7)),
+        ),
+        (Wire::Cohere, Behaviour::Reply { text, prompt_tokens, completion_tokens }) => json!({
+            "id": "fake-chat", "finish_reason": "COMPLETE",
+            "message": {"role": "assistant", "content": [{"type": "text", "text": text}]},
+            "usage": cohere_usage(*prompt_tokens, *completion_tokens),
+        }),
+        (Wire::Bedrock, Behaviour::Reply { text, prompt_tokens, completion_tokens }) => json!({
+            "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+            "stopReason": "end_turn",
+            "usage": {"inputTokens": prompt_tokens, "outputTokens": completion_tokens,
+                "totalTokens": prompt_tokens + completion_tokens},
+            "metrics": {"latencyMs": 42},
+        }),
+        (Wire::Bedrock, Behaviour::ToolCall { id, name, arguments }) => json!({
+            "output": {"message": {"role": "assistant", "content": [{"toolUse": {"toolUseId": id, "name": name,
+                "input": serde_json::from_str::<Value>(arguments).unwrap_or(json!({}))}}]}},
+            "stopReason": "tool_use",
+            "usage": {"inputTokens": 20, "outputTokens": 7, "totalTokens": 27},
+            "metrics": {"latencyMs": 42},
+        }),
+        (Wire::Cohere, Behaviour::ToolCall { id, name, arguments }) => json!({
+            "id": "fake-chat", "finish_reason": "TOOL_CALL",
+            "message": {"role": "assistant", "tool_plan": "I will look it up.",
+                "tool_calls": [{"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}]},
+            "usage": cohere_usage(20, 7),
+        }),
         _ => json!({}),
     }
+}
+
+/// A `GenerateContentResponse`: one candidate with `parts`, its finish reason once
+/// there is one, the usage so far.
+fn gemini_chunk(parts: Value, finish: Option<&str>, usage: Option<(u64, u64)>, model: &str) -> Value {
+    let mut candidate = json!({"content": {"parts": parts, "role": "model"}, "index": 0});
+    if let Some(reason) = finish {
+        candidate["finishReason"] = reason.into();
+    }
+    let mut chunk = json!({"candidates": [candidate], "modelVersion": model, "responseId": "fake-response"});
+    if let Some((prompt, output)) = usage {
+        chunk["usageMetadata"] =
+            json!({"promptTokenCount": prompt, "candidatesTokenCount": output, "totalTokenCount": prompt + output});
+    }
+    chunk
+}
+
+/// One object of Ollama's `/api/chat`; with counts it is the last (`done: true`).
+fn ollama_line(model: &str, message: Value, counts: Option<(u64, u64)>) -> Value {
+    let mut line = json!({"model": model, "created_at": "2026-12-04T12:00:00.000000Z", "message": message,
+        "done": counts.is_some()});
+    if let Some((prompt, output)) = counts {
+        line["done_reason"] = "stop".into();
+        line["total_duration"] = 4_883_583_458_u64.into();
+        line["load_duration"] = 1_334_875_u64.into();
+        line["prompt_eval_count"] = prompt.into();
+        line["prompt_eval_duration"] = 342_546_000_u64.into();
+        line["eval_count"] = output.into();
+        line["eval_duration"] = 4_535_599_000_u64.into();
+    }
+    line
+}
+
+fn cohere_usage(prompt: u64, output: u64) -> Value {
+    json!({"billed_units": {"input_tokens": prompt, "output_tokens": output},
+        "tokens": {"input_tokens": prompt + 60, "output_tokens": output}})
 }
 
 /// The words of `text`, each with the space before it, as a model streams them.
@@ -388,7 +656,215 @@ fn events(wire: Wire, behaviour: &Behaviour, model: &str, include_usage: bool) -
     match wire {
         Wire::OpenAi => openai_events(behaviour, model, include_usage),
         Wire::Anthropic => anthropic_events(behaviour, model),
+        Wire::Gemini => gemini_events(behaviour, model),
+        Wire::Cohere => cohere_events(behaviour),
+        // not server-sent events: see `ollama_lines` and `bedrock_frames`
+        Wire::Ollama | Wire::Bedrock => Vec::new(),
     }
+}
+
+/// `converse-stream`: AWS event-stream messages, each named by its `:event-type`
+/// header; complete at `messageStop`, usage in the `metadata` after it.
+fn bedrock_frames(behaviour: &Behaviour) -> Vec<Vec<u8>> {
+    let event = |name: &str, payload: Value| {
+        aws_event_message(
+            &[(":event-type", name), (":content-type", "application/json"), (":message-type", "event")],
+            payload.to_string().as_bytes(),
+        )
+    };
+    let text = |t: &str| event("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": t}}));
+    let end = |stop: &str, (prompt, output): (u64, u64)| {
+        [
+            event("messageStop", json!({"stopReason": stop})),
+            event(
+                "metadata",
+                json!({"usage": {"inputTokens": prompt, "outputTokens": output, "totalTokens": prompt + output},
+                    "metrics": {"latencyMs": 42}}),
+            ),
+        ]
+    };
+    let mut out = vec![event("messageStart", json!({"role": "assistant"}))];
+    match behaviour {
+        Behaviour::Reply { text: answer, prompt_tokens, completion_tokens } => {
+            out.extend(words(answer).iter().map(|w| text(w)));
+            out.push(event("contentBlockStop", json!({"contentBlockIndex": 0})));
+            out.extend(end("end_turn", (*prompt_tokens, *completion_tokens)));
+        }
+        Behaviour::ToolCall { id, name, arguments } => {
+            out.push(event(
+                "contentBlockStart",
+                json!({"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": id, "name": name}}}),
+            ));
+            for piece in thirds(arguments) {
+                out.push(event(
+                    "contentBlockDelta",
+                    json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": piece}}}),
+                ));
+            }
+            out.push(event("contentBlockStop", json!({"contentBlockIndex": 0})));
+            out.extend(end("tool_use", (20, 7)));
+        }
+        Behaviour::ErrorAfterFirstChunk => {
+            out.push(text("Partial"));
+            out.push(aws_event_message(
+                &[
+                    (":exception-type", "modelStreamErrorException"),
+                    (":content-type", "application/json"),
+                    (":message-type", "exception"),
+                ],
+                br#"{"message":"The model stream failed."}"#,
+            ));
+        }
+        Behaviour::CutMidway => out.push(text("Partial")),
+        // a well-framed message whose payload is not JSON
+        Behaviour::MalformedJson => return vec![aws_event_message(&[(":event-type", "messageStart")], b"{\"role\": ")],
+        Behaviour::Status { .. } | Behaviour::Slow { .. } => {}
+    }
+    out
+}
+
+/// One message of AWS's event-stream encoding: total length, headers length and
+/// their CRC32 (the prelude), string headers (name length, name, type 7, value length,
+/// value), the payload, the CRC32 of all before it; big-endian.
+fn aws_event_message(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
+    let mut encoded = Vec::new();
+    for (name, value) in headers {
+        encoded.push(name.len() as u8);
+        encoded.extend_from_slice(name.as_bytes());
+        encoded.push(7);
+        encoded.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        encoded.extend_from_slice(value.as_bytes());
+    }
+    let total = (12 + encoded.len() + payload.len() + 4) as u32;
+    let mut message = total.to_be_bytes().to_vec();
+    message.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    message.extend_from_slice(&crc32(&message).to_be_bytes());
+    message.extend_from_slice(&encoded);
+    message.extend_from_slice(payload);
+    message.extend_from_slice(&crc32(&message).to_be_bytes());
+    message
+}
+
+/// CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320), bit by bit: written here from
+/// the definition so that the fake does not share the router's implementation.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for byte in bytes {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// `streamGenerateContent?alt=sse`: each event a whole response with the next piece;
+/// the last carries `finishReason` (there is no other end marker).
+fn gemini_events(behaviour: &Behaviour, model: &str) -> Vec<String> {
+    let event = |chunk: Value| format!("data: {chunk}\r\n\r\n");
+    let partial = || event(gemini_chunk(json!([{"text": "Partial"}]), None, Some((20, 1)), model));
+    match behaviour {
+        Behaviour::Reply { text, prompt_tokens, completion_tokens } => {
+            let words = words(text);
+            let last = words.len() - 1;
+            words
+                .into_iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    let done = i == last;
+                    let usage = (*prompt_tokens, if done { *completion_tokens } else { i as u64 + 1 });
+                    event(gemini_chunk(json!([{"text": w}]), done.then_some("STOP"), Some(usage), model))
+                })
+                .collect()
+        }
+        Behaviour::ToolCall { .. } => vec![event(whole(Wire::Gemini, behaviour, model))],
+        Behaviour::ErrorAfterFirstChunk => vec![
+            partial(),
+            event(json!({"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}})),
+        ],
+        Behaviour::CutMidway => vec![partial()],
+        Behaviour::MalformedJson => vec!["data: {\"candidates\": [{\"content\": \r\n\r\n".to_owned()],
+        Behaviour::Status { .. } | Behaviour::Slow { .. } => Vec::new(),
+    }
+}
+
+/// `/api/chat` streamed: one JSON object a line, the last with `done: true`.
+fn ollama_lines(behaviour: &Behaviour, model: &str) -> Vec<String> {
+    let line = |value: Value| format!("{value}\n");
+    let text = |t: &str| line(ollama_line(model, json!({"role": "assistant", "content": t}), None));
+    match behaviour {
+        Behaviour::Reply { text: answer, prompt_tokens, completion_tokens } => {
+            let mut out: Vec<String> = words(answer).iter().map(|w| text(w)).collect();
+            let end = ollama_line(
+                model,
+                json!({"role": "assistant", "content": ""}),
+                Some((*prompt_tokens, *completion_tokens)),
+            );
+            out.push(line(end));
+            out
+        }
+        // a tool call arrives whole in one line, then the final one
+        Behaviour::ToolCall { .. } => {
+            let call = ollama_line(model, whole(Wire::Ollama, behaviour, model)["message"].clone(), None);
+            let end = ollama_line(model, json!({"role": "assistant", "content": ""}), Some((20, 7)));
+            vec![line(call), line(end)]
+        }
+        Behaviour::ErrorAfterFirstChunk => {
+            vec![text("Partial"), line(json!({"error": "an error was encountered while running the model"}))]
+        }
+        Behaviour::CutMidway => vec![text("Partial")],
+        Behaviour::MalformedJson => vec!["{\"model\": \"m\", \"message\": {\n".to_owned()],
+        Behaviour::Status { .. } | Behaviour::Slow { .. } => Vec::new(),
+    }
+}
+
+/// `/v2/chat` streamed: typed events named in `event:` and `type`, complete at
+/// `message-end` (finish reason and usage).
+fn cohere_events(behaviour: &Behaviour) -> Vec<String> {
+    let event = |data: Value| format!("event: {}\ndata: {data}\n\n", data["type"].as_str().unwrap_or_default());
+    let start = event(json!({"type": "message-start", "id": "fake-chat",
+        "delta": {"message": {"role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}}));
+    let content_start = event(
+        json!({"type": "content-start", "index": 0, "delta": {"message": {"content": {"type": "text", "text": ""}}}}),
+    );
+    let delta =
+        |t: &str| event(json!({"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": t}}}}));
+    let end = |reason: &str, (prompt, output): (u64, u64)| {
+        event(json!({"type": "message-end", "delta": {"finish_reason": reason, "usage": cohere_usage(prompt, output)}}))
+    };
+    let mut out = vec![start];
+    match behaviour {
+        Behaviour::Reply { text, prompt_tokens, completion_tokens } => {
+            out.push(content_start);
+            out.extend(words(text).iter().map(|w| delta(w)));
+            out.push(event(json!({"type": "content-end", "index": 0})));
+            out.push(end("COMPLETE", (*prompt_tokens, *completion_tokens)));
+        }
+        Behaviour::ToolCall { id, name, arguments } => {
+            out.push(event(
+                json!({"type": "tool-plan-delta", "delta": {"message": {"tool_plan": "I will look it up."}}}),
+            ));
+            out.push(event(json!({"type": "tool-call-start", "index": 0, "delta": {"message": {"tool_calls": {
+                "id": id, "type": "function", "function": {"name": name, "arguments": ""}}}}})));
+            for piece in thirds(arguments) {
+                out.push(event(json!({"type": "tool-call-delta", "index": 0,
+                    "delta": {"message": {"tool_calls": {"function": {"arguments": piece}}}}})));
+            }
+            out.push(event(json!({"type": "tool-call-end", "index": 0})));
+            out.push(end("TOOL_CALL", (20, 7)));
+        }
+        Behaviour::ErrorAfterFirstChunk => {
+            out.extend([content_start, delta("Partial")]);
+            out.push(event(json!({"type": "message-end", "delta": {"finish_reason": "ERROR",
+                "error": "internal server error"}})));
+        }
+        Behaviour::CutMidway => out.extend([content_start, delta("Partial")]),
+        Behaviour::MalformedJson => {
+            return vec!["event: message-start\ndata: {\"type\": \"message-start\", \n\n".to_owned()];
+        }
+        Behaviour::Status { .. } | Behaviour::Slow { .. } => {}
+    }
+    out
 }
 
 fn openai_events(behaviour: &Behaviour, model: &str, include_usage: bool) -> Vec<String> {

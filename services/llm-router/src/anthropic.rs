@@ -14,7 +14,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::sse::SseEvent;
-use crate::types::{ChatRequest, Completion, Delta, FinishReason, Message, Role, ToolCall, UpstreamError, Usage};
+use crate::types::{
+    ChatRequest, Completion, Delta, FinishReason, Message, Role, ToolCall, UpstreamError, Usage, data_url, push_turn,
+};
 
 pub const PATH: &str = "/v1/messages";
 pub const VERSION: &str = "2023-06-01";
@@ -22,42 +24,28 @@ pub const VERSION: &str = "2023-06-01";
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 
 pub fn request_body(model: &str, request: &ChatRequest, stream: bool) -> Value {
-    let mut system: Vec<String> = request.messages.iter().filter(|m| m.role == Role::System).map(plain_text).collect();
-    if let Some(format) = &request.response_format
-        && format["type"] != "text"
-    {
-        let schema = &format["json_schema"]["schema"];
-        system.push(if schema.is_object() {
-            format!("Answer with one JSON object only, matching this JSON Schema: {schema}")
-        } else {
-            "Answer with one JSON object only, no other text.".to_owned()
-        });
-    }
+    let mut system: Vec<String> =
+        request.messages.iter().filter(|m| m.role == Role::System).map(Message::plain_text).collect();
+    system.extend(request.json_instruction());
     let mut messages: Vec<(Role, Vec<Value>)> = Vec::new();
     for m in request.messages.iter().filter(|m| m.role != Role::System) {
         let (role, blocks) = match m.role {
             Role::Tool => (
                 Role::User,
                 vec![json!({"type": "tool_result", "tool_use_id": m.tool_call_id.clone().unwrap_or_default(),
-                    "content": plain_text(m)})],
+                    "content": m.plain_text()})],
             ),
             Role::Assistant => {
                 let mut blocks = content_blocks(m);
                 for call in &m.tool_calls {
-                    let input: Value = serde_json::from_str(&call.arguments)
-                        .ok()
-                        .filter(Value::is_object)
-                        .unwrap_or_else(|| json!({}));
+                    let input = call.arguments_object();
                     blocks.push(json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input}));
                 }
                 (Role::Assistant, blocks)
             }
             _ => (Role::User, content_blocks(m)),
         };
-        match messages.last_mut() {
-            Some((last, existing)) if *last == role => existing.extend(blocks),
-            _ => messages.push((role, blocks)),
-        }
+        push_turn(&mut messages, role, blocks);
     }
     let mut body = Map::new();
     body.insert("model".into(), model.into());
@@ -67,15 +55,7 @@ pub fn request_body(model: &str, request: &ChatRequest, stream: bool) -> Value {
     }
     let messages = messages.into_iter().map(|(role, blocks)| json!({"role": role.as_str(), "content": blocks}));
     body.insert("messages".into(), messages.collect());
-    if let Some(t) = request.temperature {
-        body.insert("temperature".into(), t.into());
-    }
-    if let Some(p) = request.top_p {
-        body.insert("top_p".into(), p.into());
-    }
-    if !request.stop.is_empty() {
-        body.insert("stop_sequences".into(), request.stop.clone().into());
-    }
+    body.extend(request.sampling(["max_tokens", "temperature", "top_p", "stop_sequences"]));
     if !request.tools.is_empty() {
         let tools = request.tools.iter().map(|t| {
             let mut tool = json!({"name": t.name, "input_schema": t.parameters});
@@ -105,13 +85,6 @@ fn tool_choice(choice: &Value) -> Option<Value> {
     }
 }
 
-fn plain_text(m: &Message) -> String {
-    match &m.parts {
-        Some(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("\n"),
-        None => m.content.clone(),
-    }
-}
-
 /// OpenAI content (a string or parts) as Anthropic blocks; images as base64 or URL sources.
 fn content_blocks(m: &Message) -> Vec<Value> {
     let Some(parts) = &m.parts else {
@@ -123,7 +96,7 @@ fn content_blocks(m: &Message) -> Vec<Value> {
             Some("text") => Some(json!({"type": "text", "text": part["text"]})),
             Some("image_url") => {
                 let url = part["image_url"]["url"].as_str().or_else(|| part["image_url"].as_str())?;
-                let source = match url.strip_prefix("data:").and_then(|rest| rest.split_once(";base64,")) {
+                let source = match data_url(url) {
                     Some((media_type, data)) => json!({"type": "base64", "media_type": media_type, "data": data}),
                     None => json!({"type": "url", "url": url}),
                 };

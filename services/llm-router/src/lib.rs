@@ -7,8 +7,10 @@
 //! `/api/analytics/...` call it.
 //!
 //! - `providers`: the catalogue (key variables, base URLs and their SDK variables);
-//!   `upstream`: the one pooled HTTP client and the calls; `openai` and `anthropic`:
-//!   the two wire protocols (most providers speak OpenAI's); `sse`: event streams.
+//!   `upstream`: the one pooled HTTP client and the calls; `openai`, `anthropic`,
+//!   `gemini`, `ollama`, `cohere` and `bedrock`: the wire protocols (most providers
+//!   speak OpenAI's); `sse`: event streams and newline-delimited JSON; `sigv4`: AWS
+//!   request signing.
 //! - `router`: targets from model names and aliases, admission, retries, fallbacks,
 //!   streams relayed delta by delta; `breaker`: per-provider health.
 //! - `pricing` (`pricing.toml`) and `budget`: integer micro-dollars, reserve before,
@@ -18,14 +20,19 @@
 
 mod analytics;
 mod anthropic;
+mod bedrock;
 mod breaker;
 mod budget;
+mod cohere;
+mod gemini;
 mod grpc;
+mod ollama;
 mod openai;
 mod pricing;
 mod providers;
 mod ratelimit;
 mod router;
+mod sigv4;
 mod sse;
 mod types;
 mod upstream;

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::sse::SseEvent;
-use crate::types::{ChatRequest, Completion, Delta, FinishReason, Message, Role, ToolCall, UpstreamError, Usage};
+use crate::types::{ChatRequest, Completion, Delta, FinishReason, Message, Role, Tool, ToolCall, UpstreamError, Usage};
 
 pub const PATH: &str = "/chat/completions";
 
@@ -13,31 +13,9 @@ pub fn request_body(model: &str, request: &ChatRequest, stream: bool) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), model.into());
     body.insert("messages".into(), request.messages.iter().map(message).collect());
-    if let Some(n) = request.max_tokens {
-        body.insert("max_tokens".into(), n.into());
-    }
-    if let Some(t) = request.temperature {
-        body.insert("temperature".into(), t.into());
-    }
-    if let Some(p) = request.top_p {
-        body.insert("top_p".into(), p.into());
-    }
-    if !request.stop.is_empty() {
-        body.insert("stop".into(), request.stop.clone().into());
-    }
+    body.extend(request.sampling(["max_tokens", "temperature", "top_p", "stop"]));
     if !request.tools.is_empty() {
-        let tools = request
-            .tools
-            .iter()
-            .map(|t| {
-                let mut function = json!({"name": t.name, "parameters": t.parameters});
-                if let Some(d) = &t.description {
-                    function["description"] = d.clone().into();
-                }
-                json!({"type": "function", "function": function})
-            })
-            .collect();
-        body.insert("tools".into(), tools);
+        body.insert("tools".into(), function_tools(&request.tools));
     }
     if let Some(choice) = &request.tool_choice {
         body.insert("tool_choice".into(), choice.clone());
@@ -74,6 +52,21 @@ fn message(m: &Message) -> Value {
         out.insert("tool_calls".into(), tool_calls_json(&m.tool_calls));
     }
     Value::Object(out)
+}
+
+/// Tools as OpenAI's `{"type": "function", "function": {...}}`, which Ollama and
+/// Cohere take too.
+pub fn function_tools(tools: &[Tool]) -> Value {
+    tools
+        .iter()
+        .map(|t| {
+            let mut function = json!({"name": t.name, "parameters": t.parameters});
+            if let Some(d) = &t.description {
+                function["description"] = d.clone().into();
+            }
+            json!({"type": "function", "function": function})
+        })
+        .collect()
 }
 
 pub fn tool_calls_json(calls: &[ToolCall]) -> Value {

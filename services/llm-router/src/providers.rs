@@ -10,13 +10,22 @@ use std::collections::BTreeMap;
 
 use helix_runtime::config::{LlmConfig, LlmProviderConfig, Secret};
 
+use crate::sigv4::AwsCredentials;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     /// `POST {base}/chat/completions` (OpenAI, and the many compatible APIs)
     OpenAi,
     /// `POST {base}/v1/messages` (Anthropic's Messages API)
     Anthropic,
-    /// AWS Bedrock's Converse API with SigV4 signing: not built yet
+    /// `POST {base}/v1beta/models/{model}:generateContent` (Google's Gemini API)
+    Gemini,
+    /// `POST {base}/api/chat` (Ollama's native API, newline-delimited JSON streams)
+    Ollama,
+    /// `POST {base}/v2/chat` (Cohere's v2 API)
+    Cohere,
+    /// `POST {base}/model/{model}/converse` (AWS Bedrock's Converse API, SigV4 or a
+    /// Bedrock API key)
     Bedrock,
 }
 
@@ -25,6 +34,10 @@ impl Protocol {
         match text {
             "openai" => Some(Self::OpenAi),
             "anthropic" => Some(Self::Anthropic),
+            "gemini" => Some(Self::Gemini),
+            "ollama" => Some(Self::Ollama),
+            "cohere" => Some(Self::Cohere),
+            "bedrock" => Some(Self::Bedrock),
             _ => None,
         }
     }
@@ -63,13 +76,13 @@ pub const KNOWN: &[Known] = &[
         key_env: &["OPENAI_API_KEY"],
         default_model: "gpt-4o-mini",
     },
-    // Gemini through its OpenAI-compatible endpoint until the native adapter exists
     Known {
         name: "google",
         display_name: "Google Gemini",
-        protocol: Protocol::OpenAi,
-        base_url: "https://generativelanguage.googleapis.com/v1beta/openai",
-        base_url_env: None,
+        protocol: Protocol::Gemini,
+        base_url: "https://generativelanguage.googleapis.com",
+        // the google-genai SDKs' variable
+        base_url_env: Some("GOOGLE_GEMINI_BASE_URL"),
         key_env: &["GOOGLE_API_KEY", "GEMINI_API_KEY"],
         default_model: "gemini-2.5-flash",
     },
@@ -100,12 +113,12 @@ pub const KNOWN: &[Known] = &[
         key_env: &["OPENROUTER_API_KEY"],
         default_model: "openai/gpt-4o-mini",
     },
-    // Ollama's OpenAI-compatible API; its clients name the server OLLAMA_HOST
+    // its clients name the server OLLAMA_HOST
     Known {
         name: "ollama",
         display_name: "Ollama",
-        protocol: Protocol::OpenAi,
-        base_url: "http://127.0.0.1:11434/v1",
+        protocol: Protocol::Ollama,
+        base_url: "http://127.0.0.1:11434",
         base_url_env: None,
         key_env: &[],
         default_model: "llama3.2",
@@ -166,12 +179,11 @@ pub const KNOWN: &[Known] = &[
         key_env: &["VENICE_API_KEY"],
         default_model: "llama-3.3-70b",
     },
-    // Cohere's OpenAI compatibility API until the native v2 adapter exists
     Known {
         name: "cohere",
         display_name: "Cohere",
-        protocol: Protocol::OpenAi,
-        base_url: "https://api.cohere.ai/compatibility/v1",
+        protocol: Protocol::Cohere,
+        base_url: "https://api.cohere.com",
         base_url_env: Some("CO_API_URL"),
         key_env: &["COHERE_API_KEY", "CO_API_KEY"],
         default_model: "command-r-plus",
@@ -182,6 +194,7 @@ pub const KNOWN: &[Known] = &[
         protocol: Protocol::Bedrock,
         base_url: "https://bedrock-runtime.{region}.amazonaws.com",
         base_url_env: None,
+        // with AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN): SigV4; see `bedrock_credentials`
         key_env: &["AWS_ACCESS_KEY_ID"],
         default_model: "anthropic.claude-3-5-haiku-20241022-v1:0",
     },
@@ -196,6 +209,9 @@ pub struct Provider {
     /// without a trailing slash
     pub base_url: String,
     pub api_key: Option<Secret>,
+    /// AWS credentials to sign with (Bedrock); without them its `api_key` is a Bedrock
+    /// API key, sent as a bearer token
+    pub aws: Option<AwsCredentials>,
     /// a key is present, or the provider needs none
     pub configured: bool,
     pub enabled: bool,
@@ -230,17 +246,18 @@ pub fn build(config: &LlmConfig, env: &dyn Fn(&str) -> Option<String>) -> Result
             && let Some(host) = env("OLLAMA_HOST").filter(|v| !v.is_empty())
         {
             let host = if host.contains("://") { host } else { format!("http://{host}") };
-            base_url = format!("{}/v1", host.trim_end_matches('/'));
+            base_url = host.trim_end_matches('/').to_owned();
         }
         if base_url.contains("{account_id}") {
             let account = overrides.account_id.clone().or_else(|| env("CLOUDFLARE_ACCOUNT_ID")).unwrap_or_default();
             base_url = base_url.replace("{account_id}", &account);
         }
-        if base_url.contains("{region}") {
-            let region = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")).unwrap_or_else(|| "us-east-1".into());
-            base_url = base_url.replace("{region}", &region);
-        }
-        let api_key = key(overrides, known.key_env, env);
+        let region = aws_region(&base_url, env);
+        base_url = base_url.replace("{region}", &region);
+        let (api_key, aws) = match known.protocol {
+            Protocol::Bedrock => bedrock_credentials(overrides, region, env),
+            _ => (key(overrides, known.key_env, env), None),
+        };
         let configured = known.key_env.is_empty() || api_key.is_some();
         providers.push(Provider {
             name: known.name.to_owned(),
@@ -248,6 +265,7 @@ pub fn build(config: &LlmConfig, env: &dyn Fn(&str) -> Option<String>) -> Result
             protocol: known.protocol,
             base_url: check_url(known.name, &base_url)?,
             api_key,
+            aws,
             configured,
             // Ollama needs no key: only used when configured explicitly
             enabled: overrides.enabled.unwrap_or(known.name != "ollama" || config.providers.contains_key("ollama")),
@@ -266,15 +284,21 @@ pub fn build(config: &LlmConfig, env: &dyn Fn(&str) -> Option<String>) -> Result
             custom.base_url.clone().ok_or_else(|| format!("llm.providers.{name}: a custom provider needs base_url"))?;
         let protocol = match custom.protocol.as_deref() {
             None => Protocol::OpenAi,
-            Some(text) => Protocol::parse(text)
-                .ok_or_else(|| format!("llm.providers.{name}.protocol must be openai or anthropic"))?,
+            Some(text) => Protocol::parse(text).ok_or_else(|| {
+                format!("llm.providers.{name}.protocol must be openai, anthropic, gemini, ollama, cohere or bedrock")
+            })?,
+        };
+        let (api_key, aws) = match protocol {
+            Protocol::Bedrock => bedrock_credentials(custom, aws_region(&base_url, env), env),
+            _ => (key(custom, &[], env), None),
         };
         providers.push(Provider {
             name: name.clone(),
             display_name: name.clone(),
             protocol,
             base_url: check_url(name, &base_url)?,
-            api_key: key(custom, &[], env),
+            api_key,
+            aws,
             configured: true,
             enabled: custom.enabled.unwrap_or(true),
             priority: custom.priority.unwrap_or(5),
@@ -290,6 +314,42 @@ fn key(overrides: &LlmProviderConfig, defaults: &[&str], env: &dyn Fn(&str) -> O
     }
     let named = overrides.api_key_env.as_deref().map(|n| vec![n]).unwrap_or_else(|| defaults.to_vec());
     named.into_iter().find_map(|name| env(name).filter(|v| !v.trim().is_empty())).map(Secret::new)
+}
+
+/// The region a Bedrock URL names (`bedrock-runtime.<region>.amazonaws.com`), else
+/// AWS_REGION, AWS_DEFAULT_REGION, us-east-1: what requests are signed for.
+fn aws_region(base_url: &str, env: &dyn Fn(&str) -> Option<String>) -> String {
+    let host = base_url.split("://").nth(1).unwrap_or_default().split(['/', ':']).next().unwrap_or_default();
+    match host.strip_prefix("bedrock-runtime.").and_then(|rest| rest.strip_suffix(".amazonaws.com")) {
+        Some(region) if !region.is_empty() && !region.contains('{') => region.to_owned(),
+        _ => env("AWS_REGION")
+            .or_else(|| env("AWS_DEFAULT_REGION"))
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "us-east-1".into()),
+    }
+}
+
+/// Bedrock's credentials: an access key id (`api_key`, the variable `api_key_env`
+/// names, or AWS_ACCESS_KEY_ID) with AWS_SECRET_ACCESS_KEY signs with SigV4; without
+/// the secret, the key (`api_key`, or AWS_BEARER_TOKEN_BEDROCK) is a Bedrock API key.
+fn bedrock_credentials(
+    overrides: &LlmProviderConfig,
+    region: String,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> (Option<Secret>, Option<AwsCredentials>) {
+    let secret = env("AWS_SECRET_ACCESS_KEY").filter(|v| !v.trim().is_empty());
+    match (key(overrides, &["AWS_ACCESS_KEY_ID"], env), secret) {
+        (Some(id), Some(secret)) => {
+            let aws = AwsCredentials {
+                access_key_id: id.expose().to_owned(),
+                secret_access_key: Secret::new(secret),
+                session_token: env("AWS_SESSION_TOKEN").filter(|v| !v.trim().is_empty()).map(Secret::new),
+                region,
+            };
+            (Some(id), Some(aws))
+        }
+        _ => (key(overrides, &["AWS_BEARER_TOKEN_BEDROCK"], env), None),
+    }
 }
 
 fn check_url(name: &str, url: &str) -> Result<String, String> {
@@ -329,7 +389,7 @@ mod tests {
             ("cloudflare", "CLOUDFLARE_API_KEY"),
             ("venice", "VENICE_API_KEY"),
             ("cohere", "COHERE_API_KEY"),
-            ("bedrock", "AWS_ACCESS_KEY_ID"),
+            ("bedrock", "AWS_BEARER_TOKEN_BEDROCK"),
         ];
         let none = build(&LlmConfig::default(), &env_of(&[])).unwrap();
         assert!(none.iter().filter(|p| p.name != "ollama").all(|p| !p.configured), "no key, not configured");
@@ -341,6 +401,21 @@ mod tests {
             assert_eq!(provider.api_key.as_ref().map(Secret::expose), Some("k-123"));
             assert!(!format!("{provider:?}").contains("k-123"), "{name}: the key never prints");
         }
+        let bedrock = |vars: &[(&str, &str)]| {
+            build(&LlmConfig::default(), &env_of(vars)).unwrap().into_iter().find(|p| p.name == "bedrock").unwrap()
+        };
+        let signed = bedrock(&[
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "s3cret"),
+            ("AWS_SESSION_TOKEN", "tok"),
+            ("AWS_REGION", "eu-west-1"),
+        ]);
+        let aws = signed.aws.as_ref().expect("an id and a secret sign with SigV4");
+        assert_eq!((aws.access_key_id.as_str(), aws.region.as_str()), ("AKID", "eu-west-1"));
+        assert_eq!(aws.session_token.as_ref().map(Secret::expose), Some("tok"));
+        assert!(signed.configured && !format!("{signed:?}").contains("s3cret"));
+        let id_alone = bedrock(&[("AWS_ACCESS_KEY_ID", "AKID")]);
+        assert!(!id_alone.configured && id_alone.aws.is_none(), "a key id without its secret signs nothing");
     }
 
     #[test]
@@ -352,7 +427,9 @@ mod tests {
         assert_eq!(url(&default, &[], "openai"), "https://api.openai.com/v1");
         assert_eq!(url(&default, &[("OPENAI_BASE_URL", "http://proxy:1/v1/")], "openai"), "http://proxy:1/v1");
         assert_eq!(url(&default, &[("ANTHROPIC_BASE_URL", "http://a:2")], "anthropic"), "http://a:2");
-        assert_eq!(url(&default, &[("OLLAMA_HOST", "gpu:11434")], "ollama"), "http://gpu:11434/v1");
+        assert_eq!(url(&default, &[("OLLAMA_HOST", "gpu:11434")], "ollama"), "http://gpu:11434");
+        assert_eq!(url(&default, &[("CO_API_URL", "http://co:4/")], "cohere"), "http://co:4");
+        assert_eq!(url(&default, &[], "google"), "https://generativelanguage.googleapis.com");
         assert_eq!(
             url(&default, &[("CLOUDFLARE_ACCOUNT_ID", "acc1")], "cloudflare"),
             "https://api.cloudflare.com/client/v4/accounts/acc1/ai/v1"
@@ -361,6 +438,9 @@ mod tests {
             url(&default, &[("AWS_REGION", "eu-west-1")], "bedrock"),
             "https://bedrock-runtime.eu-west-1.amazonaws.com"
         );
+        // the region a configured Bedrock URL names is the one requests are signed for
+        assert_eq!(aws_region("https://bedrock-runtime.ap-south-1.amazonaws.com", &env_of(&[])), "ap-south-1");
+        assert_eq!(aws_region("http://127.0.0.1:9/", &env_of(&[("AWS_DEFAULT_REGION", "us-west-2")])), "us-west-2");
         let mut config = LlmConfig::default();
         config.providers.insert(
             "openai".into(),

@@ -1,6 +1,8 @@
 //! Server-sent events as providers stream them (the WHATWG event-stream format): bytes
 //! arrive in arbitrary pieces; an event ends at a blank line. Only `event:` and
 //! `data:` matter to us; comments (`: ping`) and `id:`/`retry:` are skipped.
+//! Also newline-delimited JSON (Ollama's streams): each line is handed over as the
+//! data of an event, so every protocol's decoder takes the same input.
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SseEvent {
@@ -60,6 +62,33 @@ impl SseDecoder {
     }
 }
 
+/// Splits a newline-delimited stream into lines, each an event's data.
+#[derive(Default)]
+pub struct LineDecoder {
+    buffer: Vec<u8>,
+}
+
+impl LineDecoder {
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, String> {
+        self.buffer.extend_from_slice(bytes);
+        let mut lines = Vec::new();
+        let mut start = 0;
+        while let Some(offset) = self.buffer[start..].iter().position(|b| *b == b'\n') {
+            let line = &self.buffer[start..start + offset];
+            let line = std::str::from_utf8(line).map_err(|_| "a stream line is not UTF-8".to_owned())?.trim();
+            if !line.is_empty() {
+                lines.push(SseEvent { event: String::new(), data: line.to_owned() });
+            }
+            start += offset + 1;
+        }
+        self.buffer.drain(..start);
+        if self.buffer.len() > MAX_LINE {
+            return Err("a stream line is longer than 8 MiB".to_owned());
+        }
+        Ok(lines)
+    }
+}
+
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     let rest = line.strip_prefix(name)?.strip_prefix(':')?;
     Some(rest.strip_prefix(' ').unwrap_or(rest))
@@ -68,6 +97,18 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_split_anywhere() {
+        let text = "{\"a\":1}\n\n{\"b\":2}\r\n";
+        for split in 0..text.len() {
+            let mut decoder = LineDecoder::default();
+            let mut lines = decoder.feed(&text.as_bytes()[..split]).unwrap();
+            lines.extend(decoder.feed(&text.as_bytes()[split..]).unwrap());
+            let data: Vec<&str> = lines.iter().map(|l| l.data.as_str()).collect();
+            assert_eq!(data, ["{\"a\":1}", "{\"b\":2}"], "split at {split}");
+        }
+    }
 
     #[test]
     fn events_split_anywhere() {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Map, Value, json};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -43,6 +43,14 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
+impl ToolCall {
+    /// The arguments as an object, for wires that carry them as one (`{}` when the
+    /// model wrote something else).
+    pub fn arguments_object(&self) -> Value {
+        serde_json::from_str::<Value>(&self.arguments).ok().filter(Value::is_object).unwrap_or_else(|| json!({}))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Message {
     pub role: Role,
@@ -59,11 +67,52 @@ impl Message {
         Self { role, content: content.into(), parts: None, name: None, tool_call_id: None, tool_calls: Vec::new() }
     }
 
+    /// The text alone: the content, or the text parts joined by newlines.
+    pub fn plain_text(&self) -> String {
+        match &self.parts {
+            Some(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("\n"),
+            None => self.content.clone(),
+        }
+    }
+
     /// The text of the message, parts included, for token estimates.
     pub fn text_len(&self) -> usize {
         let parts: usize = self.parts.iter().flatten().filter_map(|p| p["text"].as_str()).map(str::len).sum();
         self.content.len() + parts + self.tool_calls.iter().map(|c| c.name.len() + c.arguments.len()).sum::<usize>()
     }
+}
+
+/// The prefix of the tool call ids the router makes up for wires whose calls come
+/// without one (Gemini's older models, Ollama).
+pub const MADE_UP_CALL_ID: &str = "call_hx_";
+
+/// A made-up tool call id: unique, so that a later turn's calls never share an id with
+/// an earlier one's (the way back finds a call's function by its id).
+pub fn made_up_call_id() -> String {
+    format!("{MADE_UP_CALL_ID}{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Appends one message's blocks to the turns of a wire that wants roles alternating
+/// (Anthropic, Gemini, Bedrock): to the last turn when it has the same role.
+pub fn push_turn<R: PartialEq>(turns: &mut Vec<(R, Vec<Value>)>, role: R, blocks: Vec<Value>) {
+    match turns.last_mut() {
+        Some((last, existing)) if *last == role => existing.extend(blocks),
+        _ => turns.push((role, blocks)),
+    }
+}
+
+/// Embeddings as a wire answered them, in input order: one per input, else the
+/// answer is unreadable.
+pub fn one_per_input(vectors: Vec<Vec<f32>>, inputs: usize) -> Result<Vec<Vec<f32>>, UpstreamError> {
+    if vectors.len() != inputs {
+        return Err(UpstreamError::malformed(format!("{} embeddings for {inputs} inputs", vectors.len())));
+    }
+    Ok(vectors)
+}
+
+/// `data:<media type>;base64,<data>` as its media type and data.
+pub fn data_url(url: &str) -> Option<(&str, &str)> {
+    url.strip_prefix("data:")?.split_once(";base64,")
 }
 
 /// A function the model may call.
@@ -90,6 +139,43 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
+    /// The sampling settings the caller set (max_tokens, temperature, top_p, stop),
+    /// under the names a wire gives them, in that order.
+    pub fn sampling(&self, [max_tokens, temperature, top_p, stop]: [&str; 4]) -> Map<String, Value> {
+        let mut out = Map::new();
+        if let Some(n) = self.max_tokens {
+            out.insert(max_tokens.into(), n.into());
+        }
+        if let Some(t) = self.temperature {
+            out.insert(temperature.into(), t.into());
+        }
+        if let Some(p) = self.top_p {
+            out.insert(top_p.into(), p.into());
+        }
+        if !self.stop.is_empty() {
+            out.insert(stop.into(), self.stop.clone().into());
+        }
+        out
+    }
+
+    /// For wires without a JSON mode: what the system prompt says instead of
+    /// `response_format` (a JSON object, or one matching the schema).
+    pub fn json_instruction(&self) -> Option<String> {
+        let format = self.response_format.as_ref().filter(|f| f["type"] != "text")?;
+        let schema = &format["json_schema"]["schema"];
+        Some(if schema.is_object() {
+            format!("Answer with one JSON object only, matching this JSON Schema: {schema}")
+        } else {
+            "Answer with one JSON object only, no other text.".to_owned()
+        })
+    }
+
+    /// The function an earlier assistant message called with `id`: wires that answer
+    /// a call by its function's name (Gemini, Ollama) need it.
+    pub fn tool_name_of(&self, id: &str) -> Option<&str> {
+        self.messages.iter().flat_map(|m| &m.tool_calls).find(|c| c.id == id).map(|c| c.name.as_str())
+    }
+
     /// A rough upper bound of the prompt's tokens, for reserving budget before the
     /// provider counts them: ~4 bytes a token for English, so bytes/3 over-estimates.
     pub fn prompt_token_estimate(&self) -> u64 {
@@ -153,6 +239,11 @@ pub enum Delta {
 }
 
 impl Delta {
+    /// A tool call that arrives whole (Gemini, Ollama), as the one fragment at `index`.
+    pub fn whole_tool_call(index: u32, call: ToolCall) -> Self {
+        Delta::ToolCall { index, id: Some(call.id), name: Some(call.name), arguments: call.arguments }
+    }
+
     /// Whether the client sees something of the answer in it: after the first such
     /// delta a failed stream can no longer fall back.
     pub fn is_content(&self) -> bool {

@@ -1,14 +1,15 @@
 //! Calls to providers over HTTP: one pooled client for the process (keep-alive, HTTP/2
 //! by ALPN over TLS), the request each protocol wants, errors read into
-//! [`UpstreamError`], and streams decoded chunk by chunk as they arrive.
+//! [`UpstreamError`] (every provider's error body has its message where
+//! `openai::error_message` looks), and streams decoded chunk by chunk as they arrive.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::providers::{Protocol, Provider};
-use crate::sse::SseDecoder;
+use crate::sse::{LineDecoder, SseDecoder, SseEvent};
 use crate::types::{ChatRequest, Completion, Delta, FailureKind, UpstreamError};
-use crate::{anthropic, openai};
+use crate::{anthropic, bedrock, cohere, gemini, ollama, openai, sigv4};
 
 /// Error bodies are read up to this size; what follows is not worth holding.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -34,6 +35,36 @@ impl Upstream {
         Ok(Self { client })
     }
 
+    /// A POST of `body` to `url` with the provider's key as its protocol sends it, or
+    /// signed with its AWS credentials.
+    fn post(
+        &self,
+        provider: &Provider,
+        url: String,
+        body: &serde_json::Value,
+    ) -> Result<reqwest::RequestBuilder, UpstreamError> {
+        if let Some(credentials) = &provider.aws {
+            let bytes = serde_json::to_vec(body).map_err(|e| UpstreamError::malformed(e.to_string()))?;
+            let parsed = reqwest::Url::parse(&url)
+                .map_err(|_| UpstreamError::new(FailureKind::BadRequest, "the provider's URL does not parse"))?;
+            // the Host header as the client will send it: the port only when not the default
+            let host = match parsed.port() {
+                Some(port) => format!("{}:{port}", parsed.host_str().unwrap_or_default()),
+                None => parsed.host_str().unwrap_or_default().to_owned(),
+            };
+            let signed = sigv4::sign(credentials, bedrock::SERVICE, &host, parsed.path(), &bytes, &sigv4::amz_date());
+            let builder = self.client.post(url).header("content-type", "application/json").body(bytes);
+            return Ok(signed.into_iter().fold(builder, |b, (name, value)| b.header(name, value)));
+        }
+        let builder = self.client.post(url).json(body);
+        let Some(key) = &provider.api_key else { return Ok(builder) };
+        Ok(match provider.protocol {
+            Protocol::Anthropic => builder.header("x-api-key", key.expose()),
+            Protocol::Gemini => builder.header(gemini::KEY_HEADER, key.expose()),
+            _ => builder.bearer_auth(key.expose()),
+        })
+    }
+
     fn request(
         &self,
         provider: &Provider,
@@ -41,35 +72,31 @@ impl Upstream {
         request: &ChatRequest,
         stream: bool,
     ) -> Result<reqwest::RequestBuilder, UpstreamError> {
-        let builder = match provider.protocol {
-            Protocol::OpenAi => {
-                let body = openai::request_body(model, request, stream);
-                let builder = self.client.post(format!("{}{}", provider.base_url, openai::PATH)).json(&body);
-                match &provider.api_key {
-                    Some(key) => builder.bearer_auth(key.expose()),
-                    None => builder,
-                }
-            }
+        let base = &provider.base_url;
+        let (url, body) = match provider.protocol {
+            Protocol::OpenAi => (format!("{base}{}", openai::PATH), openai::request_body(model, request, stream)),
             Protocol::Anthropic => {
-                let body = anthropic::request_body(model, request, stream);
-                let builder = self
-                    .client
-                    .post(format!("{}{}", provider.base_url, anthropic::PATH))
-                    .header("anthropic-version", anthropic::VERSION)
-                    .json(&body);
-                match &provider.api_key {
-                    Some(key) => builder.header("x-api-key", key.expose()),
-                    None => builder,
-                }
+                (format!("{base}{}", anthropic::PATH), anthropic::request_body(model, request, stream))
             }
-            Protocol::Bedrock => {
-                return Err(UpstreamError::new(
-                    FailureKind::Unsupported,
-                    "the AWS Bedrock adapter (Converse API, SigV4) is not built yet",
-                ));
+            Protocol::Gemini => {
+                let action = if stream { gemini::STREAM } else { gemini::GENERATE };
+                (gemini::url(base, model, action)?, gemini::request_body(request))
             }
+            Protocol::Ollama => (format!("{base}{}", ollama::CHAT_PATH), ollama::request_body(model, request, stream)),
+            Protocol::Cohere => (format!("{base}{}", cohere::CHAT_PATH), cohere::request_body(model, request, stream)),
+            Protocol::Bedrock => (format!("{base}{}", bedrock::path(model, stream)?), bedrock::request_body(request)),
         };
-        Ok(if stream { builder.header("accept", "text/event-stream") } else { builder })
+        let builder = self.post(provider, url, &body)?;
+        let builder = match provider.protocol {
+            Protocol::Anthropic => builder.header("anthropic-version", anthropic::VERSION),
+            _ => builder,
+        };
+        Ok(match provider.protocol {
+            Protocol::Ollama if stream => builder.header("accept", "application/x-ndjson"),
+            Protocol::Bedrock if stream => builder.header("accept", bedrock::EVENT_STREAM),
+            _ if stream => builder.header("accept", "text/event-stream"),
+            _ => builder,
+        })
     }
 
     /// One attempt at a whole answer; the caller bounds its time.
@@ -85,12 +112,16 @@ impl Upstream {
         let body = read_limited(response, MAX_BODY).await?;
         match provider.protocol {
             Protocol::Anthropic => anthropic::parse_response(&body),
-            _ => openai::parse_response(&body),
+            Protocol::Gemini => gemini::parse_response(&body),
+            Protocol::Ollama => ollama::parse_response(&body),
+            Protocol::Cohere => cohere::parse_response(&body),
+            Protocol::Bedrock => bedrock::parse_response(&body),
+            Protocol::OpenAi => openai::parse_response(&body),
         }
     }
 
-    /// One attempt at embeddings (OpenAI's wire: every provider with embeddings here
-    /// speaks it); the caller bounds its time.
+    /// One attempt at embeddings, on the provider's own embeddings route; the caller
+    /// bounds its time.
     pub async fn embed(
         &self,
         provider: &Provider,
@@ -98,21 +129,36 @@ impl Upstream {
         inputs: &[String],
         dimensions: Option<u32>,
     ) -> Result<(Vec<Vec<f32>>, Option<u64>), UpstreamError> {
-        if provider.protocol != Protocol::OpenAi {
-            return Err(UpstreamError::new(
-                FailureKind::Unsupported,
-                format!("{} has no OpenAI-style embeddings endpoint", provider.name),
-            ));
-        }
-        let body = openai::embeddings_body(model, inputs, dimensions);
-        let mut builder = self.client.post(format!("{}{}", provider.base_url, openai::EMBEDDINGS_PATH)).json(&body);
-        if let Some(key) = &provider.api_key {
-            builder = builder.bearer_auth(key.expose());
-        }
-        let response = builder.send().await.map_err(send_error)?;
+        let base = &provider.base_url;
+        let (url, body) = match provider.protocol {
+            Protocol::OpenAi => {
+                (format!("{base}{}", openai::EMBEDDINGS_PATH), openai::embeddings_body(model, inputs, dimensions))
+            }
+            Protocol::Gemini => {
+                (gemini::url(base, model, gemini::EMBED)?, gemini::embeddings_body(model, inputs, dimensions))
+            }
+            Protocol::Ollama => {
+                (format!("{base}{}", ollama::EMBED_PATH), ollama::embeddings_body(model, inputs, dimensions))
+            }
+            Protocol::Cohere => {
+                (format!("{base}{}", cohere::EMBED_PATH), cohere::embeddings_body(model, inputs, dimensions))
+            }
+            Protocol::Anthropic | Protocol::Bedrock => {
+                return Err(UpstreamError::new(
+                    FailureKind::Unsupported,
+                    format!("{} has no embeddings endpoint here", provider.name),
+                ));
+            }
+        };
+        let response = self.post(provider, url, &body)?.send().await.map_err(send_error)?;
         let response = check_status(response).await?;
         let body = read_limited(response, MAX_BODY).await?;
-        openai::parse_embeddings(&body, inputs.len())
+        match provider.protocol {
+            Protocol::Gemini => gemini::parse_embeddings(&body, inputs.len()),
+            Protocol::Ollama => ollama::parse_embeddings(&body, inputs.len()),
+            Protocol::Cohere => cohere::parse_embeddings(&body, inputs.len()),
+            _ => openai::parse_embeddings(&body, inputs.len()),
+        }
     }
 
     /// Sends a streamed call and waits for its response head; the caller bounds that
@@ -127,32 +173,88 @@ impl Upstream {
         let builder = self.request(provider, model, request, true)?;
         let response = builder.send().await.map_err(send_error)?;
         let response = check_status(response).await?;
-        let decoder = match provider.protocol {
-            Protocol::Anthropic => Decoder::Anthropic(anthropic::StreamDecoder::default()),
-            _ => Decoder::OpenAi(openai::StreamDecoder::default()),
+        let (framing, decoder) = match provider.protocol {
+            Protocol::Anthropic => (Framing::default(), Decoder::Anthropic(anthropic::StreamDecoder::default())),
+            Protocol::Gemini => (Framing::default(), Decoder::Gemini(gemini::StreamDecoder::default())),
+            Protocol::Cohere => (Framing::default(), Decoder::Cohere(cohere::StreamDecoder::default())),
+            Protocol::Ollama => {
+                (Framing::Lines(LineDecoder::default()), Decoder::Ollama(ollama::StreamDecoder::default()))
+            }
+            Protocol::Bedrock => (
+                Framing::AwsEvents(bedrock::EventStreamDecoder::default()),
+                Decoder::Bedrock(bedrock::StreamDecoder::default()),
+            ),
+            Protocol::OpenAi => (Framing::default(), Decoder::OpenAi(openai::StreamDecoder::default())),
         };
-        Ok(UpstreamStream {
-            response,
-            sse: SseDecoder::default(),
-            decoder,
-            pending: VecDeque::new(),
-            idle,
-            ended: false,
-        })
+        Ok(UpstreamStream { response, framing, decoder, pending: VecDeque::new(), idle, ended: false })
+    }
+}
+
+/// How a stream's bytes become events: server-sent events, one JSON object a line, or
+/// AWS's binary event-stream messages.
+enum Framing {
+    Sse(SseDecoder),
+    Lines(LineDecoder),
+    AwsEvents(bedrock::EventStreamDecoder),
+}
+
+impl Default for Framing {
+    fn default() -> Self {
+        Self::Sse(SseDecoder::default())
+    }
+}
+
+impl Framing {
+    fn feed(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, String> {
+        match self {
+            Self::Sse(d) => d.feed(bytes),
+            Self::Lines(d) => d.feed(bytes),
+            Self::AwsEvents(d) => d.feed(bytes),
+        }
     }
 }
 
 enum Decoder {
     OpenAi(openai::StreamDecoder),
     Anthropic(anthropic::StreamDecoder),
+    Gemini(gemini::StreamDecoder),
+    Ollama(ollama::StreamDecoder),
+    Cohere(cohere::StreamDecoder),
+    Bedrock(bedrock::StreamDecoder),
+}
+
+impl Decoder {
+    fn decode(&mut self, event: SseEvent, out: &mut Vec<Delta>) -> Result<(), UpstreamError> {
+        match self {
+            Self::OpenAi(d) => d.decode(event, out),
+            Self::Anthropic(d) => d.decode(event, out),
+            Self::Gemini(d) => d.decode(event, out),
+            Self::Ollama(d) => d.decode(event, out),
+            Self::Cohere(d) => d.decode(event, out),
+            Self::Bedrock(d) => d.decode(event, out),
+        }
+    }
+
+    /// Whether the protocol's end marker arrived.
+    fn is_done(&self) -> bool {
+        match self {
+            Self::OpenAi(d) => d.done,
+            Self::Anthropic(d) => d.done,
+            Self::Gemini(d) => d.done,
+            Self::Ollama(d) => d.done,
+            Self::Cohere(d) => d.done,
+            Self::Bedrock(d) => d.done,
+        }
+    }
 }
 
 /// A provider's stream as deltas. It ends with `None` only after the protocol's end
-/// marker (`[DONE]`, `message_stop`); a connection cut before it, a silence longer than
+/// marker (`[DONE]`, `message_stop`, a Gemini `finishReason`, Ollama's `done: true`,
+/// Cohere's `message-end`, Bedrock's `messageStop`); a connection cut before it, a silence longer than
 /// the idle timeout, or an unreadable event is an error.
 pub struct UpstreamStream {
     response: reqwest::Response,
-    sse: SseDecoder,
+    framing: Framing,
     decoder: Decoder,
     pending: VecDeque<Delta>,
     idle: Duration,
@@ -189,20 +291,14 @@ impl UpstreamStream {
     }
 
     fn is_done(&self) -> bool {
-        match &self.decoder {
-            Decoder::OpenAi(d) => d.done,
-            Decoder::Anthropic(d) => d.done,
-        }
+        self.decoder.is_done()
     }
 
     fn decode(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
-        let events = self.sse.feed(bytes).map_err(UpstreamError::malformed)?;
+        let events = self.framing.feed(bytes).map_err(UpstreamError::malformed)?;
         let mut out = Vec::new();
         for event in events {
-            match &mut self.decoder {
-                Decoder::OpenAi(d) => d.decode(event, &mut out)?,
-                Decoder::Anthropic(d) => d.decode(event, &mut out)?,
-            }
+            self.decoder.decode(event, &mut out)?;
         }
         self.pending.extend(out);
         Ok(())
@@ -278,4 +374,81 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<V
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use helix_runtime::config::Secret;
+
+    use super::*;
+    use crate::sigv4::AwsCredentials;
+    use crate::types::{Message, Role};
+
+    fn provider(protocol: Protocol, aws: Option<AwsCredentials>) -> Provider {
+        Provider {
+            name: "p".into(),
+            display_name: "p".into(),
+            protocol,
+            base_url: "http://127.0.0.1:9".into(),
+            api_key: Some(Secret::new("key-1")),
+            aws,
+            configured: true,
+            enabled: true,
+            priority: 0,
+            default_model: String::new(),
+        }
+    }
+
+    /// Each protocol's route and credentials, as the request leaves (built, not sent).
+    #[test]
+    fn each_protocol_sends_its_route_and_key_its_way() {
+        let upstream = Upstream::new().unwrap();
+        let chat = ChatRequest { messages: vec![Message::text(Role::User, "Hi")], ..ChatRequest::default() };
+        // (protocol, model, the URL's path, header carrying the key, its value)
+        let cases = [
+            (Protocol::OpenAi, "m", "/chat/completions", "authorization", "Bearer key-1"),
+            (Protocol::Anthropic, "m", "/v1/messages", "x-api-key", "key-1"),
+            (
+                Protocol::Gemini,
+                "gemini-2.5-flash",
+                "/v1beta/models/gemini-2.5-flash:generateContent",
+                "x-goog-api-key",
+                "key-1",
+            ),
+            (Protocol::Ollama, "llama3.2", "/api/chat", "authorization", "Bearer key-1"),
+            (Protocol::Cohere, "command-r-plus", "/v2/chat", "authorization", "Bearer key-1"),
+            (Protocol::Bedrock, "a.b-v1:0", "/model/a.b-v1%3A0/converse", "authorization", "Bearer key-1"),
+        ];
+        for (protocol, model, path, header, value) in cases {
+            let request = upstream.request(&provider(protocol, None), model, &chat, false).unwrap().build().unwrap();
+            assert_eq!(request.url().path(), path, "{protocol:?}");
+            assert_eq!(request.headers()[header], value, "{protocol:?}");
+        }
+    }
+
+    /// With AWS credentials, Bedrock's request is signed for the host (port included)
+    /// and the encoded path it goes to, over the body it carries.
+    #[test]
+    fn bedrock_requests_are_signed_as_they_are_sent() {
+        let credentials = AwsCredentials {
+            access_key_id: "AKID".into(),
+            secret_access_key: Secret::new("s3cret"),
+            session_token: None,
+            region: "eu-west-1".into(),
+        };
+        let upstream = Upstream::new().unwrap();
+        let chat = ChatRequest { messages: vec![Message::text(Role::User, "Hi")], ..ChatRequest::default() };
+        let provider = provider(Protocol::Bedrock, Some(credentials.clone()));
+        let request = upstream.request(&provider, "a.b-v1:0", &chat, true).unwrap().build().unwrap();
+        assert_eq!(request.url().path(), "/model/a.b-v1%3A0/converse-stream");
+        assert_eq!(request.headers()["accept"], bedrock::EVENT_STREAM);
+        let date = request.headers()["x-amz-date"].to_str().unwrap();
+        let body = request.body().and_then(reqwest::Body::as_bytes).unwrap();
+        let expected = sigv4::sign(&credentials, "bedrock", "127.0.0.1:9", request.url().path(), body, date);
+        let authorization = request.headers()["authorization"].to_str().unwrap();
+        assert_eq!(Some(authorization), expected.iter().find(|(n, _)| *n == "authorization").map(|(_, v)| v.as_str()));
+        assert!(authorization.starts_with("AWS4-HMAC-SHA256 Credential=AKID/"), "{authorization}");
+        assert!(authorization.contains("/eu-west-1/bedrock/aws4_request, SignedHeaders=host;x-amz-date, "));
+        assert!(!authorization.contains("s3cret") && !authorization.contains("key-1"));
+    }
 }
