@@ -70,7 +70,7 @@ async fn execution(helix: &TestHelix, id: &str) -> anyhow::Result<Value> {
     Ok(body)
 }
 
-async fn wait_for(helix: &TestHelix, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+pub(crate) async fn wait_for(helix: &TestHelix, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let e = execution(helix, id).await?;
