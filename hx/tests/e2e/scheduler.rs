@@ -17,10 +17,12 @@ crate::on_both_backends!(
     templates_are_previewed_instantiated_and_run,
 );
 
-/// Every field of `expected` is in `actual` with the same value (objects recursively).
+/// Every field of `expected` is in `actual` with the same value (objects recursively,
+/// arrays item by item).
 fn contains(actual: &Value, expected: &Value) -> bool {
     match (actual, expected) {
         (Value::Object(a), Value::Object(e)) => e.iter().all(|(k, v)| a.get(k).is_some_and(|a| contains(a, v))),
+        (Value::Array(a), Value::Array(e)) => a.len() == e.len() && a.iter().zip(e).all(|(a, e)| contains(a, e)),
         _ => actual == expected,
     }
 }
@@ -50,6 +52,9 @@ async fn tasks_are_driven_through_their_lifecycle(backend: Backend) -> anyhow::R
     let helix = TestHelix::start(backend).await?;
     let add = |task: Value, status: u16, expected: Value| Call(M::POST, "/api/v1/scheduler/tasks", task, status, expected);
     let get = |path: &'static str, expected: Value| Call(M::GET, path, Value::Null, 200, expected);
+    let waves = json!({"waves": [
+        {"index": 0, "task_ids": ["index", "fetch"]}, {"index": 1, "task_ids": ["parse", "rank"]},
+        {"index": 2, "task_ids": ["report"]}, {"index": 3, "task_ids": ["cleanup"]}]});
     check(
         &helix,
         &[
@@ -72,10 +77,8 @@ async fn tasks_are_driven_through_their_lifecycle(backend: Backend) -> anyhow::R
             add(json!({"task_id": "a b"}), 400, error("invalid_task_id")),
             add(json!({"priority": 1}), 422, error("invalid_body")),
             get("/api/v1/scheduler/tasks/fetch", json!({"state": "ready", "dependencies": [], "dependents": ["parse"]})),
-            get("/api/v1/scheduler/tasks/waves", json!({"waves": [
-                {"index": 0, "task_ids": ["index", "fetch"]}, {"index": 1, "task_ids": ["parse", "rank"]},
-                {"index": 2, "task_ids": ["report"]}, {"index": 3, "task_ids": ["cleanup"]}]})),
-            get("/api/scheduler/waves", json!({"waves": [{"index": 0, "task_ids": ["index", "fetch"]}]})),
+            get("/api/v1/scheduler/tasks/waves", waves.clone()),
+            get("/api/scheduler/waves", waves),
             get("/api/v1/scheduler/tasks/ready", json!({"task_ids": ["index", "fetch"]})),
             get("/api/v1/scheduler/stats", json!({"total_tasks": 6, "ready": 2, "pending": 4, "waves": 4})),
             Call(M::POST, "/api/v1/scheduler/tasks/parse/run", Value::Null, 409, error("invalid_task_state")),
