@@ -219,6 +219,14 @@ async fn templates_are_previewed_instantiated_and_run(backend: Backend) -> anyho
             assert_eq!((got, code(&answer)), (status, expected), "{action} {template} {body}: {answer}");
         }
     }
+    // the CLI over the same routes
+    let (ok, out) = crate::workflows::hx(&helix, &["workflow", "templates"]).await?;
+    assert!(ok && out.contains("review_chain") && out.contains("topic") && out.contains("required"), "{out}");
+    let args = ["workflow", "instantiate", "etl", "--name", "cli-etl", "--params", r#"{"source": "a.csv"}"#];
+    let (ok, out) = crate::workflows::hx(&helix, &args).await?;
+    assert!(ok && out.contains("cli-etl stored from etl: 5 tasks"), "{out}");
+    let (ok, out) = crate::workflows::hx(&helix, &["workflow", "instantiate", "etl"]).await?;
+    assert!(!ok && out.contains("missing_parameter"), "{out}");
     helix.stop().await;
     Ok(())
 }

@@ -297,7 +297,7 @@ async fn refuses_bad_definitions_and_runs_the_examples(backend: Backend) -> anyh
 
 const HX: &str = env!("CARGO_BIN_EXE_hx");
 
-async fn hx(helix: &TestHelix, args: &[&str]) -> anyhow::Result<(bool, String)> {
+pub(crate) async fn hx(helix: &TestHelix, args: &[&str]) -> anyhow::Result<(bool, String)> {
     let output = tokio::process::Command::new(HX)
         .args(args)
         .args(["--server", &helix.base_url, "--api-key", &helix.env.admin_key])
