@@ -179,7 +179,11 @@ pub async fn run(WorkflowArgs { command, remote }: WorkflowArgs) -> anyhow::Resu
                 for t in list["templates"].as_array().cloned().unwrap_or_default() {
                     println!("{:<20} {}", text(&t["name"]), text(&t["description"]));
                     for p in t["parameters"].as_array().cloned().unwrap_or_default() {
-                        let default = if p["required"] == true { "required".to_owned() } else { format!("default {}", p["default"]) };
+                        let default = if p["required"] == true {
+                            "required".to_owned()
+                        } else {
+                            format!("default {}", p["default"])
+                        };
                         println!("  {:<18} {} ({default})", text(&p["name"]), text(&p["description"]));
                     }
                 }

@@ -50,7 +50,8 @@ fn error(code: &str) -> Value {
 async fn tasks_are_driven_through_their_lifecycle(backend: Backend) -> anyhow::Result<()> {
     use Method as M;
     let helix = TestHelix::start(backend).await?;
-    let add = |task: Value, status: u16, expected: Value| Call(M::POST, "/api/v1/scheduler/tasks", task, status, expected);
+    let add =
+        |task: Value, status: u16, expected: Value| Call(M::POST, "/api/v1/scheduler/tasks", task, status, expected);
     let get = |path: &'static str, expected: Value| Call(M::GET, path, Value::Null, 200, expected);
     let waves = json!({"waves": [
         {"index": 0, "task_ids": ["index", "fetch"]}, {"index": 1, "task_ids": ["parse", "rank"]},
@@ -117,7 +118,11 @@ async fn tasks_are_driven_through_their_lifecycle(backend: Backend) -> anyhow::R
 /// newly ready exactly once.
 async fn concurrent_callers_change_a_task_once(backend: Backend) -> anyhow::Result<()> {
     let helix = TestHelix::start(backend).await?;
-    let tasks = [json!({"task_id": "left"}), json!({"task_id": "right"}), json!({"task_id": "join", "dependencies": ["left", "right"]})];
+    let tasks = [
+        json!({"task_id": "left"}),
+        json!({"task_id": "right"}),
+        json!({"task_id": "join", "dependencies": ["left", "right"]}),
+    ];
     for task in tasks {
         let (status, body) = read(helix.api(Method::POST, "/api/v1/scheduler/tasks").json(&task).send().await?).await;
         assert_eq!(status, 201, "{body}");
@@ -143,7 +148,8 @@ async fn concurrent_callers_change_a_task_once(backend: Backend) -> anyhow::Resu
         let lost = mine.iter().filter(|(_, (s, b))| *s == 409 && code(b) == "invalid_task_state").count();
         assert_eq!((won, lost), (1, 7), "{task}: {mine:#?}");
     }
-    let reported: Vec<&Value> = completes.iter().filter_map(|(_, (s, b))| (*s == 200).then_some(&b["newly_ready"])).collect();
+    let reported: Vec<&Value> =
+        completes.iter().filter_map(|(_, (s, b))| (*s == 200).then_some(&b["newly_ready"])).collect();
     let joins = reported.iter().filter(|r| **r == &json!(["join"])).count();
     assert_eq!(joins, 1, "join is newly ready once: {reported:?}");
     let (_, join) = read(helix.api(Method::GET, "/api/v1/scheduler/tasks/join").send().await?).await;
@@ -156,25 +162,38 @@ async fn templates_are_previewed_instantiated_and_run(backend: Backend) -> anyho
     let helix = TestHelix::start(backend).await?;
     let (status, list) = read(helix.api(Method::GET, "/api/v1/scheduler/templates").send().await?).await;
     assert_eq!(status, 200, "{list}");
-    let names: Vec<&str> = list["templates"].as_array().into_iter().flatten().filter_map(|t| t["name"].as_str()).collect();
+    let names: Vec<&str> =
+        list["templates"].as_array().into_iter().flatten().filter_map(|t| t["name"].as_str()).collect();
     assert_eq!(names, ["research_pipeline", "etl", "review_chain"], "{list:#}");
     let (status, alias) = read(helix.api(Method::GET, "/api/scheduler/templates").send().await?).await;
     assert_eq!((status, alias), (200, list));
 
     // (template, parameters, waves, critical path, its estimate, a bound payload)
     let table = [
-        ("research_pipeline", json!({"topic": "tides"}),
-         json!([["gather_sources"], ["analyze_sources", "extract_claims"], ["synthesize"], ["report"]]),
-         json!(["gather_sources", "analyze_sources", "synthesize", "report"]), 240,
-         ("gather_sources", json!({"topic": "tides", "max_sources": 10}))),
-        ("etl", json!({"source": "s3://logs", "destination": "warehouse"}),
-         json!([["extract"], ["validate", "transform"], ["load"], ["verify"]]),
-         json!(["extract", "transform", "load", "verify"]), 80,
-         ("load", json!({"destination": "warehouse"}))),
-        ("review_chain", json!({"subject": "the RFC"}),
-         json!([["draft"], ["technical_review", "style_review"], ["revise"], ["approve"]]),
-         json!(["draft", "technical_review", "revise", "approve"]), 80,
-         ("draft", json!({"subject": "the RFC"}))),
+        (
+            "research_pipeline",
+            json!({"topic": "tides"}),
+            json!([["gather_sources"], ["analyze_sources", "extract_claims"], ["synthesize"], ["report"]]),
+            json!(["gather_sources", "analyze_sources", "synthesize", "report"]),
+            240,
+            ("gather_sources", json!({"topic": "tides", "max_sources": 10})),
+        ),
+        (
+            "etl",
+            json!({"source": "s3://logs", "destination": "warehouse"}),
+            json!([["extract"], ["validate", "transform"], ["load"], ["verify"]]),
+            json!(["extract", "transform", "load", "verify"]),
+            80,
+            ("load", json!({"destination": "warehouse"})),
+        ),
+        (
+            "review_chain",
+            json!({"subject": "the RFC"}),
+            json!([["draft"], ["technical_review", "style_review"], ["revise"], ["approve"]]),
+            json!(["draft", "technical_review", "revise", "approve"]),
+            80,
+            ("draft", json!({"subject": "the RFC"})),
+        ),
     ];
     for (template, parameters, waves, critical_path, secs, (task, payload)) in table {
         let path = format!("/api/v1/scheduler/templates/{template}/preview");
@@ -183,7 +202,11 @@ async fn templates_are_previewed_instantiated_and_run(backend: Backend) -> anyho
         assert_eq!(status, 200, "{template}: {plan}");
         let got: Vec<&Value> = plan["waves"].as_array().into_iter().flatten().map(|w| &w["task_ids"]).collect();
         assert_eq!(json!(got), waves, "{template}: {plan:#}");
-        assert_eq!((&plan["critical_path"], &plan["estimated_duration_secs"]), (&critical_path, &json!(secs)), "{template}");
+        assert_eq!(
+            (&plan["critical_path"], &plan["estimated_duration_secs"]),
+            (&critical_path, &json!(secs)),
+            "{template}"
+        );
 
         let name = format!("{template}-run");
         let path = format!("/api/v1/scheduler/templates/{template}/instantiate");

@@ -71,7 +71,12 @@ async fn execution(helix: &TestHelix, id: &str) -> anyhow::Result<Value> {
     Ok(body)
 }
 
-pub(crate) async fn wait_for(helix: &TestHelix, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+pub(crate) async fn wait_for(
+    helix: &TestHelix,
+    id: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let e = execution(helix, id).await?;
@@ -477,8 +482,10 @@ async fn cancel_reaches_running_sub_workflows(backend: Backend) -> anyhow::Resul
     let mut chain = vec![parent.clone()];
     let deadline = Instant::now() + Duration::from_secs(30);
     while chain.len() < 3 {
-        let (_, listed) = read(helix.api(Method::GET, "/api/v1/workflows/executions?state=running").send().await?).await;
-        let below = listed["executions"].as_array().into_iter().flatten().find(|e| e["triggered_by"] == json!(chain.last()));
+        let (_, listed) =
+            read(helix.api(Method::GET, "/api/v1/workflows/executions?state=running").send().await?).await;
+        let below =
+            listed["executions"].as_array().into_iter().flatten().find(|e| e["triggered_by"] == json!(chain.last()));
         match below {
             Some(e) => chain.push(e["id"].as_str().unwrap_or_default().to_owned()),
             None => {

@@ -181,7 +181,8 @@ pub async fn run(
     input: Option<Json<RunInput>>,
 ) -> ApiResult<Json<TaskStateBody>> {
     let worker = input.map(|Json(i)| i.worker).unwrap_or_default();
-    let task = state.orchestrator().run_scheduler_task(pb::RunSchedulerTaskRequest { task_id, worker }).await?.into_inner();
+    let task =
+        state.orchestrator().run_scheduler_task(pb::RunSchedulerTaskRequest { task_id, worker }).await?.into_inner();
     Ok(Json(task_state_body(task)))
 }
 
@@ -234,7 +235,8 @@ pub async fn waves(State(state): State<AppState>, Query(params): Query<WavesPara
 #[utoipa::path(get, path = "/api/v1/scheduler/stats", tag = "scheduler",
     responses((status = 200, body = StatsBody)), security(("bearer" = [])))]
 pub async fn stats(State(state): State<AppState>) -> ApiResult<Json<StatsBody>> {
-    let s = state.orchestrator().get_scheduler_stats(pb::GetSchedulerStatsRequest { workflow: None }).await?.into_inner();
+    let s =
+        state.orchestrator().get_scheduler_stats(pb::GetSchedulerStatsRequest { workflow: None }).await?.into_inner();
     Ok(Json(StatsBody {
         total_tasks: s.total_tasks,
         pending: s.pending,

@@ -534,7 +534,9 @@ impl OrchestratorService for OrchestratorApi {
         &self,
         _request: Request<pb::ListSchedulerTemplatesRequest>,
     ) -> Reply<pb::ListSchedulerTemplatesResponse> {
-        reply(Ok(pb::ListSchedulerTemplatesResponse { templates: scheduler::templates().iter().map(template_pb).collect() }))
+        reply(Ok(pb::ListSchedulerTemplatesResponse {
+            templates: scheduler::templates().iter().map(template_pb).collect(),
+        }))
     }
 
     async fn preview_scheduler_template(
@@ -617,7 +619,11 @@ impl OrchestratorService for OrchestratorApi {
         let r = request.into_inner();
         let result = async {
             let (task, cancelled_downstream) = self.engine.store.fail_task(&r.task_id, &r.error).await?;
-            Ok(pb::FailSchedulerTaskResponse { task: Some(task_record_pb(task)), will_retry: false, cancelled_downstream })
+            Ok(pb::FailSchedulerTaskResponse {
+                task: Some(task_record_pb(task)),
+                will_retry: false,
+                cancelled_downstream,
+            })
         };
         reply(result.await)
     }

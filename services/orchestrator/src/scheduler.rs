@@ -135,13 +135,8 @@ pub struct Preview {
 pub fn waves_by_priority(tasks: &[TaskSpec]) -> Result<Vec<Vec<String>>> {
     let by_id: HashMap<&str, &TaskSpec> = tasks.iter().map(|t| (t.task_id.as_str(), t)).collect();
     let steps = tasks.iter().map(step).collect::<Result<Vec<_>>>()?;
-    let def = Definition {
-        name: String::new(),
-        description: String::new(),
-        variables: Map::new(),
-        tags: Vec::new(),
-        steps,
-    };
+    let def =
+        Definition { name: String::new(), description: String::new(), variables: Map::new(), tags: Vec::new(), steps };
     let mut waves = definition::waves(&def)?;
     for wave in &mut waves {
         wave.sort_by_key(|id| std::cmp::Reverse(by_id[id.as_str()].priority));
@@ -252,8 +247,22 @@ pub fn templates() -> Vec<Template> {
                 ),
                 template_task("analyze_sources", &["gather_sources"], 8, 90, "analyse the sources", json!({})),
                 template_task("extract_claims", &["gather_sources"], 5, 45, "extract claims and evidence", json!({})),
-                template_task("synthesize", &["analyze_sources", "extract_claims"], 5, 60, "synthesise findings", json!({})),
-                template_task("report", &["synthesize"], 0, 30, "write the report", json!({"title": "Research: {{param.topic}}"})),
+                template_task(
+                    "synthesize",
+                    &["analyze_sources", "extract_claims"],
+                    5,
+                    60,
+                    "synthesise findings",
+                    json!({}),
+                ),
+                template_task(
+                    "report",
+                    &["synthesize"],
+                    0,
+                    30,
+                    "write the report",
+                    json!({"title": "Research: {{param.topic}}"}),
+                ),
             ],
         },
         Template {
@@ -264,7 +273,14 @@ pub fn templates() -> Vec<Template> {
                 param("destination", "where they go", Some(json!("helix"))),
             ],
             tasks: vec![
-                template_task("extract", &[], 10, 20, "extract from {{param.source}}", json!({"source": "{{param.source}}"})),
+                template_task(
+                    "extract",
+                    &[],
+                    10,
+                    20,
+                    "extract from {{param.source}}",
+                    json!({"source": "{{param.source}}"}),
+                ),
                 template_task("validate", &["extract"], 8, 10, "validate the records", json!({})),
                 template_task("transform", &["extract"], 5, 40, "transform the records", json!({})),
                 template_task(
@@ -286,7 +302,14 @@ pub fn templates() -> Vec<Template> {
                 template_task("draft", &[], 0, 30, "draft {{param.subject}}", json!({"subject": "{{param.subject}}"})),
                 template_task("technical_review", &["draft"], 10, 20, "technical review", json!({})),
                 template_task("style_review", &["draft"], 5, 15, "style review", json!({})),
-                template_task("revise", &["technical_review", "style_review"], 0, 25, "revise after the reviews", json!({})),
+                template_task(
+                    "revise",
+                    &["technical_review", "style_review"],
+                    0,
+                    25,
+                    "revise after the reviews",
+                    json!({}),
+                ),
                 approve,
             ],
         },
@@ -340,7 +363,9 @@ fn text_of(value: &Value) -> String {
 }
 
 fn substitute(text: &str, values: &Map<String, Value>) -> String {
-    values.iter().fold(text.to_owned(), |text, (name, value)| text.replace(&format!("{{{{param.{name}}}}}"), &text_of(value)))
+    values
+        .iter()
+        .fold(text.to_owned(), |text, (name, value)| text.replace(&format!("{{{{param.{name}}}}}"), &text_of(value)))
 }
 
 /// A string that is exactly one placeholder takes the parameter's JSON value (a number

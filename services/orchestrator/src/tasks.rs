@@ -83,7 +83,11 @@ fn task_from_row(row: &AnyRow) -> Result<TaskRecord> {
 
 fn check_task_id(id: &str) -> Result<()> {
     let ok = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if ok { Ok(()) } else { Err(Error::invalid("invalid_task_id", format!("task id `{id}`: 1-64 characters of a-z A-Z 0-9 _ -"))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid("invalid_task_id", format!("task id `{id}`: 1-64 characters of a-z A-Z 0-9 _ -")))
+    }
 }
 
 /// The graph as specs (ids, dependencies, priorities): what cycles and waves are computed on.
@@ -104,7 +108,11 @@ async fn graph(conn: &mut sqlx::AnyConnection) -> Result<Vec<TaskSpec>> {
 impl Store {
     async fn lock_graph(&self, tx: &mut Transaction<'_, Any>) -> Result<()> {
         if self.db.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(GRAPH_LOCK).execute(&mut **tx).await.map_err(db_error)?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(GRAPH_LOCK)
+                .execute(&mut **tx)
+                .await
+                .map_err(db_error)?;
         }
         Ok(())
     }
@@ -171,14 +179,17 @@ impl Store {
     }
 
     pub async fn get_task(&self, id: &str) -> Result<TaskRecord> {
-        let sql = format!("SELECT {COLUMNS}, CAST(CASE WHEN {BLOCKED} THEN 1 ELSE 0 END AS BIGINT) AS blocked FROM scheduler_tasks WHERE task_id = $1");
+        let sql = format!(
+            "SELECT {COLUMNS}, CAST(CASE WHEN {BLOCKED} THEN 1 ELSE 0 END AS BIGINT) AS blocked FROM scheduler_tasks WHERE task_id = $1"
+        );
         let row = sqlx::query(&sql).bind(id).fetch_optional(&self.db.pool).await.map_err(db_error)?;
         let mut task = task_from_row(&row.ok_or_else(|| Error::not_found("task", id))?)?;
-        let dependents = sqlx::query("SELECT task_id FROM scheduler_task_dependencies WHERE depends_on = $1 ORDER BY task_id")
-            .bind(id)
-            .fetch_all(&self.db.pool)
-            .await
-            .map_err(db_error)?;
+        let dependents =
+            sqlx::query("SELECT task_id FROM scheduler_task_dependencies WHERE depends_on = $1 ORDER BY task_id")
+                .bind(id)
+                .fetch_all(&self.db.pool)
+                .await
+                .map_err(db_error)?;
         task.dependents = dependents.iter().map(|r| r.try_get("task_id").map_err(db_error)).collect::<Result<_>>()?;
         Ok(task)
     }
@@ -214,7 +225,8 @@ impl Store {
             "UPDATE scheduler_tasks SET state = 'running', worker = $1, attempts = attempts + 1, started_at = $2 \
              WHERE task_id = $3 AND state = 'pending' AND NOT {BLOCKED}"
         );
-        let done = sqlx::query(&sql).bind(worker).bind(micros(now())).bind(id).execute(&mut *tx).await.map_err(db_error)?;
+        let done =
+            sqlx::query(&sql).bind(worker).bind(micros(now())).bind(id).execute(&mut *tx).await.map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
         if done.rows_affected() == 0 {
             return Err(self.refused(id, "only a ready task can be run").await);
@@ -232,7 +244,8 @@ impl Store {
              WHERE task_id = $3 AND (state = 'running' OR (state = 'pending' AND NOT {BLOCKED}))"
         );
         let output = output.map(Value::to_string).unwrap_or_default();
-        let done = sqlx::query(&sql).bind(output).bind(micros(now())).bind(id).execute(&mut *tx).await.map_err(db_error)?;
+        let done =
+            sqlx::query(&sql).bind(output).bind(micros(now())).bind(id).execute(&mut *tx).await.map_err(db_error)?;
         if done.rows_affected() == 0 {
             drop(tx);
             return Err(self.refused(id, "only a running or ready task can be completed").await);
@@ -344,7 +357,8 @@ mod tests {
 
     #[test]
     fn task_ids_are_checked() {
-        let cases = [("fetch", true), ("a-b_9", true), ("", false), ("a b", false), ("a/b", false), (&*"x".repeat(65), false)];
+        let cases =
+            [("fetch", true), ("a-b_9", true), ("", false), ("a b", false), ("a/b", false), (&*"x".repeat(65), false)];
         for (id, ok) in cases {
             assert_eq!(check_task_id(id).is_ok(), ok, "{id:?}");
         }
