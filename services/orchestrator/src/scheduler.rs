@@ -444,11 +444,12 @@ mod tests {
     #[test]
     fn waves_by_priority_are_levels_and_cycles_are_named() {
         type Graph<'a> = &'a [(&'a str, &'a [&'a str], i32)];
+        type Expected<'a> = std::result::Result<Vec<Vec<&'a str>>, &'a str>;
         let check = |graph: Graph| -> std::result::Result<Vec<Vec<String>>, String> {
             let tasks: Vec<TaskSpec> = graph.iter().map(|(id, deps, p)| task(id, deps, *p, 1)).collect();
             waves_by_priority(&tasks).map_err(|e| e.to_string())
         };
-        let cases: [(Graph, std::result::Result<Vec<Vec<&str>>, &str>); 6] = [
+        let cases: [(Graph, Expected); 6] = [
             (&[], Ok(vec![])),
             (&[("a", &[], 0)], Ok(vec![vec!["a"]])),
             (&[("a", &[], 0), ("b", &[], 3), ("c", &[], 3)], Ok(vec![vec!["b", "c", "a"]])),

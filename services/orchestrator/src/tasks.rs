@@ -149,7 +149,7 @@ impl Store {
                 format!("task `{}` exists and has started; it cannot be re-declared", spec.task_id),
             ));
         }
-        let graph = graph(&mut *tx).await?;
+        let graph = graph(&mut tx).await?;
         let known: HashSet<&str> = graph.iter().map(|t| t.task_id.as_str()).collect();
         if let Some(unknown) = spec.dependencies.iter().find(|d| !known.contains(d.as_str())) {
             return Err(Error::invalid(
@@ -314,7 +314,7 @@ impl Store {
     /// The whole task graph's waves, each by priority.
     pub async fn task_waves(&self) -> Result<Vec<Vec<String>>> {
         let mut conn = self.db.pool.acquire().await.map_err(db_error)?;
-        scheduler::waves_by_priority(&graph(&mut *conn).await?)
+        scheduler::waves_by_priority(&graph(&mut conn).await?)
     }
 
     pub async fn task_stats(&self) -> Result<TaskStats> {
