@@ -1,7 +1,7 @@
 //! `hx workflow`: the workflow engine through the gateway's `/api/v1/workflows` routes.
 //! `run <file>` stores the definition (TOML or JSON, told by its extension) and starts
 //! it; with `--wait` it follows the execution to its end and exits non-zero unless it
-//! succeeded.
+//! succeeded. `templates` and `instantiate` reach the scheduler's built-in templates.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -45,8 +45,21 @@ pub enum WorkflowCommand {
     },
     /// One execution with its steps
     Show { id: String },
-    /// Stop a running execution
+    /// Stop a running execution and the sub-workflows it started
     Cancel { id: String },
+    /// List the built-in scheduler templates and their parameters
+    Templates,
+    /// Store a scheduler template as a named scheduler workflow (run it with
+    /// POST /api/v1/scheduler/workflows/{name}/run)
+    Instantiate {
+        template: String,
+        /// the workflow's name; the template's when absent
+        #[arg(long)]
+        name: Option<String>,
+        /// the template's parameters, a JSON object
+        #[arg(long)]
+        params: Option<String>,
+    },
 }
 
 fn read_definition(file: &std::path::Path) -> anyhow::Result<Value> {
@@ -159,6 +172,36 @@ pub async fn run(WorkflowArgs { command, remote }: WorkflowArgs) -> anyhow::Resu
                 println!("{} is {}", text(&execution["id"]), text(&execution["state"]));
             }
             execution
+        }
+        WorkflowCommand::Templates => {
+            let list: Value = gateway.call(Method::GET, "/api/v1/scheduler/templates", &[], None).await?;
+            if !remote.json {
+                for t in list["templates"].as_array().cloned().unwrap_or_default() {
+                    println!("{:<20} {}", text(&t["name"]), text(&t["description"]));
+                    for p in t["parameters"].as_array().cloned().unwrap_or_default() {
+                        let default = if p["required"] == true {
+                            "required".to_owned()
+                        } else {
+                            format!("default {}", p["default"])
+                        };
+                        println!("  {:<18} {} ({default})", text(&p["name"]), text(&p["description"]));
+                    }
+                }
+            }
+            list
+        }
+        WorkflowCommand::Instantiate { template, name, params } => {
+            let mut body = json!({"name": name.unwrap_or_default()});
+            if let Some(params) = params {
+                body["parameters"] = serde_json::from_str(&params).context("--params is not JSON")?;
+            }
+            let path = format!("/api/v1/scheduler/templates/{template}/instantiate");
+            let saved: Value = gateway.call(Method::POST, &path, &[], Some(&body)).await?;
+            if !remote.json {
+                let tasks = saved["tasks"].as_array().map_or(0, Vec::len);
+                println!("{} stored from {template}: {tasks} tasks", text(&saved["name"]));
+            }
+            saved
         }
     };
     if remote.json {

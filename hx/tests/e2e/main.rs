@@ -13,6 +13,7 @@ mod jobs;
 mod llm;
 mod nodes;
 mod observability;
+mod scheduler;
 mod search;
 mod support;
 mod workflows;

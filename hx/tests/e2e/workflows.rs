@@ -19,6 +19,7 @@ crate::on_both_backends!(
     a_killed_orchestrator_resumes_after_its_lease_lapses,
     refuses_bad_definitions_and_runs_the_examples,
     jobs_sub_workflows_http_and_the_cli,
+    cancel_reaches_running_sub_workflows,
 );
 
 const DEMO: &str = r#"
@@ -70,7 +71,12 @@ async fn execution(helix: &TestHelix, id: &str) -> anyhow::Result<Value> {
     Ok(body)
 }
 
-async fn wait_for(helix: &TestHelix, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+pub(crate) async fn wait_for(
+    helix: &TestHelix,
+    id: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let e = execution(helix, id).await?;
@@ -296,7 +302,7 @@ async fn refuses_bad_definitions_and_runs_the_examples(backend: Backend) -> anyh
 
 const HX: &str = env!("CARGO_BIN_EXE_hx");
 
-async fn hx(helix: &TestHelix, args: &[&str]) -> anyhow::Result<(bool, String)> {
+pub(crate) async fn hx(helix: &TestHelix, args: &[&str]) -> anyhow::Result<(bool, String)> {
     let output = tokio::process::Command::new(HX)
         .args(args)
         .args(["--server", &helix.base_url, "--api-key", &helix.env.admin_key])
@@ -452,4 +458,55 @@ async fn a_killed_orchestrator_resumes_after_its_lease_lapses(backend: Backend) 
     assert_eq!(status, 200, "{nodes}");
     assert_eq!(nodes["nodes"].as_array().map(Vec::len), Some(4), "seed + 3 topics, none twice: {nodes:#}");
     crate::cli::terminate(second).await
+}
+
+/// A cancel reaches down a chain of sub-workflows: parent → middle → a leaf waiting a
+/// minute; cancelling the parent ends all three, the leaf's wait cut short.
+async fn cancel_reaches_running_sub_workflows(backend: Backend) -> anyhow::Result<()> {
+    let helix = TestHelix::start(backend).await?;
+    let mut workflow_id = json!(null);
+    for (name, step) in [
+        ("leaf", json!({"id": "nap", "action": "wait", "config": {"ms": 60000}})),
+        ("middle", json!({"id": "sub", "action": "workflow", "config": {"workflow_id": "{{var.below}}"}})),
+        ("parent", json!({"id": "sub", "action": "workflow", "config": {"workflow_id": "{{var.below}}"}})),
+    ] {
+        let definition = json!({"name": name, "variables": {"below": workflow_id}, "steps": [step]});
+        let (status, saved) =
+            read(helix.api(Method::POST, "/api/v1/workflows").json(&json!({"definition": definition})).send().await?)
+                .await;
+        assert_eq!(status, 201, "{name}: {saved}");
+        workflow_id = saved["id"].clone();
+    }
+    let parent = start(&helix, workflow_id.as_str().unwrap(), json!({})).await?;
+    // the running executions below the parent, found by who triggered them
+    let mut chain = vec![parent.clone()];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while chain.len() < 3 {
+        let (_, listed) =
+            read(helix.api(Method::GET, "/api/v1/workflows/executions?state=running").send().await?).await;
+        let below =
+            listed["executions"].as_array().into_iter().flatten().find(|e| e["triggered_by"] == json!(chain.last()));
+        match below {
+            Some(e) => chain.push(e["id"].as_str().unwrap_or_default().to_owned()),
+            None => {
+                anyhow::ensure!(Instant::now() < deadline, "the chain never got to run: {chain:?} {listed:#}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    wait_for(&helix, &chain[2], "nap running", |e| step(e, "nap")["state"] == "running").await?;
+    let asked = Instant::now();
+    let (status, cancelled) =
+        read(helix.api(Method::POST, &format!("/api/v1/workflows/executions/{parent}/cancel")).send().await?).await;
+    assert_eq!(status, 200, "{cancelled}");
+    for id in &chain {
+        let ended = wait_for(&helix, id, "an end", |e| {
+            matches!(e["state"].as_str(), Some("succeeded" | "failed" | "cancelled"))
+        })
+        .await?;
+        assert_eq!(ended["state"], "cancelled", "{ended:#}");
+    }
+    assert!(asked.elapsed() < Duration::from_secs(5), "the chain took {:?} to stop", asked.elapsed());
+    helix.stop().await;
+    Ok(())
 }

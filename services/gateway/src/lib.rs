@@ -11,6 +11,7 @@ mod llm;
 mod llm_admin;
 mod nodes;
 mod scheduler;
+mod scheduler_tasks;
 mod search;
 mod tower_log;
 mod workflows;
@@ -241,6 +242,22 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics: Arc<Metrics>) -> 
         .route("/api/scheduler/workflows/{name}/preview", post(scheduler::preview))
         .route("/api/v1/scheduler/workflows/{name}/run", post(scheduler::run))
         .route("/api/scheduler/workflows/{name}/run", post(scheduler::run))
+        .route("/api/v1/scheduler/templates", get(scheduler::templates))
+        .route("/api/scheduler/templates", get(scheduler::templates))
+        .route("/api/v1/scheduler/templates/{name}/preview", post(scheduler::preview_template))
+        .route("/api/scheduler/templates/{name}/preview", post(scheduler::preview_template))
+        .route("/api/v1/scheduler/templates/{name}/instantiate", post(scheduler::instantiate))
+        .route("/api/scheduler/templates/{name}/instantiate", post(scheduler::instantiate))
+        .route("/api/v1/scheduler/tasks", post(scheduler_tasks::add))
+        .route("/api/v1/scheduler/tasks/ready", get(scheduler_tasks::ready))
+        .route("/api/v1/scheduler/tasks/waves", get(scheduler_tasks::waves))
+        .route("/api/scheduler/waves", get(scheduler_tasks::waves))
+        .route("/api/v1/scheduler/tasks/{id}", get(scheduler_tasks::get))
+        .route("/api/v1/scheduler/tasks/{id}/run", post(scheduler_tasks::run))
+        .route("/api/v1/scheduler/tasks/{id}/complete", post(scheduler_tasks::complete))
+        .route("/api/v1/scheduler/tasks/{id}/fail", post(scheduler_tasks::fail))
+        .route("/api/v1/scheduler/stats", get(scheduler_tasks::stats))
+        .route("/api/scheduler/stats", get(scheduler_tasks::stats))
         .route("/api/v1/openapi.json", get(openapi_json))
         .route("/v1/chat/completions", post(llm::chat_completions))
         .route("/v1/messages", post(llm::messages))
@@ -334,10 +351,13 @@ pub async fn serve(config: HelixConfig, shutdown: CancellationToken) -> helix_ru
         workflows::execute, workflows::list_executions, workflows::get_execution, workflows::cancel_execution,
         workflows::progress,
         scheduler::create, scheduler::list, scheduler::get, scheduler::delete, scheduler::preview, scheduler::run,
+        scheduler::templates, scheduler::preview_template, scheduler::instantiate,
+        scheduler_tasks::add, scheduler_tasks::get, scheduler_tasks::ready, scheduler_tasks::run,
+        scheduler_tasks::complete, scheduler_tasks::fail, scheduler_tasks::waves, scheduler_tasks::stats,
         openapi_json,
     ),
     modifiers(&BearerAuth),
-    tags((name = "nodes", description = "knowledge nodes"), (name = "health"), (name = "search"), (name = "graph"), (name = "jobs", description = "the durable job queue"), (name = "llm", description = "OpenAI- and Anthropic-compatible LLM calls, budget"), (name = "workflows", description = "the workflow engine: definitions, executions, progress"), (name = "scheduler", description = "named task graphs: preview and run with the workflow engine"), (name = "observability"), (name = "meta"))
+    tags((name = "nodes", description = "knowledge nodes"), (name = "health"), (name = "search"), (name = "graph"), (name = "jobs", description = "the durable job queue"), (name = "llm", description = "OpenAI- and Anthropic-compatible LLM calls, budget"), (name = "workflows", description = "the workflow engine: definitions, executions, progress"), (name = "scheduler", description = "named task graphs and templates: preview and run with the workflow engine; free-standing tasks driven by hand"), (name = "observability"), (name = "meta"))
 )]
 pub struct ApiDoc;
 

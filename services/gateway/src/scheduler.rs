@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::{ApiResult, ErrorBody, Json, Path};
-use crate::workflows::{ExecuteInput, ExecutionBody, execution_body};
+use crate::workflows::{ExecuteInput, ExecutionBody, execution_body, json_or_null};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct GateBody {
@@ -91,7 +91,7 @@ pub struct PreviewBody {
     pub warnings: Vec<String>,
 }
 
-fn task_pb(t: TaskBody) -> pb::SchedulerTaskSpec {
+pub(crate) fn task_pb(t: TaskBody) -> pb::SchedulerTaskSpec {
     pb::SchedulerTaskSpec {
         task_id: t.task_id,
         description: t.description,
@@ -116,7 +116,7 @@ fn task_pb(t: TaskBody) -> pb::SchedulerTaskSpec {
     }
 }
 
-fn task_body(t: pb::SchedulerTaskSpec) -> TaskBody {
+pub(crate) fn task_body(t: pb::SchedulerTaskSpec) -> TaskBody {
     TaskBody {
         payload: serde_json::from_str(&t.payload_json).unwrap_or_default(),
         quality_gates: t
@@ -190,20 +190,20 @@ pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> 
 pub async fn preview(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<PreviewBody>> {
     let request = pb::PreviewSchedulerWorkflowRequest { name, ..Default::default() };
     let p = state.orchestrator().preview_scheduler_workflow(request).await?.into_inner();
-    Ok(Json(PreviewBody {
-        waves: p
-            .waves
-            .into_iter()
-            .map(|w| WaveBody {
-                index: w.index,
-                task_ids: w.task_ids,
-                estimated_duration_secs: w.estimated_duration_secs,
-            })
-            .collect(),
+    Ok(Json(preview_body(p)))
+}
+
+pub(crate) fn wave_body(w: pb::SchedulerWave) -> WaveBody {
+    WaveBody { index: w.index, task_ids: w.task_ids, estimated_duration_secs: w.estimated_duration_secs }
+}
+
+fn preview_body(p: pb::SchedulerPreview) -> PreviewBody {
+    PreviewBody {
+        waves: p.waves.into_iter().map(wave_body).collect(),
         critical_path: p.critical_path,
         estimated_duration_secs: p.estimated_duration_secs,
         warnings: p.warnings,
-    }))
+    }
 }
 
 /// Runs the task graph with the workflow engine; answers at once with the execution.
@@ -222,4 +222,120 @@ pub async fn run(
     };
     let execution = state.orchestrator().run_scheduler_workflow(request).await?.into_inner();
     Ok((StatusCode::ACCEPTED, Json(execution_body(execution))))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TemplateParameterBody {
+    pub name: String,
+    pub description: String,
+    pub required: bool,
+    /// the value when none is given
+    pub default: Value,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TemplateBody {
+    pub name: String,
+    pub description: String,
+    pub parameters: Vec<TemplateParameterBody>,
+    /// payloads and descriptions carry `{{param.NAME}}` placeholders until bound
+    pub tasks: Vec<TaskBody>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TemplateList {
+    pub templates: Vec<TemplateBody>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplatePreviewInput {
+    /// values of the template's parameters; defaults fill the rest
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstantiateInput {
+    /// the scheduler workflow to create; the template's name when absent
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+    /// replace a workflow of the same name instead of 409
+    #[serde(default)]
+    pub replace: bool,
+}
+
+/// The built-in templates: a research pipeline, ETL, a review chain.
+#[utoipa::path(get, path = "/api/v1/scheduler/templates", tag = "scheduler",
+    responses((status = 200, body = TemplateList)), security(("bearer" = [])))]
+pub async fn templates(State(state): State<AppState>) -> ApiResult<Json<TemplateList>> {
+    let list = state.orchestrator().list_scheduler_templates(pb::ListSchedulerTemplatesRequest {}).await?.into_inner();
+    let templates = list
+        .templates
+        .into_iter()
+        .map(|t| TemplateBody {
+            name: t.name,
+            description: t.description,
+            parameters: t
+                .parameters
+                .into_iter()
+                .map(|p| TemplateParameterBody {
+                    default: json_or_null(&p.default_json),
+                    name: p.name,
+                    description: p.description,
+                    required: p.required,
+                })
+                .collect(),
+            tasks: t.tasks.into_iter().map(task_body).collect(),
+        })
+        .collect();
+    Ok(Json(TemplateList { templates }))
+}
+
+/// The plan a template makes with these parameters, without storing anything; an
+/// unknown or missing required parameter is 400.
+#[utoipa::path(post, path = "/api/v1/scheduler/templates/{name}/preview", tag = "scheduler",
+    request_body = TemplatePreviewInput,
+    responses((status = 200, body = PreviewBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn preview_template(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    input: Option<Json<TemplatePreviewInput>>,
+) -> ApiResult<Json<PreviewBody>> {
+    let input = input.map(|Json(i)| i).unwrap_or_default();
+    let request = pb::PreviewSchedulerTemplateRequest {
+        name,
+        parameters_json: Value::Object(input.parameters).to_string(),
+        ..Default::default()
+    };
+    let p = state.orchestrator().preview_scheduler_template(request).await?.into_inner();
+    Ok(Json(preview_body(p)))
+}
+
+/// Stores the template's tasks, parameters bound, as a named scheduler workflow (run it
+/// with `POST /api/v1/scheduler/workflows/{name}/run`); a taken name is 409.
+#[utoipa::path(post, path = "/api/v1/scheduler/templates/{name}/instantiate", tag = "scheduler",
+    request_body = InstantiateInput,
+    responses((status = 201, body = SchedulerBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn instantiate(
+    State(state): State<AppState>,
+    Path(template): Path<String>,
+    input: Option<Json<InstantiateInput>>,
+) -> ApiResult<(StatusCode, Json<SchedulerBody>)> {
+    let input = input.map(|Json(i)| i).unwrap_or_default();
+    let request = pb::CreateSchedulerWorkflowRequest {
+        name: input.name,
+        template,
+        template_parameters_json: Value::Object(input.parameters).to_string(),
+        replace: input.replace,
+        ..Default::default()
+    };
+    let saved = state.orchestrator().create_scheduler_workflow(request).await?.into_inner();
+    Ok((StatusCode::CREATED, Json(body(saved))))
 }

@@ -159,11 +159,11 @@ pub struct ProgressBody {
     pub at: Option<DateTime<Utc>>,
 }
 
-fn time(t: Option<helix_proto::Timestamp>) -> Option<DateTime<Utc>> {
+pub(crate) fn time(t: Option<helix_proto::Timestamp>) -> Option<DateTime<Utc>> {
     t.and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos as u32))
 }
 
-fn json_or_null(text: &str) -> Value {
+pub(crate) fn json_or_null(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or(Value::Null)
 }
 

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use helix_core::{Error, Result};
+use helix_core::{Error, ErrorKind, Result};
 use helix_runtime::ServiceContext;
 use helix_runtime::db::now;
 use helix_runtime::grpc::GrpcChannel;
@@ -150,8 +150,27 @@ impl Engine {
         })
     }
 
-    /// Asks an execution to stop; ends it here when nobody runs it.
+    /// Asks an execution and every live sub-workflow under it to stop. A sub-workflow is
+    /// an execution of its own (triggered by its parent's id): the parent's `workflow`
+    /// step only waits for it, so stopping the parent alone would leave it running.
     pub async fn cancel(&self, id: Uuid) -> Result<ExecutionRecord> {
+        let execution = self.cancel_one(id).await?;
+        let mut parents = vec![id];
+        while let Some(parent) = parents.pop() {
+            for child in self.store.live_children(parent).await? {
+                match self.cancel_one(child).await {
+                    Ok(_) => parents.push(child),
+                    // it ended meanwhile
+                    Err(e) if e.kind() == ErrorKind::FailedPrecondition => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(execution)
+    }
+
+    /// Asks one execution to stop; ends it here when nobody runs it.
+    async fn cancel_one(&self, id: Uuid) -> Result<ExecutionRecord> {
         let execution = self.store.get_execution(id).await?;
         if execution.is_terminal() {
             return Err(Error::failed_precondition(

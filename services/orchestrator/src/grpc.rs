@@ -19,11 +19,88 @@ use crate::definition::Definition;
 use crate::engine::{self, Engine};
 use crate::scheduler::{self, GateSpec, SchedulerSpec, TaskSpec};
 use crate::store::{ExecutionFilter, ExecutionRecord, WorkflowRecord};
+use crate::tasks::TaskRecord;
 
 pub struct OrchestratorApi {
     engine: Arc<Engine>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+}
+
+/// The plan of a spec: waves by priority with their longest estimate, the critical path.
+fn preview_pb(spec: &SchedulerSpec, deadline: Option<helix_proto::Timestamp>) -> Result<pb::SchedulerPreview> {
+    let p = scheduler::preview(spec)?;
+    let secs: HashMap<&str, u32> =
+        spec.tasks.iter().map(|t| (t.task_id.as_str(), t.estimated_duration_secs.unwrap_or(0))).collect();
+    let fits_deadline =
+        deadline.is_none_or(|d| Utc::now().timestamp() + i64::from(p.estimated_duration_secs) <= d.seconds);
+    Ok(pb::SchedulerPreview {
+        tasks: spec.tasks.iter().map(task_pb).collect(),
+        waves: p
+            .waves
+            .iter()
+            .enumerate()
+            .map(|(i, ids)| pb::SchedulerWave {
+                index: i as u32,
+                estimated_duration_secs: ids.iter().map(|id| secs[id.as_str()]).max(),
+                task_ids: ids.clone(),
+            })
+            .collect(),
+        critical_path: p.critical_path,
+        estimated_duration_secs: p.estimated_duration_secs,
+        estimated_cost_usd: 0.0,
+        fits_deadline,
+        fits_budget: true,
+        warnings: p.warnings,
+    })
+}
+
+fn template_pb(t: &scheduler::Template) -> pb::SchedulerTemplate {
+    pb::SchedulerTemplate {
+        name: t.name.into(),
+        description: t.description.into(),
+        parameters: t
+            .parameters
+            .iter()
+            .map(|p| pb::SchedulerTemplateParameter {
+                name: p.name.into(),
+                description: p.description.into(),
+                required: p.default.is_none(),
+                default_json: p.default.as_ref().map(Value::to_string).unwrap_or_default(),
+            })
+            .collect(),
+        tasks: t.tasks.iter().map(task_pb).collect(),
+    }
+}
+
+fn parameters(text: &str) -> Result<Map<String, Value>> {
+    variables(text).map_err(|_| Error::invalid("invalid_parameters", "template parameters must be a JSON object"))
+}
+
+fn task_record_pb(t: TaskRecord) -> pb::SchedulerTask {
+    pb::SchedulerTask {
+        task_id: t.spec.task_id.clone(),
+        workflow: String::new(),
+        spec: Some(task_pb(&t.spec)),
+        state: t.state,
+        dependents: t.dependents,
+        wave: 0,
+        attempts: t.attempts,
+        worker: t.worker,
+        output_json: t.output.map(|o| o.to_string()).unwrap_or_default(),
+        error: t.error,
+        quality_score: None,
+        gate_results: Vec::new(),
+        created_at: Some(ts(t.created_at)),
+        started_at: t.started_at.map(ts),
+        finished_at: t.finished_at.map(ts),
+    }
+}
+
+fn task_spec_from_pb(task: Option<pb::SchedulerTaskSpec>) -> Result<TaskSpec> {
+    let task = task.ok_or_else(|| Error::invalid("missing_task", "the request carries no task"))?;
+    let mut specs = spec_from_pb(String::new(), String::new(), vec![task])?.tasks;
+    specs.pop().ok_or_else(|| Error::internal("a task vanished in conversion"))
 }
 
 impl OrchestratorApi {
@@ -371,10 +448,13 @@ impl OrchestratorService for OrchestratorApi {
     ) -> Reply<pb::SchedulerWorkflow> {
         let r = request.into_inner();
         let result = async {
-            if !r.template.is_empty() {
-                return Err(Error::new(ErrorKind::Unimplemented, "not_built", "scheduler templates are not built yet"));
-            }
-            let spec = spec_from_pb(r.name, r.description, r.tasks)?;
+            let spec = if r.template.is_empty() {
+                spec_from_pb(r.name, r.description, r.tasks)?
+            } else {
+                let template = scheduler::template(&r.template)?;
+                let name = if r.name.is_empty() { template.name.to_owned() } else { r.name };
+                template.instantiate(name, &parameters(&r.template_parameters_json)?)?
+            };
             let def = spec.definition()?;
             let text = serde_json::to_string(&spec).map_err(|_| Error::internal("serializing a spec failed"))?;
             let store = &self.engine.store;
@@ -433,33 +513,7 @@ impl OrchestratorService for OrchestratorApi {
         request: Request<pb::PreviewSchedulerWorkflowRequest>,
     ) -> Reply<pb::SchedulerPreview> {
         let r = request.into_inner();
-        let result = async {
-            let spec = spec_of(&self.scheduler_workflow(&r.name).await?)?;
-            let p = scheduler::preview(&spec)?;
-            let secs: HashMap<&str, u32> =
-                spec.tasks.iter().map(|t| (t.task_id.as_str(), t.estimated_duration_secs.unwrap_or(0))).collect();
-            let fits_deadline =
-                r.deadline.is_none_or(|d| Utc::now().timestamp() + i64::from(p.estimated_duration_secs) <= d.seconds);
-            Ok(pb::SchedulerPreview {
-                tasks: spec.tasks.iter().map(task_pb).collect(),
-                waves: p
-                    .waves
-                    .iter()
-                    .enumerate()
-                    .map(|(i, ids)| pb::SchedulerWave {
-                        index: i as u32,
-                        estimated_duration_secs: ids.iter().map(|id| secs[id.as_str()]).max(),
-                        task_ids: ids.clone(),
-                    })
-                    .collect(),
-                critical_path: p.critical_path,
-                estimated_duration_secs: p.estimated_duration_secs,
-                estimated_cost_usd: 0.0,
-                fits_deadline,
-                fits_budget: true,
-                warnings: p.warnings,
-            })
-        };
+        let result = async { preview_pb(&spec_of(&self.scheduler_workflow(&r.name).await?)?, r.deadline) };
         reply(result.await)
     }
 
@@ -472,6 +526,140 @@ impl OrchestratorService for OrchestratorApi {
             let mut execution = execution_pb(self.engine.execute(w.id, vars, "scheduler", key).await?);
             execution.kind = "scheduler".into();
             Ok(execution)
+        };
+        reply(result.await)
+    }
+
+    async fn list_scheduler_templates(
+        &self,
+        _request: Request<pb::ListSchedulerTemplatesRequest>,
+    ) -> Reply<pb::ListSchedulerTemplatesResponse> {
+        reply(Ok(pb::ListSchedulerTemplatesResponse {
+            templates: scheduler::templates().iter().map(template_pb).collect(),
+        }))
+    }
+
+    async fn preview_scheduler_template(
+        &self,
+        request: Request<pb::PreviewSchedulerTemplateRequest>,
+    ) -> Reply<pb::SchedulerPreview> {
+        let r = request.into_inner();
+        let result = async {
+            let template = scheduler::template(&r.name)?;
+            let spec = template.instantiate(template.name.to_owned(), &parameters(&r.parameters_json)?)?;
+            preview_pb(&spec, r.deadline)
+        };
+        reply(result.await)
+    }
+
+    async fn add_scheduler_task(&self, request: Request<pb::AddSchedulerTaskRequest>) -> Reply<pb::SchedulerTask> {
+        let r = request.into_inner();
+        let result = async {
+            if !r.workflow.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::Unimplemented,
+                    "not_built",
+                    "tasks are added to the free-standing graph only; change a scheduler workflow by replacing it",
+                ));
+            }
+            Ok(task_record_pb(self.engine.store.add_task(task_spec_from_pb(r.task)?).await?))
+        };
+        reply(result.await)
+    }
+
+    async fn get_scheduler_task(&self, request: Request<pb::GetSchedulerTaskRequest>) -> Reply<pb::SchedulerTask> {
+        let result = async { Ok(task_record_pb(self.engine.store.get_task(&request.get_ref().task_id).await?)) };
+        reply(result.await)
+    }
+
+    async fn list_ready_scheduler_tasks(
+        &self,
+        request: Request<pb::ListReadySchedulerTasksRequest>,
+    ) -> Reply<pb::ListReadySchedulerTasksResponse> {
+        let limit = match request.get_ref().limit {
+            0 => 100,
+            n => n,
+        };
+        let result = async {
+            let tasks = self.engine.store.ready_tasks(limit).await?;
+            Ok(pb::ListReadySchedulerTasksResponse { tasks: tasks.into_iter().map(task_record_pb).collect() })
+        };
+        reply(result.await)
+    }
+
+    async fn run_scheduler_task(&self, request: Request<pb::RunSchedulerTaskRequest>) -> Reply<pb::SchedulerTask> {
+        let r = request.into_inner();
+        let result = async { Ok(task_record_pb(self.engine.store.run_task(&r.task_id, &r.worker).await?)) };
+        reply(result.await)
+    }
+
+    async fn complete_scheduler_task(
+        &self,
+        request: Request<pb::CompleteSchedulerTaskRequest>,
+    ) -> Reply<pb::CompleteSchedulerTaskResponse> {
+        let r = request.into_inner();
+        let result = async {
+            let output = match r.output_json.trim() {
+                "" => None,
+                text => Some(
+                    serde_json::from_str::<Value>(text)
+                        .map_err(|_| Error::invalid("invalid_output", "a task's output must be JSON"))?,
+                ),
+            };
+            let (task, newly_ready) = self.engine.store.complete_task(&r.task_id, output.as_ref()).await?;
+            Ok(pb::CompleteSchedulerTaskResponse { task: Some(task_record_pb(task)), gates_passed: true, newly_ready })
+        };
+        reply(result.await)
+    }
+
+    async fn fail_scheduler_task(
+        &self,
+        request: Request<pb::FailSchedulerTaskRequest>,
+    ) -> Reply<pb::FailSchedulerTaskResponse> {
+        let r = request.into_inner();
+        let result = async {
+            let (task, cancelled_downstream) = self.engine.store.fail_task(&r.task_id, &r.error).await?;
+            Ok(pb::FailSchedulerTaskResponse {
+                task: Some(task_record_pb(task)),
+                will_retry: false,
+                cancelled_downstream,
+            })
+        };
+        reply(result.await)
+    }
+
+    async fn get_scheduler_waves(
+        &self,
+        request: Request<pb::GetSchedulerWavesRequest>,
+    ) -> Reply<pb::GetSchedulerWavesResponse> {
+        let r = request.into_inner();
+        let result = async {
+            let waves = match r.workflow.filter(|w| !w.is_empty()) {
+                Some(name) => scheduler::preview(&spec_of(&self.scheduler_workflow(&name).await?)?)?.waves,
+                None => self.engine.store.task_waves().await?,
+            };
+            Ok(pb::GetSchedulerWavesResponse { waves: waves_pb(&waves) })
+        };
+        reply(result.await)
+    }
+
+    async fn get_scheduler_stats(&self, _request: Request<pb::GetSchedulerStatsRequest>) -> Reply<pb::SchedulerStats> {
+        let result = async {
+            let s = self.engine.store.task_stats().await?;
+            Ok(pb::SchedulerStats {
+                total_tasks: s.total,
+                pending: s.pending,
+                ready: s.ready,
+                running: s.running,
+                completed: s.completed,
+                failed: s.failed,
+                cancelled: s.cancelled,
+                workflows: s.workflows,
+                active_executions: s.active_executions,
+                waves: s.waves,
+                mean_task_duration_secs: 0.0,
+                gate_pass_rate: 0.0,
+            })
         };
         reply(result.await)
     }

@@ -1,5 +1,5 @@
 //! The orchestrator service: the workflow engine. Its contract is
-//! `proto/helix/v1/orchestrator.proto`; the DAG scheduler, task decomposition,
+//! `proto/helix/v1/orchestrator.proto`; task decomposition,
 //! reasoning, swarms, feedback, event routing and reports answer UNIMPLEMENTED.
 //!
 //! - [`definition`]: workflows in TOML or JSON, validation (cycles named by their path,
@@ -9,6 +9,8 @@
 //!   service's database; changes announced as `helix.workflow.*` through the outbox.
 //! - [`engine`]: durable runs under a lease, resumed after a restart without re-running
 //!   finished steps; parallel steps, loops, retries, timeouts, quality gates, cancel.
+//! - [`scheduler`]: named task graphs run by the engine, previews, the built-in templates.
+//! - [`tasks`]: free-standing scheduler tasks driven by hand: ready, run, complete, fail.
 //! - [`actions`]: wait, set, http, store, search, job, llm.generate, notify, workflow; the gates.
 
 pub mod actions;
@@ -18,6 +20,7 @@ pub mod expr;
 pub mod grpc;
 pub mod scheduler;
 pub mod store;
+pub mod tasks;
 
 use std::sync::Arc;
 

@@ -129,13 +129,25 @@ pub struct Preview {
     pub warnings: Vec<String>,
 }
 
-pub fn preview(spec: &SchedulerSpec) -> Result<Preview> {
-    let def = spec.definition()?;
-    let by_id: HashMap<&str, &TaskSpec> = spec.tasks.iter().map(|t| (t.task_id.as_str(), t)).collect();
+/// Topological levels of tasks whose dependencies are all among them, each wave by
+/// priority (highest first, then declaration order); a cycle is `workflow_cycle` naming
+/// its path.
+pub fn waves_by_priority(tasks: &[TaskSpec]) -> Result<Vec<Vec<String>>> {
+    let by_id: HashMap<&str, &TaskSpec> = tasks.iter().map(|t| (t.task_id.as_str(), t)).collect();
+    let steps = tasks.iter().map(step).collect::<Result<Vec<_>>>()?;
+    let def =
+        Definition { name: String::new(), description: String::new(), variables: Map::new(), tags: Vec::new(), steps };
     let mut waves = definition::waves(&def)?;
     for wave in &mut waves {
         wave.sort_by_key(|id| std::cmp::Reverse(by_id[id.as_str()].priority));
     }
+    Ok(waves)
+}
+
+pub fn preview(spec: &SchedulerSpec) -> Result<Preview> {
+    spec.definition()?;
+    let by_id: HashMap<&str, &TaskSpec> = spec.tasks.iter().map(|t| (t.task_id.as_str(), t)).collect();
+    let waves = waves_by_priority(&spec.tasks)?;
     // longest path by estimated duration, in wave order (dependencies come first)
     let mut best: HashMap<&str, (u32, Option<&str>)> = HashMap::new();
     for id in waves.iter().flatten() {
@@ -161,6 +173,216 @@ pub fn preview(spec: &SchedulerSpec) -> Result<Preview> {
         .map(|t| format!("task `{}` has no estimated duration", t.task_id))
         .collect();
     Ok(Preview { waves, critical_path, estimated_duration_secs, warnings })
+}
+
+/// A built-in template: a task graph whose payloads and descriptions carry
+/// `{{param.NAME}}` placeholders, bound when it is previewed or instantiated. The
+/// engine's `{{var.x}}` stays free for run-time variables.
+pub struct Template {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub parameters: Vec<TemplateParameter>,
+    pub tasks: Vec<TaskSpec>,
+}
+
+pub struct TemplateParameter {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// `None` makes the parameter required
+    pub default: Option<Value>,
+}
+
+fn param(name: &'static str, description: &'static str, default: Option<Value>) -> TemplateParameter {
+    TemplateParameter { name, description, default }
+}
+
+fn template_task(id: &str, deps: &[&str], priority: i32, secs: u32, description: &str, payload: Value) -> TaskSpec {
+    TaskSpec {
+        task_id: id.into(),
+        description: description.into(),
+        dependencies: deps.iter().map(|d| (*d).to_owned()).collect(),
+        priority,
+        assignee: String::new(),
+        estimated_duration_secs: Some(secs),
+        max_retries: 0,
+        payload: payload.as_object().cloned().unwrap_or_default(),
+        gates: Vec::new(),
+    }
+}
+
+/// The seed's kinds of task graph: a research/analysis pipeline, an ETL pipeline and a
+/// review chain. Their tasks pass their payloads through (no assignee), so they run
+/// with no provider; a copy made with `instantiate` can be given assignees and replaced.
+pub fn templates() -> Vec<Template> {
+    let mut approve = template_task(
+        "approve",
+        &["revise"],
+        0,
+        5,
+        "approve {{param.subject}}",
+        json!({"decision": "approved", "score": 1.0}),
+    );
+    approve.gates.push(GateSpec {
+        name: "approval".into(),
+        kind: "min_score".into(),
+        threshold: 0.8,
+        config: Value::Null,
+    });
+    vec![
+        Template {
+            name: "research_pipeline",
+            description: "gather sources on a topic, analyse them and extract claims in parallel, synthesise, report",
+            parameters: vec![
+                param("topic", "what to research", None),
+                param("max_sources", "how many sources to gather", Some(json!(10))),
+            ],
+            tasks: vec![
+                template_task(
+                    "gather_sources",
+                    &[],
+                    10,
+                    60,
+                    "collect sources on {{param.topic}}",
+                    json!({"topic": "{{param.topic}}", "max_sources": "{{param.max_sources}}"}),
+                ),
+                template_task("analyze_sources", &["gather_sources"], 8, 90, "analyse the sources", json!({})),
+                template_task("extract_claims", &["gather_sources"], 5, 45, "extract claims and evidence", json!({})),
+                template_task(
+                    "synthesize",
+                    &["analyze_sources", "extract_claims"],
+                    5,
+                    60,
+                    "synthesise findings",
+                    json!({}),
+                ),
+                template_task(
+                    "report",
+                    &["synthesize"],
+                    0,
+                    30,
+                    "write the report",
+                    json!({"title": "Research: {{param.topic}}"}),
+                ),
+            ],
+        },
+        Template {
+            name: "etl",
+            description: "extract from a source, validate and transform in parallel, load, verify",
+            parameters: vec![
+                param("source", "where the records come from", None),
+                param("destination", "where they go", Some(json!("helix"))),
+            ],
+            tasks: vec![
+                template_task(
+                    "extract",
+                    &[],
+                    10,
+                    20,
+                    "extract from {{param.source}}",
+                    json!({"source": "{{param.source}}"}),
+                ),
+                template_task("validate", &["extract"], 8, 10, "validate the records", json!({})),
+                template_task("transform", &["extract"], 5, 40, "transform the records", json!({})),
+                template_task(
+                    "load",
+                    &["validate", "transform"],
+                    0,
+                    15,
+                    "load into {{param.destination}}",
+                    json!({"destination": "{{param.destination}}"}),
+                ),
+                template_task("verify", &["load"], 0, 5, "verify the load", json!({})),
+            ],
+        },
+        Template {
+            name: "review_chain",
+            description: "draft, technical and style reviews in parallel, revise, approve behind a score gate",
+            parameters: vec![param("subject", "what is reviewed", None)],
+            tasks: vec![
+                template_task("draft", &[], 0, 30, "draft {{param.subject}}", json!({"subject": "{{param.subject}}"})),
+                template_task("technical_review", &["draft"], 10, 20, "technical review", json!({})),
+                template_task("style_review", &["draft"], 5, 15, "style review", json!({})),
+                template_task(
+                    "revise",
+                    &["technical_review", "style_review"],
+                    0,
+                    25,
+                    "revise after the reviews",
+                    json!({}),
+                ),
+                approve,
+            ],
+        },
+    ]
+}
+
+pub fn template(name: &str) -> Result<Template> {
+    templates().into_iter().find(|t| t.name == name).ok_or_else(|| Error::not_found("scheduler template", name))
+}
+
+impl Template {
+    /// The template's tasks with `parameters` (and the defaults of those not given)
+    /// bound; an unknown or a missing required parameter is refused.
+    pub fn bind(&self, parameters: &Map<String, Value>) -> Result<Vec<TaskSpec>> {
+        if let Some(unknown) = parameters.keys().find(|k| !self.parameters.iter().any(|p| p.name == k.as_str())) {
+            return Err(Error::invalid(
+                "unknown_parameter",
+                format!("template `{}` has no parameter `{unknown}`", self.name),
+            ));
+        }
+        let mut values = Map::new();
+        for p in &self.parameters {
+            let value = parameters.get(p.name).or(p.default.as_ref()).ok_or_else(|| {
+                Error::invalid("missing_parameter", format!("template `{}` needs parameter `{}`", self.name, p.name))
+            })?;
+            values.insert(p.name.to_owned(), value.clone());
+        }
+        let mut tasks = self.tasks.clone();
+        for task in &mut tasks {
+            task.description = substitute(&task.description, &values);
+            for value in task.payload.values_mut() {
+                bind_value(value, &values);
+            }
+        }
+        Ok(tasks)
+    }
+
+    /// A scheduler workflow named `name` made of the bound tasks.
+    pub fn instantiate(&self, name: String, parameters: &Map<String, Value>) -> Result<SchedulerSpec> {
+        let spec = SchedulerSpec { name, description: self.description.to_owned(), tasks: self.bind(parameters)? };
+        spec.definition()?;
+        Ok(spec)
+    }
+}
+
+fn text_of(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn substitute(text: &str, values: &Map<String, Value>) -> String {
+    values
+        .iter()
+        .fold(text.to_owned(), |text, (name, value)| text.replace(&format!("{{{{param.{name}}}}}"), &text_of(value)))
+}
+
+/// A string that is exactly one placeholder takes the parameter's JSON value (a number
+/// stays a number); placeholders inside longer strings are replaced by text.
+fn bind_value(value: &mut Value, values: &Map<String, Value>) {
+    match value {
+        Value::String(s) => {
+            let whole = s.strip_prefix("{{param.").and_then(|r| r.strip_suffix("}}")).and_then(|n| values.get(n));
+            *value = match whole {
+                Some(v) => v.clone(),
+                None => Value::String(substitute(s, values)),
+            };
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| bind_value(v, values)),
+        Value::Object(map) => map.values_mut().for_each(|v| bind_value(v, values)),
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -217,5 +439,55 @@ mod tests {
             config: Value::Null,
         });
         assert_eq!(preview(&spec).err().map(|e| e.code().to_owned()).as_deref(), Some("invalid_gate"));
+    }
+
+    #[test]
+    fn waves_by_priority_are_levels_and_cycles_are_named() {
+        type Graph<'a> = &'a [(&'a str, &'a [&'a str], i32)];
+        type Expected<'a> = std::result::Result<Vec<Vec<&'a str>>, &'a str>;
+        let check = |graph: Graph| -> std::result::Result<Vec<Vec<String>>, String> {
+            let tasks: Vec<TaskSpec> = graph.iter().map(|(id, deps, p)| task(id, deps, *p, 1)).collect();
+            waves_by_priority(&tasks).map_err(|e| e.to_string())
+        };
+        let cases: [(Graph, Expected); 6] = [
+            (&[], Ok(vec![])),
+            (&[("a", &[], 0)], Ok(vec![vec!["a"]])),
+            (&[("a", &[], 0), ("b", &[], 3), ("c", &[], 3)], Ok(vec![vec!["b", "c", "a"]])),
+            (&[("a", &[], 0), ("b", &["a"], 0), ("c", &["a", "b"], 0)], Ok(vec![vec!["a"], vec!["b"], vec!["c"]])),
+            (&[("a", &["a"], 0)], Err("dependency cycle: a -> a")),
+            (&[("a", &["c"], 0), ("b", &["a"], 0), ("c", &["b"], 0)], Err("dependency cycle: a -> c -> b -> a")),
+        ];
+        for (graph, expected) in cases {
+            let expected = expected.map(|w| w.iter().map(|l| l.iter().map(|s| (*s).to_owned()).collect()).collect());
+            assert_eq!(check(graph), expected.map_err(str::to_owned), "{graph:?}");
+        }
+    }
+
+    #[test]
+    fn templates_bind_their_parameters() {
+        let topic = |v: Value| {
+            let p = json!({"topic": v}).as_object().cloned().unwrap();
+            template("research_pipeline").unwrap().bind(&p).map(|t| (t[0].payload.clone(), t[0].description.clone()))
+        };
+        let (payload, description) = topic(json!("tides")).unwrap();
+        assert_eq!(Value::Object(payload), json!({"topic": "tides", "max_sources": 10}));
+        assert_eq!(description, "collect sources on tides");
+        let (payload, description) = topic(json!(42)).unwrap();
+        assert_eq!((payload["topic"].clone(), description.as_str()), (json!(42), "collect sources on 42"));
+        let cases = [
+            ("research_pipeline", json!({}), Some("missing_parameter")),
+            ("research_pipeline", json!({"topic": "t", "x": 1}), Some("unknown_parameter")),
+            ("etl", json!({"source": "s"}), None),
+            ("nope", json!({}), Some("not_found")),
+        ];
+        for (name, params, code) in cases {
+            let bound = template(name).and_then(|t| t.instantiate("w".into(), params.as_object().unwrap()));
+            assert_eq!(bound.err().map(|e| e.code().to_owned()).as_deref(), code, "{name} {params}");
+        }
+        for t in templates() {
+            let params: Map<String, Value> = t.parameters.iter().map(|p| (p.name.to_owned(), json!("x"))).collect();
+            let spec = t.instantiate(t.name.to_owned(), &params).unwrap();
+            assert!(preview(&spec).unwrap().warnings.is_empty(), "{}: every task has an estimate", t.name);
+        }
     }
 }

@@ -411,6 +411,18 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Live executions started by `parent`'s `workflow` steps.
+    pub async fn live_children(&self, parent: Uuid) -> Result<Vec<Uuid>> {
+        let rows = sqlx::query(
+            "SELECT id FROM executions WHERE triggered_by = $1 AND state IN ('pending', 'running') ORDER BY id",
+        )
+        .bind(parent.to_string())
+        .fetch_all(&self.db.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(uuid).collect()
+    }
+
     /// Live executions nobody holds (never claimed, released, or whose owner's lease lapsed).
     pub async fn claimable(&self, limit: u32) -> Result<Vec<Uuid>> {
         let rows = sqlx::query(&format!(
