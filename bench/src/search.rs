@@ -8,7 +8,8 @@
 //!   all 350, indexed through the gateway with the real MiniLM model;
 //! - **indexing**: documents per second from the gateway's bulk create to the search
 //!   stats counting them all, against raw tantivy indexing of the same documents in the
-//!   same run; MiniLM's own throughput beside it;
+//!   same run, and against raw tantivy plus raw qdrant-edge (the two engines the
+//!   service writes; docs/decisions/0006); MiniLM's own throughput beside it;
 //! - **latency**: p50/p99 of searches of each mode on 100 000 nodes through the search
 //!   service's gRPC API (and hybrid through the gateway), query embedding excluded.
 //!
