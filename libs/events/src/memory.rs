@@ -6,6 +6,10 @@
 //! and, when there is nothing to take, sleep on the stream's `Notify` (woken by publish, nak and close)
 //! or until the earliest ack deadline of their consumer. The bus spawns no task at all.
 //!
+//! Unlike JetStream, which keeps a stream's events on disk for `max_age`, the log drops an event that every
+//! group has passed once it is [`CONSUMED_KEPT_FOR`] old, so a busy process's memory does not grow with
+//! the events it has handled; a group created later than that starts from the oldest event still held.
+//!
 //! A tail is registered with the streams its filter covers; publish copies each matching event into the
 //! tail's bounded buffer (dropping the oldest when it is full) and wakes it. Dropping the tail unregisters it.
 
@@ -23,6 +27,13 @@ use crate::config::EventsConfig;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::subjects::{self, DOMAINS};
+
+/// How long an event every group has passed stays in memory: long enough for a group that
+/// subscribes just after (the services of `hx up` start one after another). JetStream keeps
+/// events on disk for `max_age` (7 days); kept in memory for as long, every LLM call and job
+/// event of a busy process would stay there, and its memory would only grow. A group that
+/// exists keeps what it has not passed, however long it takes.
+const CONSUMED_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Events a tail holds for its reader; when it is full, publishing drops the oldest.
 const TAIL_CAPACITY: usize = 1024;
@@ -157,6 +168,11 @@ impl InProcessBus {
     /// Closes the bus: publishing fails from now on and every subscription ends.
     pub fn close(&self) {
         self.handle.core.close();
+    }
+
+    /// How many events the streams hold in memory; for diagnostics and tests.
+    pub fn retained_events(&self) -> usize {
+        self.handle.core.streams.iter().map(|stream| stream.lock().log.len()).sum()
     }
 
     /// How many tails are open (made by [`tail`](EventBus::tail) and not dropped yet); for diagnostics
@@ -346,13 +362,23 @@ impl StreamState {
         }
     }
 
-    /// Applies the retention limits (as a JetStream limits-policy stream does), on publish and subscribe.
+    /// Applies the retention limits (as a JetStream limits-policy stream does), on publish and subscribe,
+    /// and drops what every group has passed once it is [`CONSUMED_KEPT_FOR`] old.
     fn trim(&mut self, now: Instant, config: &EventsConfig) {
         let max_messages = usize::try_from(config.max_messages).unwrap_or(usize::MAX);
         while self.log.len() > max_messages {
             self.log.pop_front();
         }
         while self.log.front().is_some_and(|message| message.stored_at + config.max_age <= now) {
+            self.log.pop_front();
+        }
+        // deliveries awaiting an ack hold their own reference to the event
+        let passed = self.consumers.values().map(|consumer| consumer.cursor).min().unwrap_or(self.next_seq);
+        while self
+            .log
+            .front()
+            .is_some_and(|message| message.seq < passed && message.stored_at + CONSUMED_KEPT_FOR <= now)
+        {
             self.log.pop_front();
         }
     }

@@ -888,6 +888,45 @@ mod in_process_lifecycle {
         EventsConfig { ack_wait: ACK_WAIT, ..EventsConfig::default() }
     }
 
+    /// Unlike JetStream's stream on disk, the in-process log lets go of what every group
+    /// has passed, once it is old enough for a group subscribing late at start to find it.
+    #[tokio::test(start_paused = true)]
+    async fn events_every_group_passed_leave_memory_after_a_while() -> Result<()> {
+        let bus = InProcessBus::new(&config())?;
+        let mut reader = bus.subscribe(subjects::NODE_CREATED, "reader").await?;
+        let lagging = bus.subscribe(subjects::NODE_CREATED, "lagging").await?;
+        for n in 0..100 {
+            bus.publish(&event(subjects::NODE_CREATED, n)).await?;
+        }
+        for _ in 0..100 {
+            recv(&mut reader).await?.ack().await?;
+        }
+        tokio::time::advance(Duration::from_secs(60)).await;
+        bus.publish(&event(subjects::NODE_CREATED, 100)).await?;
+        ensure!(bus.retained_events() == 101, "a group that has not passed them keeps them");
+
+        // a group joining now starts from what is held
+        drop(lagging);
+        let mut late = bus.subscribe(subjects::NODE_CREATED, "late").await?;
+        for _ in 0..101 {
+            recv(&mut late).await?.ack().await?;
+        }
+        let mut lagging = bus.subscribe(subjects::NODE_CREATED, "lagging").await?;
+        for _ in 0..101 {
+            recv(&mut lagging).await?.ack().await?;
+        }
+        recv(&mut reader).await?.ack().await?;
+        bus.publish(&event(subjects::NODE_CREATED, 101)).await?;
+        ensure!(bus.retained_events() == 2, "passed and old: gone, recent: kept; held {}", bus.retained_events());
+        for group in [&mut reader, &mut late, &mut lagging] {
+            recv(group).await?.ack().await?;
+        }
+        tokio::time::advance(Duration::from_secs(60)).await;
+        bus.publish(&event(subjects::NODE_CREATED, 102)).await?;
+        ensure!(bus.retained_events() == 1, "only the newest is held: {}", bus.retained_events());
+        Ok(())
+    }
+
     #[tokio::test]
     async fn close_ends_subscriptions_and_refuses_publishing() -> Result<()> {
         let bus = InProcessBus::new(&config())?;

@@ -147,6 +147,12 @@ impl FakeLlm {
         self.shared.received.lock().unwrap().len()
     }
 
+    /// Drops what the fake has kept of the requests so far: a benchmark that measures
+    /// the memory of the process the fake runs in must not count the fake's own record.
+    pub fn forget_received(&self) {
+        self.shared.received.lock().unwrap().clear();
+    }
+
     /// Makes `config`'s provider `name` this fake, speaking `wire`: the catalogue's
     /// providers keep their protocol, another name becomes a custom endpoint.
     pub fn serve_as(&self, config: &mut HelixConfig, name: &str, wire: Wire) {
