@@ -217,7 +217,9 @@ impl EventBus for ObservedBus {
     async fn publish(&self, event: &Envelope) -> helix_events::Result<PublishAck> {
         let span = publish_span(event);
         let mut traced = event.clone();
-        traced.trace = span.in_scope(traced_context);
+        if let Some(trace) = span.in_scope(traced_context) {
+            traced.trace = Some(trace);
+        }
         let result = self.inner.publish(&traced).instrument(span).await;
         self.count_published(&event.r#type, result.as_ref().map(|ack| ack.duplicate).map_err(|_| ()));
         result
@@ -236,7 +238,9 @@ impl EventBus for ObservedBus {
                 spans.push(span);
                 last_trace = trace;
             }
-            event.trace.clone_from(&traced);
+            if let Some(trace) = &traced {
+                event.trace = Some(trace.clone());
+            }
         }
         let subjects: Vec<String> = events.iter().map(|event| event.r#type.clone()).collect();
         let first = spans.first().cloned().unwrap_or_else(tracing::Span::none);
@@ -312,7 +316,8 @@ fn publish_span(event: &Envelope) -> tracing::Span {
 }
 
 /// The trace context published events carry, taken inside their publish span:
-/// subscribers continue from it (gateway → storage → publish → consume).
+/// subscribers continue from it (gateway → storage → publish → consume). `None` when
+/// no trace is being recorded: the event then keeps the context it came with.
 fn traced_context() -> Option<helix_events::TraceContext> {
     helix_telemetry::current_trace()
         .map(|(traceparent, tracestate)| helix_events::TraceContext { traceparent, tracestate })
