@@ -153,9 +153,13 @@ fn handle(batch: Vec<Delivery>, writer: &WriterHandle, group: &str) -> impl Futu
         let events = batch.len();
         match outcome(submitted).await {
             Err(_) if events > 1 => {
-                for delivery in batch {
-                    let alone = outcome(submit(std::slice::from_ref(&delivery), &writer)).await;
-                    settle(delivery, &alone).await;
+                // every event its own command, all sent at once: they share the writer's
+                // next commit, so a failing commit (a store that is down) costs one more
+                // commit, not one per event
+                let alone: Vec<Submitted> =
+                    batch.iter().map(|delivery| submit(std::slice::from_ref(delivery), &writer)).collect();
+                for (delivery, submitted) in batch.into_iter().zip(alone) {
+                    settle(delivery, &outcome(submitted).await).await;
                 }
             }
             batch_outcome => {
