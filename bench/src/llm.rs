@@ -64,7 +64,10 @@ fn ms(d: Duration) -> f64 {
 async fn call(http: &reqwest::Client, url: &str, key: &str, body: &Value) -> anyhow::Result<Timing> {
     let started = Instant::now();
     let mut response = http.post(url).bearer_auth(key).json(body).send().await?;
-    anyhow::ensure!(response.status().is_success(), "{url}: {}", response.status());
+    if !response.status().is_success() {
+        let status = response.status();
+        anyhow::bail!("{url}: {status}: {}", response.text().await.unwrap_or_default());
+    }
     let overhead = response
         .headers()
         .get("x-helix-router-overhead-us")
@@ -115,14 +118,20 @@ async fn steady(http: &reqwest::Client, url: &str, key: &str, body: &Value, rate
     for _ in 0..rate * STEADY_SECS {
         ticker.tick().await;
         let (http, url, key, body) = (http.clone(), url.to_owned(), key.to_owned(), body.clone());
-        calls.spawn(async move { call(&http, &url, &key, &body).await.map(|t| t.total) });
+        calls.spawn(async move { call(&http, &url, &key, &body).await });
     }
     let offered = (rate * STEADY_SECS) as f64 / started.elapsed().as_secs_f64();
-    let mut totals = Vec::new();
+    let (mut totals, mut overheads) = (Vec::new(), Vec::new());
     while let Some(done) = calls.join_next().await {
-        totals.push(done??);
+        let timing = done??;
+        totals.push(timing.total);
+        overheads.extend(timing.overhead);
     }
-    Ok(json!({"offered_rate_per_s": offered, "latency": summary(totals)}))
+    let mut result = json!({"offered_rate_per_s": offered, "latency": summary(totals)});
+    if !overheads.is_empty() {
+        result["router_overhead_header"] = summary(overheads);
+    }
+    Ok(result)
 }
 
 /// This process's resident memory, in MiB.
@@ -172,7 +181,8 @@ async fn memory(
     }))
 }
 
-pub async fn run(out: &str) -> anyhow::Result<()> {
+/// The whole suite, or (`steady_only`, for profiling) the steady 1,000 calls/s alone.
+pub async fn run(out: &str, steady_only: bool) -> anyhow::Result<()> {
     let fake = FakeLlm::start().await?;
     let mut env = TestEnv::new(Backend::Embedded).await?;
     fake.serve_as(&mut env.config, "openai", Wire::OpenAi);
@@ -188,7 +198,7 @@ pub async fn run(out: &str) -> anyhow::Result<()> {
     let mut report = json!({"suite": "llm-router", "calls": CALLS, "streams": STREAMS,
         "note": "fake provider on loopback, in this process; budget reservation and usage recording on (SQLite); \
     release build; `whole` and `stream` one call at a time"});
-    for stream in [false, true] {
+    for stream in [false, true].into_iter().filter(|_| !steady_only) {
         let n = if stream { STREAMS } else { CALLS };
         let direct_body = json!({"model": "gpt-4o-mini", "messages": messages, "stream": stream});
         let gateway_body = json!({"model": "openai/gpt-4o-mini", "messages": messages, "stream": stream});
@@ -224,19 +234,27 @@ pub async fn run(out: &str) -> anyhow::Result<()> {
 
     let direct_stream = json!({"model": "gpt-4o-mini", "messages": messages, "stream": true});
     let gateway_stream = json!({"model": "openai/gpt-4o-mini", "messages": messages, "stream": true});
-    let direct_at_once = at_once(&http, &direct_url, &key, &direct_stream, STREAMS).await?;
-    let through_at_once = at_once(&http, &gateway_url, &key, &gateway_stream, STREAMS).await?;
-    report["streams_at_once"] = json!({
-        "streams": STREAMS,
-        "direct": direct_at_once,
-        "through_gateway": through_at_once,
-        "added_time_to_first_token": added(&direct_at_once["time_to_first_token"], &through_at_once["time_to_first_token"]),
-        "added_inter_chunk": added(&direct_at_once["inter_chunk"], &through_at_once["inter_chunk"]),
-    });
-    eprintln!("{STREAMS} streams at once: {}", report["streams_at_once"]);
+    if !steady_only {
+        let direct_at_once = at_once(&http, &direct_url, &key, &direct_stream, STREAMS).await?;
+        let through_at_once = at_once(&http, &gateway_url, &key, &gateway_stream, STREAMS).await?;
+        report["streams_at_once"] = json!({
+            "streams": STREAMS,
+            "direct": direct_at_once,
+            "through_gateway": through_at_once,
+            "added_time_to_first_token": added(&direct_at_once["time_to_first_token"], &through_at_once["time_to_first_token"]),
+            "added_inter_chunk": added(&direct_at_once["inter_chunk"], &through_at_once["inter_chunk"]),
+        });
+        eprintln!("{STREAMS} streams at once: {}", report["streams_at_once"]);
+    }
 
     let direct_whole = json!({"model": "gpt-4o-mini", "messages": messages});
     let gateway_whole = json!({"model": "openai/gpt-4o-mini", "messages": messages});
+    if steady_only {
+        for _ in 0..200 {
+            call(&http, &direct_url, &key, &direct_whole).await?;
+            call(&http, &gateway_url, &key, &gateway_whole).await?;
+        }
+    }
     let direct_steady = steady(&http, &direct_url, &key, &direct_whole, STEADY_RATE).await?;
     let through_steady = steady(&http, &gateway_url, &key, &gateway_whole, STEADY_RATE).await?;
     let added_steady = added(&direct_steady["latency"], &through_steady["latency"]);
@@ -252,8 +270,10 @@ pub async fn run(out: &str) -> anyhow::Result<()> {
     });
     eprintln!("steady {STEADY_RATE}/s: {}", report["steady"]);
 
-    report["memory"] = memory(&fake, &http, &gateway_url, &key, &gateway_whole, &gateway_stream).await?;
-    eprintln!("memory over {RSS_CALLS} calls: {}", report["memory"]);
+    if !steady_only {
+        report["memory"] = memory(&fake, &http, &gateway_url, &key, &gateway_whole, &gateway_stream).await?;
+        eprintln!("memory over {RSS_CALLS} calls: {}", report["memory"]);
+    }
     helix.stop().await;
     if let Some(dir) = std::path::Path::new(out).parent() {
         std::fs::create_dir_all(dir)?;

@@ -36,8 +36,9 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     seconds: u64,
     /// which benchmark: foundation, search (bench/src/search.rs), search-indexing (its indexing
-    /// part alone, for profiling), graph (bench/src/graph.rs), llm (bench/src/llm.rs) or jobs
-    /// (bench/src/jobs.rs)
+    /// part alone, for profiling), graph (bench/src/graph.rs), llm (bench/src/llm.rs), llm-steady
+    /// (its steady 1,000 calls/s alone, for profiling), jobs (bench/src/jobs.rs) or jobs-steady
+    /// (its steady 1,000 jobs/s alone)
     #[arg(long, default_value = "foundation")]
     suite: String,
 }
@@ -134,11 +135,11 @@ async fn main() -> anyhow::Result<()> {
     if args.suite == "graph" {
         return graph::run(&args.out).await;
     }
-    if args.suite == "llm" {
-        return llm::run(&args.out).await;
+    if args.suite == "llm" || args.suite == "llm-steady" {
+        return llm::run(&args.out, args.suite == "llm-steady").await;
     }
-    if args.suite == "jobs" {
-        return jobs::run(&args.out).await;
+    if args.suite == "jobs" || args.suite == "jobs-steady" {
+        return jobs::run(&args.out, args.suite == "jobs-steady").await;
     }
     let duration = Duration::from_secs(args.seconds);
     let mut runs = Vec::new();

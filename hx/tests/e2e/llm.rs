@@ -1352,7 +1352,7 @@ async fn analytics_from_the_usage_records(backend: Backend) -> anyhow::Result<()
 /// embeddings (no provider call), while the other and the global budget go on.
 async fn per_key_budgets_hold_on_every_endpoint(backend: Backend) -> anyhow::Result<()> {
     let fake = FakeLlm::start().await?;
-    let helix = start(backend, |config| {
+    let mut helix = start(backend, |config| {
         config.llm.budget_action = "reject".into();
         config.llm.key_budgets.insert("bob".into(), 50.0);
         fake.serve_as(config, "openai", Wire::OpenAi);
@@ -1461,6 +1461,30 @@ async fn per_key_budgets_hold_on_every_endpoint(backend: Backend) -> anyhow::Res
     )
     .await;
     assert_eq!(status, 422, "{body}");
+
+    // a global cap set through the API is stored: a replica started later (here, this
+    // one restarted) holds it over its configuration's 100 USD
+    let (status, body) = read(
+        helix
+            .api(Method::PUT, "/api/v1/llm/budget")
+            .json(&json!({"daily_limit_usd": 0.0, "action": "reject"}))
+            .send()
+            .await?,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    helix.restart().await?;
+    let (_, budget) = read(helix.api(Method::GET, "/api/budget").send().await?).await;
+    assert_eq!(
+        (budget["daily_limit_usd"].as_f64(), budget["action"].as_str()),
+        (Some(0.0), Some("reject")),
+        "{budget}"
+    );
+    let before = fake.count();
+    let call = helix.http.post(helix.url("/v1/chat/completions")).bearer_auth(&bob).json(&hi);
+    let (status, body) = read(call.send().await?).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (402, Some("budget_exceeded")), "{body}");
+    assert_eq!(fake.count(), before);
     helix.stop().await;
     Ok(())
 }

@@ -69,8 +69,11 @@ impl Database {
         };
         let options = AnyConnectOptions::from_str(&url)?;
         let sqlite = |connections: u32| {
-            AnyPoolOptions::new().max_connections(connections).acquire_timeout(Duration::from_secs(10)).after_connect(
-                |conn, _| {
+            AnyPoolOptions::new()
+                .max_connections(connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .test_before_acquire(false)
+                .after_connect(|conn, _| {
                     Box::pin(async move {
                         conn.execute(
                             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
@@ -80,8 +83,7 @@ impl Database {
                         .await?;
                         Ok(())
                     })
-                },
-            )
+                })
         };
         let pool = match backend {
             // readers in WAL mode do not wait for the writer
@@ -92,6 +94,10 @@ impl Database {
                 AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(10))
+                    // sqlx pings a connection each time it leaves the pool: a round trip
+                    // before every transaction. A connection that broke is found by the
+                    // statement that uses it, which fails as the ping would have.
+                    .test_before_acquire(false)
                     .after_connect(move |conn, _| {
                         let set = format!("SET search_path TO {schema}");
                         Box::pin(async move {

@@ -109,6 +109,9 @@ pub struct Completion {
 /// A single enqueue waiting for the transaction it will share.
 type Waiting = (NewJob, oneshot::Sender<Result<Job>>);
 
+/// Leases one enqueue wakes at most.
+const WAKE_AT_MOST: usize = 64;
+
 /// Single enqueues one shared transaction takes at most.
 const ENQUEUE_TOGETHER: usize = 256;
 
@@ -148,13 +151,19 @@ impl JobStore {
     pub async fn enqueue(&self, all: Vec<NewJob>) -> Result<Vec<Job>> {
         let now = now();
         let mut tx = self.outbox.begin().await?;
-        let mut jobs = Vec::with_capacity(all.len());
-        for new in all {
-            jobs.push(insert_job(&mut tx, new_job(new, now)).await?);
-        }
+        let jobs = insert_jobs(&mut tx, all.into_iter().map(|new| new_job(new, now)).collect()).await?;
         self.outbox.commit(tx).await?;
-        self.ready.notify_waiters();
+        self.wake_leases(jobs.len());
         Ok(jobs)
+    }
+
+    /// Wakes one waiting lease per job made ready, not every lease: leases woken together
+    /// race for the same rows, and the losers are still in their (empty) transactions
+    /// when the next job arrives, which then waits for one of them to come back.
+    fn wake_leases(&self, jobs: usize) {
+        for _ in 0..jobs.min(WAKE_AT_MOST) {
+            self.ready.notify_one();
+        }
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Job> {
@@ -186,7 +195,9 @@ impl JobStore {
     pub async fn lease(&self, request: &LeaseRequest) -> Result<Vec<Job>> {
         let deadline = Instant::now() + request.wait;
         loop {
-            // registered before looking, so an enqueue between the look and the wait wakes it
+            // Not enabled: a wake goes to a lease that is waiting, not to one still looking.
+            // An enqueue between this look and the wait leaves a permit (or reaches this
+            // future by `notify_waiters`), so it is not missed.
             let ready = self.ready.notified();
             let jobs = self.lease_now(request).await?;
             let left = deadline.saturating_duration_since(Instant::now());
@@ -618,37 +629,94 @@ async fn enqueue_together(store: Weak<JobStore>, mut waiting: mpsc::UnboundedRec
 }
 
 pub(crate) async fn insert_job(tx: &mut Transaction<'static, Any>, job: Job) -> Result<Job> {
-    let sql = format!(
-        "INSERT INTO jobs ({COLUMNS}) VALUES ($1, $2, $3, $4, 'pending', $5, 0, $6, 0, '', NULL, $7, $8, $9, NULL, \
-         NULL, 0, 0, '', $10, $11, $11, NULL, NULL) ON CONFLICT DO NOTHING"
-    );
-    let inserted = sqlx::query(&sql)
-        .bind(job.id.to_string())
-        .bind(&job.kind)
-        .bind(&job.queue)
-        .bind(Value::Object(job.payload.clone()).to_string())
-        .bind(i64::from(job.priority))
-        .bind(i64::from(job.max_attempts))
-        .bind(i64::from(job.timeout_secs))
-        .bind(job.idempotency_key.clone())
-        .bind(job.schedule_id.map(|id| id.to_string()))
-        .bind(micros(job.run_at))
-        .bind(micros(job.created_at))
-        .execute(&mut **tx)
-        .await
-        .map_err(db_error)?;
-    if inserted.rows_affected() == 0 {
-        // only the idempotency key can conflict: ids are fresh UUIDv7s
-        let sql = format!("SELECT {COLUMNS} FROM jobs WHERE idempotency_key = $1");
-        let key = job.idempotency_key.clone().unwrap_or_default();
-        let row = sqlx::query(&sql).bind(&key).fetch_one(&mut **tx).await.map_err(db_error)?;
-        return job_from_row(&row);
+    insert_jobs(tx, vec![job]).await?.pop().ok_or_else(|| Error::internal("a job was inserted without an answer"))
+}
+
+/// Inserts the jobs with their `enqueued` events, in few statements (a batch is one
+/// multi-row INSERT, one for the events: a statement per job made a batch of single
+/// enqueues cost a round trip each, so under load batches grew and every job in them
+/// waited); a job whose idempotency key was taken is answered by the job that took it.
+pub(crate) async fn insert_jobs(tx: &mut Transaction<'static, Any>, jobs: Vec<Job>) -> Result<Vec<Job>> {
+    /// bound values per row
+    const VALUES: usize = 12;
+    let backend = Backend::of(tx);
+    let mut inserted = std::collections::HashSet::new();
+    for chunk in jobs.chunks(outbox::ROWS_PER_INSERT) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|row| {
+                let p = |i: usize| match backend {
+                    Backend::Sqlite => "?".to_owned(),
+                    Backend::Postgres => format!("${}", row * VALUES + i + 1),
+                };
+                format!(
+                    "({}, {}, {}, {}, 'pending', {}, 0, {}, 0, '', NULL, {}, {}, {}, NULL, NULL, 0, 0, '', {}, {}, {}, NULL, NULL)",
+                    p(0), p(1), p(2), p(3), p(4), p(5), p(6), p(7), p(8), p(9), p(10), p(11)
+                )
+            })
+            .collect();
+        let sql =
+            format!("INSERT INTO jobs ({COLUMNS}) VALUES {} ON CONFLICT DO NOTHING RETURNING id", rows.join(", "));
+        let mut query = sqlx::query(&sql);
+        for job in chunk {
+            query = query
+                .bind(job.id.to_string())
+                .bind(job.kind.clone())
+                .bind(job.queue.clone())
+                .bind(Value::Object(job.payload.clone()).to_string())
+                .bind(i64::from(job.priority))
+                .bind(i64::from(job.max_attempts))
+                .bind(i64::from(job.timeout_secs))
+                .bind(job.idempotency_key.clone())
+                .bind(job.schedule_id.map(|id| id.to_string()))
+                .bind(micros(job.run_at))
+                .bind(micros(job.created_at))
+                .bind(micros(job.updated_at));
+        }
+        for row in query.fetch_all(&mut **tx).await.map_err(db_error)? {
+            inserted.insert(text(&row, "id")?);
+        }
     }
-    let payload = json!({
-        "id": job.id, "kind": job.kind, "queue": job.queue, "priority": job.priority, "run_at": job.run_at,
-    });
-    outbox::enqueue(tx, subjects::JOB_ENQUEUED, SERVICE, payload).await?;
-    Ok(job)
+    // only idempotency keys can conflict: ids are fresh UUIDv7s
+    let taken: Vec<String> = jobs
+        .iter()
+        .filter(|job| !inserted.contains(&job.id.to_string()))
+        .filter_map(|job| job.idempotency_key.clone())
+        .collect();
+    let mut holders = std::collections::HashMap::new();
+    for chunk in taken.chunks(outbox::ROWS_PER_INSERT) {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM jobs WHERE idempotency_key IN ({})",
+            db::parameters(backend, 0, chunk.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for key in chunk {
+            query = query.bind(key.clone());
+        }
+        for row in query.fetch_all(&mut **tx).await.map_err(db_error)? {
+            let job = job_from_row(&row)?;
+            holders.insert(job.idempotency_key.clone().unwrap_or_default(), job);
+        }
+    }
+    let events: Vec<Value> = jobs
+        .iter()
+        .filter(|job| inserted.contains(&job.id.to_string()))
+        .map(|job| {
+            json!({"id": job.id, "kind": job.kind, "queue": job.queue, "priority": job.priority, "run_at": job.run_at})
+        })
+        .collect();
+    outbox::enqueue_all(tx, subjects::JOB_ENQUEUED, SERVICE, events).await?;
+    jobs.into_iter()
+        .map(|job| {
+            if inserted.contains(&job.id.to_string()) {
+                return Ok(job);
+            }
+            let key = job.idempotency_key.as_deref().unwrap_or_default();
+            holders
+                .get(key)
+                .cloned()
+                .ok_or_else(|| Error::internal(format!("job {} was neither inserted nor found", job.id)))
+        })
+        .collect()
 }
 
 pub(crate) fn new_job(new: NewJob, now: DateTime<Utc>) -> Job {

@@ -514,7 +514,7 @@ impl LlmRouterService for LlmApi {
                     "per-provider caps are not built yet",
                 ));
             }
-            self.router.budget.set(request.daily_limit_usd, reject);
+            self.router.budget.set(request.daily_limit_usd, reject).await?;
             for key in &request.key_limits {
                 self.router.budget.set_key_cap(&key.api_key_id, key.daily_limit_usd).await?;
             }

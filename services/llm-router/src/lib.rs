@@ -79,12 +79,13 @@ pub async fn open(ctx: &ServiceContext) -> helix_runtime::Result<Arc<Router>> {
         config.daily_budget_usd,
         config.budget_action == "reject",
         &config.key_budgets,
-        ctx.tasks.clone(),
+        &ctx.tasks,
+        ctx.shutdown.clone(),
     );
     let router = router::Router::new(config, providers, pricing, budget, ctx.metrics.clone()).map_err(Error::Config)?;
     let router = Arc::new(router);
     router.refresh_rate_limits().await.map_err(|e| Error::Config(format!("llm rate limits: {e}")))?;
-    router.budget.refresh_key_caps().await.map_err(|e| Error::Config(format!("llm key budgets: {e}")))?;
+    router.budget.refresh_caps().await.map_err(|e| Error::Config(format!("llm key budgets: {e}")))?;
     // what other replicas set through the API reaches this one within a few seconds
     let (refreshed, shutdown) = (router.clone(), ctx.shutdown.clone());
     ctx.tasks.spawn(async move {
@@ -97,7 +98,7 @@ pub async fn open(ctx: &ServiceContext) -> helix_runtime::Result<Arc<Router>> {
             }
             let result = async {
                 refreshed.refresh_rate_limits().await?;
-                refreshed.budget.refresh_key_caps().await
+                refreshed.budget.refresh_caps().await
             };
             if let Err(error) = result.await {
                 tracing::warn!(%error, "llm limits could not be refreshed");

@@ -212,7 +212,7 @@ pub async fn save(db: &Database, provider: &str, limit: Limit) -> Result<()> {
     .bind(i64::from(limit.per_hour))
     .bind(i64::from(limit.burst))
     .bind(micros(chrono::Utc::now()))
-    .execute(&db.pool)
+    .execute(&db.writer)
     .await
     .map_err(db_error)?;
     Ok(())
