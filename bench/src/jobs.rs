@@ -11,8 +11,10 @@
 //!   through the outbox to NATS) as in service;
 //! - **steady**: 4 workers while one job is enqueued (one `EnqueueJob` call each) every
 //!   millisecond for [`Sizes::steady_secs`]; enqueue→start is the job's `started_at`
-//!   minus its `created_at`, both stamped by the service. It starts after a `VACUUM` of
-//!   the table the burn-downs emptied (`--suite jobs-steady` runs it alone).
+//!   minus its `created_at`, both stamped by the service. It runs first, on a new table, and
+//!   again after the burn-downs (reported apart: the 300k rows they purged are still
+//!   dead rows in the table and its indexes until autovacuum comes); `--suite
+//!   jobs-steady` runs the first alone.
 //!
 //! Goals (issue 6): at least 5,000 jobs/s, at least 40% of the raw transaction rate,
 //! enqueue→start p99 under 10 ms at 1,000 jobs/s. `HELIX_BENCH_QUICK=1` shrinks the runs.
@@ -73,6 +75,8 @@ pub async fn run(out: &str, steady_only: bool) -> anyhow::Result<()> {
     // the queue's own table, for the end of a burn-down to the microsecond
     let queue = Database::connect(&env.config, "jobs").await?;
 
+    // steady first, on a table in its working state; again after the burn-downs
+    let steady = steady(&mut client, channel, sizes.steady_secs).await?;
     let mut burn_downs = Vec::new();
     for workers in WORKER_COUNTS.into_iter().filter(|_| !steady_only) {
         let enqueue = enqueue_all(&mut client, sizes.burn_down).await?;
@@ -95,13 +99,10 @@ pub async fn run(out: &str, steady_only: bool) -> anyhow::Result<()> {
         client.purge_jobs(pb::PurgeJobsRequest::default()).await?;
     }
 
-    // The burn-downs left 300k dead rows in `jobs` and its indexes: autovacuum clears
-    // them within a minute or so, and until then every lease steps over them. The
-    // steady run is about a queue in its steady state, not about that lag.
-    if !steady_only {
-        sqlx::query("VACUUM ANALYZE jobs").execute(&queue.pool).await?;
-    }
-    let steady = steady(&mut client, channel, sizes.steady_secs).await?;
+    let after_purge = match steady_only {
+        true => Value::Null,
+        false => self::steady(&mut client, channel, sizes.steady_secs).await?,
+    };
     queue.pool.close().await;
     node.stop().await;
 
@@ -121,6 +122,10 @@ pub async fn run(out: &str, steady_only: bool) -> anyhow::Result<()> {
         },
         "burn_down": burn_downs,
         "steady": steady,
+        "steady_after_burn_downs": {
+            "what": "the same steady run right after the burn-downs purged their 300k jobs, before autovacuum cleared the dead rows they left in the table and its indexes: a transient, reported apart from the goal",
+            "run": after_purge,
+        },
         "goals": [
             {"goal": format!("burn-down >= {GOAL_JOBS_PER_S} jobs/s"), "value": best, "met": best >= GOAL_JOBS_PER_S},
             {"goal": format!("best burn-down >= {GOAL_RATIO} of the best raw transaction rate"), "value": ratio, "met": ratio >= GOAL_RATIO},
