@@ -309,20 +309,20 @@ impl Budget {
     /// Gives a reservation back (the call failed everywhere, or was cancelled). Written
     /// with the next batch; nothing waits for it.
     pub fn release_later(&self, reservation: Reservation) {
-        self.settle_now_or_later(Settlement { reservation: Some(reservation), record: None });
+        self.send_settlement(Settlement { reservation: Some(reservation), record: None });
     }
 
     /// Replaces the reservation (if any) by the record's cost and stores the record, in
     /// the next batch's transaction; nothing waits for it.
     pub fn settle_later(&self, reservation: Option<Reservation>, record: UsageRecord) {
-        self.settle_now_or_later(Settlement { reservation, record: Some(record) });
+        self.send_settlement(Settlement { reservation, record: Some(record) });
     }
 
     fn scopes_of(reservation: &Reservation) -> Vec<String> {
         std::iter::once(GLOBAL.to_owned()).chain(reservation.key.as_deref().map(key_scope)).collect()
     }
 
-    fn settle_now_or_later(&self, settlement: Settlement) {
+    fn send_settlement(&self, settlement: Settlement) {
         if self.writes.send(Write::Settle(Box::new(settlement))).is_err() {
             tracing::warn!("the llm-router stopped before a call's cost could be settled");
         }

@@ -88,6 +88,12 @@ pub(super) struct Allotment {
     topping_up: bool,
 }
 
+impl Allotment {
+    fn empty(now: Instant) -> Self {
+        Self { free: 0, size: 0, used_at: now, topping_up: false }
+    }
+}
+
 /// Takes `micros` from this replica's allotments of every scope, when each has enough;
 /// asks for a top-up of those running low.
 pub(super) fn take_allotted(
@@ -258,8 +264,7 @@ impl Writer {
         let mut held = self.allotments.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         for (key, extra) in &plan.allotted {
-            let allotment =
-                held.entry(key.clone()).or_insert(Allotment { free: 0, size: 0, used_at: now, topping_up: false });
+            let allotment = held.entry(key.clone()).or_insert_with(|| Allotment::empty(now));
             allotment.free += extra;
             allotment.size = *extra;
         }
@@ -274,8 +279,7 @@ impl Writer {
         let mut held = self.allotments.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         for (key, free) in &plan.given_back {
-            held.entry(key.clone()).or_insert(Allotment { free: 0, size: 0, used_at: now, topping_up: false }).free +=
-                free;
+            held.entry(key.clone()).or_insert_with(|| Allotment::empty(now)).free += free;
         }
         for key in &plan.topped_up {
             if let Some(allotment) = held.get_mut(key) {
