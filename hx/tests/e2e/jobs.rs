@@ -337,11 +337,15 @@ async fn lapsed_leases_are_rescued_and_fenced(backend: Backend) -> anyhow::Resul
     assert_eq!(refused(jobs.complete_jobs(batch(vec![])).await), "invalid_bulk");
     let zero = batch(vec![complete(&b, b.attempt), complete(&b, 0)]);
     assert_eq!(refused(jobs.complete_jobs(zero).await), "invalid_attempt", "a malformed entry refuses the call");
-    let outcomes =
-        jobs.complete_jobs(batch(vec![complete(&a, a.attempt), complete(&b, b.attempt)])).await?.into_inner().outcomes;
+    // a job named twice in one batch completes once
+    let all = batch(vec![complete(&a, a.attempt), complete(&b, b.attempt), complete(&b, b.attempt)]);
+    let outcomes = jobs.complete_jobs(all).await?.into_inner().outcomes;
     let judged: Vec<(&str, bool, &str)> =
         outcomes.iter().map(|o| (o.id.as_str(), o.completed, o.error_code.as_str())).collect();
-    assert_eq!(judged, [(a.id.as_str(), false, "lease_lost"), (b.id.as_str(), true, "")]);
+    assert_eq!(
+        judged,
+        [(a.id.as_str(), false, "lease_lost"), (b.id.as_str(), true, ""), (b.id.as_str(), false, "lease_lost")]
+    );
     let done = jobs.get_job(pb::GetJobRequest { id: b.id.clone() }).await?.into_inner();
     assert_eq!((done.state.as_str(), done.worker_id.as_str(), done.attempt), ("completed", "b", 2));
     assert_eq!(refused(jobs.complete_job(complete(&b, b.attempt)).await), "lease_lost", "completes once");

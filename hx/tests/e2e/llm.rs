@@ -343,8 +343,10 @@ struct Native {
     wire: Wire,
     provider: &'static str,
     model: &'static str,
-    /// none: the wire has no embeddings here (Bedrock's are not Converse calls)
+    /// none: the wire has no embeddings
     embedding_model: Option<&'static str>,
+    /// a dimension the embedding model accepts (Titan's are 256, 512 or 1024)
+    embedding_dim: u32,
     /// the route of a whole answer and of a stream
     paths: [&'static str; 2],
     /// prompt tokens of the fake's plain reply as the wire reports them
@@ -365,6 +367,7 @@ fn natives() -> Vec<Native> {
             provider: "google",
             model: "gemini-2.5-flash",
             embedding_model: Some("gemini-embedding-001"),
+            embedding_dim: 4,
             paths: [
                 "/v1beta/models/gemini-2.5-flash:generateContent",
                 "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
@@ -393,6 +396,7 @@ fn natives() -> Vec<Native> {
             provider: "ollama",
             model: "llama3.2",
             embedding_model: Some("nomic-embed-text"),
+            embedding_dim: 4,
             paths: ["/api/chat", "/api/chat"],
             prompt_tokens: 11,
             plain: vec![
@@ -413,6 +417,7 @@ fn natives() -> Vec<Native> {
             provider: "cohere",
             model: "command-r-plus",
             embedding_model: Some("embed-v4.0"),
+            embedding_dim: 4,
             paths: ["/v2/chat", "/v2/chat"],
             // the tokens the model saw (Cohere adds its preamble), not the billed units
             prompt_tokens: 71,
@@ -432,7 +437,9 @@ fn natives() -> Vec<Native> {
             wire: Wire::Bedrock,
             provider: "bedrock",
             model: "anthropic.claude-3-5-haiku-20241022-v1:0",
-            embedding_model: None,
+            // one InvokeModel call a text
+            embedding_model: Some("amazon.titan-embed-text-v2:0"),
+            embedding_dim: 256,
             paths: [
                 "/model/anthropic.claude-3-5-haiku-20241022-v1:0/converse",
                 "/model/anthropic.claude-3-5-haiku-20241022-v1:0/converse-stream",
@@ -589,11 +596,17 @@ async fn native_adapters_translate_both_ways(backend: Backend) -> anyhow::Result
         if let Some(embedding_model) = native.embedding_model {
             let texts = ["one", "two words"];
             let model = format!("{}/{embedding_model}", native.provider);
+            let dim = native.embedding_dim;
             let (status, body) =
-                read(embed(&helix, json!({"model": model, "input": texts, "dimensions": 4})).await?).await;
+                read(embed(&helix, json!({"model": model, "input": texts, "dimensions": dim})).await?).await;
             assert_eq!(status, 200, "{name}: {body}");
             for (i, text) in texts.iter().enumerate() {
-                assert!(close(&floats(&body["data"][i]["embedding"]), &fake_vector(text, 4)), "{name} {text}: {body}");
+                let expected = fake_vector(text, dim as usize);
+                assert!(close(&floats(&body["data"][i]["embedding"]), &expected), "{name} {text}: {body}");
+            }
+            if native.wire != Wire::Gemini {
+                // Gemini's embeddings report no tokens; the others' fakes count a word each
+                assert_eq!(body["usage"]["prompt_tokens"], 3, "{name}: {body}");
             }
             assert_eq!(fake.received().last().map(|r| r.wire), Some(native.wire));
         }

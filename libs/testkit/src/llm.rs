@@ -6,9 +6,9 @@
 //! `:batchEmbedContents`), Ollama's (`POST /api/chat` with newline-delimited JSON
 //! streams, `POST /api/embed`), Cohere's v2 (`POST /v2/chat` with typed events,
 //! `POST /v2/embed`) and AWS Bedrock's Converse API (`POST /model/{id}/converse`,
-//! `/converse-stream` in AWS's binary event-stream encoding) — whole answers, streams
-//! with text and tool-call deltas, usage,
-//! stop reasons and error bodies — and, on request, their failures: error statuses
+//! `/converse-stream` in AWS's binary event-stream encoding; `/invoke` for its Titan and
+//! Cohere embedding models) — whole answers, streams with text and tool-call deltas,
+//! usage, stop reasons and error bodies — and, on request, their failures: error statuses
 //! with Retry-After, a slow first byte, an error after the first chunk, a stream cut
 //! without its end marker, malformed JSON.
 //!
@@ -309,8 +309,52 @@ async fn bedrock(
     match action.as_str() {
         "converse" => respond(Wire::Bedrock, behaviour, request, false).await,
         "converse-stream" => respond(Wire::Bedrock, behaviour, request, true).await,
+        "invoke" => bedrock_invoke(behaviour, &request).await,
         _ => status_response(Wire::Bedrock, 404, None),
     }
+}
+
+/// Bedrock's `InvokeModel` for its embedding models: Titan's `{"inputText"}` (V2's
+/// `dimensions` 256, 512 or 1024, default 1024) and Cohere Embed's `{"texts"}` (at most
+/// 96; `output_dimension`, default 1024); the input tokens, one a word, also in the
+/// `x-amzn-bedrock-input-token-count` header as Bedrock reports them. Anything else is
+/// a ValidationException.
+async fn bedrock_invoke(behaviour: Behaviour, request: &Value) -> Response {
+    match slow(behaviour).await {
+        Behaviour::Status { code, retry_after } => return status_response(Wire::Bedrock, code, retry_after),
+        Behaviour::MalformedJson | Behaviour::CutMidway => return json_text("{\"embedding\": ["),
+        _ => {}
+    }
+    let model = request["model"].as_str().unwrap_or_default();
+    let words = |text: &str| text.split_whitespace().count();
+    let invalid = || status_response(Wire::Bedrock, 400, None);
+    let (body, tokens) = if model.contains("titan-embed") {
+        let Some(text) = request["inputText"].as_str().filter(|t| !t.is_empty()) else { return invalid() };
+        let dim = match request["dimensions"].as_u64() {
+            None => 1024,
+            Some(dim @ (256 | 512 | 1024)) => dim as usize,
+            Some(_) => return invalid(),
+        };
+        let vector = fake_vector(text, dim);
+        let body =
+            json!({"embedding": vector, "inputTextTokenCount": words(text), "embeddingsByType": {"float": vector}});
+        (body, words(text))
+    } else if model.contains("cohere.embed") {
+        let texts: Vec<&str> = request["texts"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        if texts.is_empty() || texts.len() > 96 {
+            return invalid();
+        }
+        let dim = request["output_dimension"].as_u64().map_or(1024, |d| d as usize);
+        let vectors: Vec<Vec<f32>> = texts.iter().map(|t| fake_vector(t, dim)).collect();
+        let body = json!({"id": "fake-embed", "embeddings": {"float": vectors}, "texts": texts,
+            "response_type": "embeddings_by_type"});
+        (body, texts.iter().map(|t| words(t)).sum())
+    } else {
+        return invalid();
+    };
+    let mut response = axum::Json(body).into_response();
+    response.headers_mut().insert("x-amzn-bedrock-input-token-count", tokens.into());
+    response
 }
 
 /// Gemini's error body: `{"error": {"code", "message", "status"}}`.

@@ -58,6 +58,8 @@ const FIRST_HEARTBEAT: Duration = Duration::from_millis(200);
 const COMPLETE_BATCH: usize = 256;
 /// How long a lease call waits for work before the worker asks again.
 const LEASE_WAIT: Duration = Duration::from_secs(5);
+/// How long a busy worker waits for more free slots before it leases.
+const LEASE_LINGER: Duration = Duration::from_millis(2);
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -195,8 +197,16 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
         };
         let mut permits = vec![first];
-        while let Ok(permit) = slots.clone().try_acquire_owned() {
-            permits.push(permit);
+        take_free(&slots, &mut permits);
+        if permits.len() < options.concurrency / 2 {
+            // Busy: slots come back a completion batch at a time, and a lease of one or
+            // two jobs costs the database nearly what one of thirty does. Waiting a moment
+            // for more keeps leases large; an idle worker (most slots free) never waits.
+            tokio::select! {
+                _ = tokio::time::sleep(LEASE_LINGER) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            take_free(&slots, &mut permits);
         }
         let request = pb::LeaseJobsRequest {
             worker_id: options.worker_id.clone(),
@@ -249,7 +259,7 @@ struct Running {
 /// A success waiting for the completer, with the slot it keeps until then.
 struct Done {
     request: pb::CompleteJobRequest,
-    _slot: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
 }
 
 enum Stop {
@@ -295,7 +305,7 @@ impl Running {
                     attempt: job.attempt,
                 };
                 // the completer outlives every job (it waits for their senders)
-                let _ = self.completions.send(Done { request, _slot: slot });
+                let _ = self.completions.send(Done { request, slot });
             }
             Err(failure) => self.report_failure(&job, failure).await,
         }
@@ -350,6 +360,12 @@ impl Running {
     }
 }
 
+fn take_free(slots: &Arc<Semaphore>, permits: &mut Vec<OwnedSemaphorePermit>) {
+    while let Ok(permit) = slots.clone().try_acquire_owned() {
+        permits.push(permit);
+    }
+}
+
 /// The completer: sends the successes that gathered while its previous call was in
 /// flight as one `CompleteJobs`, until every sender is gone.
 async fn complete_in_batches(client: JobsServiceClient<GrpcChannel>, mut waiting: mpsc::UnboundedReceiver<Done>) {
@@ -371,7 +387,12 @@ async fn complete_in_batches(client: JobsServiceClient<GrpcChannel>, mut waiting
                 tracing::warn!(jobs = batch.len(), code = ?status.code(), message = status.message(), "completions refused")
             }
         }
-        batch.clear();
+        // The batch's slots come back together: released one by one, the lease loop
+        // (on the other core) would wake at the first and lease a job or two at a time.
+        let mut slots = batch.drain(..).map(|done| done.slot);
+        if let Some(mut all) = slots.next() {
+            slots.for_each(|slot| all.merge(slot));
+        }
     }
 }
 

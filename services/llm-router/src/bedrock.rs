@@ -10,6 +10,11 @@
 //! becomes an instruction in the system prompt; `inputTokens` excludes cache reads and
 //! writes, which are added back so that prompt tokens mean the same everywhere. A
 //! stream is complete at `messageStop`; its usage follows in `metadata`.
+//!
+//! Embeddings are not Converse calls: they are `InvokeModel` (`POST .../invoke`) in the
+//! model family's own body. Titan Text Embeddings take one text a call and report its
+//! tokens in the body; Cohere Embed takes up to 96 texts a call, and Bedrock reports
+//! the tokens in a response header.
 
 use std::collections::HashMap;
 
@@ -20,7 +25,7 @@ use crate::sigv4::uri_encode;
 use crate::sse::SseEvent;
 use crate::types::{
     ChatRequest, Completion, Delta, FailureKind, FinishReason, Message, Role, ToolCall, UpstreamError, Usage, data_url,
-    push_turn,
+    one_per_input, push_turn,
 };
 
 /// The service name Bedrock's runtime is signed for.
@@ -35,6 +40,99 @@ pub fn path(model: &str, stream: bool) -> Result<String, UpstreamError> {
     }
     let action = if stream { "converse-stream" } else { "converse" };
     Ok(format!("/model/{}/{action}", uri_encode(model)))
+}
+
+/// The embedding models Bedrock serves, by the body their `InvokeModel` wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbedFamily {
+    /// `amazon.titan-embed-text-v1`, `-v2:0`: `{"inputText"}`, one text a call
+    Titan,
+    /// `cohere.embed-english-v3`, `-multilingual-v3`, `-v4:0`: `{"texts": [...]}`
+    Cohere,
+}
+
+/// Texts one Cohere Embed call takes at most.
+pub const COHERE_TEXTS_PER_CALL: usize = 96;
+/// The header in which Bedrock reports an `InvokeModel` call's input tokens.
+pub const INPUT_TOKENS_HEADER: &str = "x-amzn-bedrock-input-token-count";
+
+/// The family of an embedding model id (a cross-region profile such as
+/// `us.cohere.embed-v4:0` included); a model that is neither is not an embedding model.
+pub fn embed_family(model: &str) -> Result<EmbedFamily, UpstreamError> {
+    if model.contains("titan-embed") {
+        Ok(EmbedFamily::Titan)
+    } else if model.contains("cohere.embed") {
+        Ok(EmbedFamily::Cohere)
+    } else {
+        Err(UpstreamError::new(
+            FailureKind::BadRequest,
+            format!("{model} is not a Bedrock embedding model (amazon.titan-embed-*, cohere.embed-*)"),
+        ))
+    }
+}
+
+/// The path of `InvokeModel` on `model`.
+pub fn invoke_path(model: &str) -> Result<String, UpstreamError> {
+    if model.is_empty() {
+        return Err(UpstreamError::new(FailureKind::BadRequest, "a Bedrock call needs a model id"));
+    }
+    Ok(format!("/model/{}/invoke", uri_encode(model)))
+}
+
+/// Titan's body for one text. `dimensions` is V2's (256, 512 or 1024); V1 takes none.
+pub fn titan_body(text: &str, dimensions: Option<u32>) -> Value {
+    let mut body = json!({"inputText": text});
+    if let Some(dimensions) = dimensions {
+        body["dimensions"] = dimensions.into();
+        body["normalize"] = true.into();
+    }
+    body
+}
+
+/// Titan's answer: the vector and the tokens of its text.
+pub fn parse_titan(body: &[u8]) -> Result<(Vec<f32>, Option<u64>), UpstreamError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Answer {
+        embedding: Vec<f32>,
+        input_text_token_count: Option<u64>,
+    }
+    let answer: Answer = serde_json::from_slice(body)
+        .map_err(|e| UpstreamError::malformed(format!("an embeddings answer that does not parse: {e}")))?;
+    Ok((answer.embedding, answer.input_text_token_count))
+}
+
+/// Cohere Embed's body on Bedrock (no `model`: it is in the path). The texts are
+/// documents to search, as OpenAI's embeddings make no such distinction.
+pub fn cohere_body(texts: &[String], dimensions: Option<u32>) -> Value {
+    let mut body = json!({
+        "texts": texts, "input_type": "search_document", "truncate": "END", "embedding_types": ["float"],
+    });
+    if let Some(dimensions) = dimensions {
+        body["output_dimension"] = dimensions.into();
+    }
+    body
+}
+
+/// Cohere Embed's answer: `embeddings` a list of vectors, or by type with
+/// `embedding_types` (`{"float": [...]}`).
+pub fn parse_cohere(body: &[u8], inputs: usize) -> Result<Vec<Vec<f32>>, UpstreamError> {
+    #[derive(Deserialize)]
+    struct Answer {
+        embeddings: Embeddings,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Embeddings {
+        Floats(Vec<Vec<f32>>),
+        ByType { float: Vec<Vec<f32>> },
+    }
+    let answer: Answer = serde_json::from_slice(body)
+        .map_err(|e| UpstreamError::malformed(format!("an embeddings answer that does not parse: {e}")))?;
+    let vectors = match answer.embeddings {
+        Embeddings::Floats(vectors) | Embeddings::ByType { float: vectors } => vectors,
+    };
+    one_per_input(vectors, inputs)
 }
 
 pub fn request_body(request: &ChatRequest) -> Value {
@@ -497,6 +595,30 @@ mod tests {
                 "split at {split}"
             );
         }
+    }
+
+    #[test]
+    fn embeddings_are_invoke_calls_in_the_family_body() {
+        let titan = "amazon.titan-embed-text-v2:0";
+        assert_eq!(embed_family(titan).unwrap(), EmbedFamily::Titan);
+        assert_eq!(embed_family("us.cohere.embed-v4:0").unwrap(), EmbedFamily::Cohere);
+        assert_eq!(embed_family("anthropic.claude-3-5-haiku-20241022-v1:0").unwrap_err().kind, FailureKind::BadRequest);
+        assert_eq!(invoke_path(titan).unwrap(), "/model/amazon.titan-embed-text-v2%3A0/invoke");
+        assert_eq!(titan_body("hi", None), json!({"inputText": "hi"}));
+        assert_eq!(titan_body("hi", Some(256)), json!({"inputText": "hi", "dimensions": 256, "normalize": true}));
+        let texts = vec!["a".to_owned(), "b c".to_owned()];
+        assert_eq!(cohere_body(&texts, None)["texts"], json!(["a", "b c"]));
+        assert_eq!(cohere_body(&texts, Some(512))["output_dimension"], 512);
+
+        let answer =
+            br#"{"embedding": [0.5, -0.5], "inputTextTokenCount": 3, "embeddingsByType": {"float": [0.5, -0.5]}}"#;
+        assert_eq!(parse_titan(answer).unwrap(), (vec![0.5, -0.5], Some(3)));
+        let floats = br#"{"id": "x", "embeddings": [[1.0], [2.0]], "texts": ["a", "b c"], "response_type": "embeddings_floats"}"#;
+        assert_eq!(parse_cohere(floats, 2).unwrap(), vec![vec![1.0], vec![2.0]]);
+        let by_type = br#"{"id": "x", "embeddings": {"float": [[1.0], [2.0]]}, "response_type": "embeddings_by_type"}"#;
+        assert_eq!(parse_cohere(by_type, 2).unwrap(), vec![vec![1.0], vec![2.0]]);
+        assert_eq!(parse_cohere(floats, 3).unwrap_err().kind, FailureKind::Malformed);
+        assert_eq!(parse_titan(b"{\"embedding\": [").unwrap_err().kind, FailureKind::Malformed);
     }
 
     #[test]

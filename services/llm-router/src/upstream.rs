@@ -143,7 +143,8 @@ impl Upstream {
             Protocol::Cohere => {
                 (format!("{base}{}", cohere::EMBED_PATH), cohere::embeddings_body(model, inputs, dimensions))
             }
-            Protocol::Anthropic | Protocol::Bedrock => {
+            Protocol::Bedrock => return self.embed_on_bedrock(provider, model, inputs, dimensions).await,
+            Protocol::Anthropic => {
                 return Err(UpstreamError::new(
                     FailureKind::Unsupported,
                     format!("{} has no embeddings endpoint here", provider.name),
@@ -159,6 +160,71 @@ impl Upstream {
             Protocol::Cohere => cohere::parse_embeddings(&body, inputs.len()),
             _ => openai::parse_embeddings(&body, inputs.len()),
         }
+    }
+
+    /// Bedrock's embeddings: `InvokeModel` calls, a few at once for Titan (one text a
+    /// call), in batches for Cohere. Tokens are summed from what each call reports; a
+    /// call that reports none makes the total unknown (the reservation is then kept).
+    async fn embed_on_bedrock(
+        &self,
+        provider: &Provider,
+        model: &str,
+        inputs: &[String],
+        dimensions: Option<u32>,
+    ) -> Result<(Vec<Vec<f32>>, Option<u64>), UpstreamError> {
+        use futures::{StreamExt as _, TryStreamExt as _};
+        /// Titan calls in flight at once for one request
+        const TITAN_IN_FLIGHT: usize = 8;
+        let url = format!("{}{}", provider.base_url, bedrock::invoke_path(model)?);
+        let invoke = |body: serde_json::Value| {
+            let builder = self.post(provider, url.clone(), &body);
+            async move {
+                let response = builder?.send().await.map_err(send_error)?;
+                let response = check_status(response).await?;
+                let tokens = response
+                    .headers()
+                    .get(bedrock::INPUT_TOKENS_HEADER)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                Ok::<_, UpstreamError>((read_limited(response, MAX_BODY).await?, tokens))
+            }
+        };
+        let answers: Vec<(Vec<Vec<f32>>, Option<u64>)> = match bedrock::embed_family(model)? {
+            bedrock::EmbedFamily::Titan => {
+                // built first: a stream holding the closures is not Send for every lifetime
+                let calls: Vec<_> = inputs
+                    .iter()
+                    .map(|text| {
+                        let call = invoke(bedrock::titan_body(text, dimensions));
+                        async move {
+                            let (body, header_tokens) = call.await?;
+                            let (vector, tokens) = bedrock::parse_titan(&body)?;
+                            Ok::<_, UpstreamError>((vec![vector], tokens.or(header_tokens)))
+                        }
+                    })
+                    .collect();
+                futures::stream::iter(calls).buffered(TITAN_IN_FLIGHT).try_collect().await?
+            }
+            bedrock::EmbedFamily::Cohere => {
+                let calls: Vec<_> = inputs
+                    .chunks(bedrock::COHERE_TEXTS_PER_CALL)
+                    .map(|texts| {
+                        let (call, n) = (invoke(bedrock::cohere_body(texts, dimensions)), texts.len());
+                        async move {
+                            let (body, tokens) = call.await?;
+                            Ok::<_, UpstreamError>((bedrock::parse_cohere(&body, n)?, tokens))
+                        }
+                    })
+                    .collect();
+                futures::stream::iter(calls).buffered(2).try_collect().await?
+            }
+        };
+        let mut vectors = Vec::with_capacity(inputs.len());
+        let mut tokens = Some(0);
+        for (batch, batch_tokens) in answers {
+            vectors.extend(batch);
+            tokens = tokens.zip(batch_tokens).map(|(a, b)| a + b);
+        }
+        Ok((vectors, tokens))
     }
 
     /// Sends a streamed call and waits for its response head; the caller bounds that
