@@ -39,6 +39,12 @@ impl Outbox {
         self.db.writer.begin().await.map_err(db_error)
     }
 
+    /// A write transaction opened by `statement` (e.g. `BEGIN; SET LOCAL ...` on
+    /// PostgreSQL: the setting costs no round trip of its own).
+    pub async fn begin_with(&self, statement: &'static str) -> Result<Transaction<'static, Any>> {
+        self.db.writer.begin_with(statement).await.map_err(db_error)
+    }
+
     /// Commits and wakes the relay.
     pub async fn commit(&self, tx: Transaction<'static, Any>) -> Result<()> {
         tx.commit().await.map_err(db_error)?;

@@ -240,14 +240,14 @@ impl JobStore {
         for value in request.kinds.iter().chain(&request.queues) {
             query = query.bind(value);
         }
-        let mut tx = self.outbox.begin().await?;
-        if self.db.backend == Backend::Postgres {
+        let mut tx = match self.db.backend {
             // Walk `jobs_ready` in its order and stop at the batch. Left to itself, with
             // statistics older than a burst of enqueues (autoanalyze runs up to a minute
             // later), the planner reads and sorts every waiting job on each lease: 100k
             // waiting jobs made a lease cost 50-200 ms.
-            sqlx::query("SET LOCAL enable_sort = off").execute(&mut *tx).await.map_err(db_error)?;
-        }
+            Backend::Postgres => self.outbox.begin_with("BEGIN; SET LOCAL enable_sort = off").await?,
+            Backend::Sqlite => self.outbox.begin().await?,
+        };
         let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
         if rows.is_empty() {
             drop(tx);
