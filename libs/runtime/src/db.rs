@@ -178,6 +178,12 @@ pub fn db_error(error: sqlx::Error) -> helix_core::Error {
             tracing::warn!(%error, "database busy");
             helix_core::Error::unavailable("the database is busy, retry")
         }
+        // a write that lost a race for a unique key (two creations of one name at once):
+        // the caller's request conflicts with what exists, not a fault of the service
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            tracing::warn!(%error, "unique key taken");
+            helix_core::Error::conflict("already_exists", "a record with the same unique key already exists")
+        }
         _ => {
             tracing::error!(%error, "database error");
             helix_core::Error::internal("a database operation failed")
@@ -280,6 +286,18 @@ impl Backend {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn a_taken_unique_key_is_a_conflict_not_a_fault() {
+        sqlx::any::install_default_drivers();
+        // one connection: each has its own in-memory database
+        let mut db = <sqlx::AnyConnection as sqlx::Connection>::connect("sqlite::memory:").await.unwrap();
+        sqlx::query("CREATE TABLE names (name TEXT PRIMARY KEY)").execute(&mut db).await.unwrap();
+        sqlx::query("INSERT INTO names VALUES ('a')").execute(&mut db).await.unwrap();
+        let error = sqlx::query("INSERT INTO names VALUES ('a')").execute(&mut db).await.unwrap_err();
+        let error = super::db_error(error);
+        assert_eq!((error.kind(), error.code()), (helix_core::ErrorKind::Conflict, "already_exists"));
+    }
+
     #[test]
     fn value_rows_number_placeholders_row_by_row() {
         use super::Backend::{Postgres, Sqlite};
