@@ -375,8 +375,11 @@ impl JobStore {
         for completion in &completions {
             // the attempt that completed is answered once; a second mention of it (and
             // any other attempt of the job) is refused as stale
-            let completed = done.get(&completion.id).is_some_and(|job| job.attempt == completion.attempt);
-            outcomes.push(match completed.then(|| done.remove(&completion.id)).flatten() {
+            let outcome = match done.get(&completion.id) {
+                Some(job) if job.attempt == completion.attempt => done.remove(&completion.id),
+                _ => None,
+            };
+            outcomes.push(match outcome {
                 Some(job) => Ok(job),
                 None => Err(self.refusal(completion.id, completion.attempt).await),
             });

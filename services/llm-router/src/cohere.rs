@@ -14,7 +14,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::sse::SseEvent;
-use crate::types::{ChatRequest, Completion, Delta, FinishReason, Message, Role, UpstreamError, Usage, one_per_input};
+use crate::types::{
+    ChatRequest, Completion, Delta, EmbeddingAnswer, FinishReason, Message, Role, UpstreamError, Usage, one_per_input,
+};
 
 pub const CHAT_PATH: &str = "/v2/chat";
 pub const EMBED_PATH: &str = "/v2/embed";
@@ -230,7 +232,7 @@ pub fn embeddings_body(model: &str, inputs: &[String], dimensions: Option<u32>) 
 }
 
 /// `{"embeddings": {"float": [[...]]}, "meta": {"billed_units": {"input_tokens"}}}`
-pub fn parse_embeddings(body: &[u8], inputs: usize) -> Result<(Vec<Vec<f32>>, Option<u64>), UpstreamError> {
+pub fn parse_embeddings(body: &[u8], inputs: usize) -> Result<EmbeddingAnswer, UpstreamError> {
     #[derive(Deserialize)]
     struct Answer {
         embeddings: Embeddings,

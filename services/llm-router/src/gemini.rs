@@ -16,8 +16,8 @@ use serde_json::{Map, Value, json};
 
 use crate::sse::SseEvent;
 use crate::types::{
-    ChatRequest, Completion, Delta, FailureKind, FinishReason, MADE_UP_CALL_ID, Message, Role, ToolCall, UpstreamError,
-    Usage, data_url, made_up_call_id, one_per_input, push_turn,
+    ChatRequest, Completion, Delta, EmbeddingAnswer, FailureKind, FinishReason, MADE_UP_CALL_ID, Message, Role,
+    ToolCall, UpstreamError, Usage, data_url, made_up_call_id, one_per_input, push_turn,
 };
 
 /// The URL of `action` (`generateContent`, `streamGenerateContent?alt=sse`,
@@ -346,7 +346,7 @@ pub fn embeddings_body(model: &str, inputs: &[String], dimensions: Option<u32>) 
 }
 
 /// `{"embeddings": [{"values": [...]}]}`, in input order; Gemini reports no tokens.
-pub fn parse_embeddings(body: &[u8], inputs: usize) -> Result<(Vec<Vec<f32>>, Option<u64>), UpstreamError> {
+pub fn parse_embeddings(body: &[u8], inputs: usize) -> Result<EmbeddingAnswer, UpstreamError> {
     #[derive(Deserialize)]
     struct Answer {
         #[serde(default)]

@@ -14,8 +14,8 @@ use serde_json::{Map, Value, json};
 
 use crate::sse::SseEvent;
 use crate::types::{
-    ChatRequest, Completion, Delta, FinishReason, Message, Role, ToolCall, UpstreamError, Usage, data_url,
-    made_up_call_id, one_per_input,
+    ChatRequest, Completion, Delta, EmbeddingAnswer, FinishReason, Message, Role, ToolCall, UpstreamError, Usage,
+    data_url, made_up_call_id, one_per_input,
 };
 
 pub const CHAT_PATH: &str = "/api/chat";
@@ -196,7 +196,7 @@ pub fn embeddings_body(model: &str, inputs: &[String], dimensions: Option<u32>) 
 }
 
 /// `{"embeddings": [[...]], "prompt_eval_count": n}`, in input order.
-pub fn parse_embeddings(body: &[u8], inputs: usize) -> Result<(Vec<Vec<f32>>, Option<u64>), UpstreamError> {
+pub fn parse_embeddings(body: &[u8], inputs: usize) -> Result<EmbeddingAnswer, UpstreamError> {
     #[derive(Deserialize)]
     struct Answer {
         #[serde(default)]

@@ -5,7 +5,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::sse::SseEvent;
-use crate::types::{ChatRequest, Completion, Delta, FinishReason, Message, Role, Tool, ToolCall, UpstreamError, Usage};
+use crate::types::{
+    ChatRequest, Completion, Delta, EmbeddingAnswer, FinishReason, Message, Role, Tool, ToolCall, UpstreamError, Usage,
+};
 
 pub const PATH: &str = "/chat/completions";
 
@@ -281,7 +283,7 @@ pub fn embeddings_body(model: &str, inputs: &[String], dimensions: Option<u32>) 
 
 /// An embeddings answer: one vector per input in input order, and the prompt tokens
 /// the provider reports (`None` when it reports none).
-pub fn parse_embeddings(body: &[u8], inputs: usize) -> Result<(Vec<Vec<f32>>, Option<u64>), UpstreamError> {
+pub fn parse_embeddings(body: &[u8], inputs: usize) -> Result<EmbeddingAnswer, UpstreamError> {
     #[derive(Deserialize)]
     struct Answer {
         data: Vec<Item>,

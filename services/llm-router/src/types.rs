@@ -103,6 +103,10 @@ pub fn push_turn<R: PartialEq>(turns: &mut Vec<(R, Vec<Value>)>, role: R, blocks
 
 /// Embeddings as a wire answered them, in input order: one per input, else the
 /// answer is unreadable.
+/// An embeddings answer: one vector per input, in order, and the input tokens the
+/// provider reported (none when it reports none).
+pub type EmbeddingAnswer = (Vec<Vec<f32>>, Option<u64>);
+
 pub fn one_per_input(vectors: Vec<Vec<f32>>, inputs: usize) -> Result<Vec<Vec<f32>>, UpstreamError> {
     if vectors.len() != inputs {
         return Err(UpstreamError::malformed(format!("{} embeddings for {inputs} inputs", vectors.len())));

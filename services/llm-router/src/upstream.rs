@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::providers::{Protocol, Provider};
 use crate::sse::{LineDecoder, SseDecoder, SseEvent};
-use crate::types::{ChatRequest, Completion, Delta, FailureKind, UpstreamError};
+use crate::types::{ChatRequest, Completion, Delta, EmbeddingAnswer, FailureKind, UpstreamError};
 use crate::{anthropic, bedrock, cohere, gemini, ollama, openai, sigv4};
 
 /// Error bodies are read up to this size; what follows is not worth holding.
@@ -128,7 +128,7 @@ impl Upstream {
         model: &str,
         inputs: &[String],
         dimensions: Option<u32>,
-    ) -> Result<(Vec<Vec<f32>>, Option<u64>), UpstreamError> {
+    ) -> Result<EmbeddingAnswer, UpstreamError> {
         let base = &provider.base_url;
         let (url, body) = match provider.protocol {
             Protocol::OpenAi => {
@@ -171,7 +171,7 @@ impl Upstream {
         model: &str,
         inputs: &[String],
         dimensions: Option<u32>,
-    ) -> Result<(Vec<Vec<f32>>, Option<u64>), UpstreamError> {
+    ) -> Result<EmbeddingAnswer, UpstreamError> {
         use futures::{StreamExt as _, TryStreamExt as _};
         /// Titan calls in flight at once for one request
         const TITAN_IN_FLIGHT: usize = 8;
@@ -188,7 +188,7 @@ impl Upstream {
                 Ok::<_, UpstreamError>((read_limited(response, MAX_BODY).await?, tokens))
             }
         };
-        let answers: Vec<(Vec<Vec<f32>>, Option<u64>)> = match bedrock::embed_family(model)? {
+        let answers: Vec<EmbeddingAnswer> = match bedrock::embed_family(model)? {
             bedrock::EmbedFamily::Titan => {
                 // built first: a stream holding the closures is not Send for every lifetime
                 let calls: Vec<_> = inputs
