@@ -1,5 +1,6 @@
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -73,8 +74,8 @@ pub struct PublishAck {
 /// now; a delivery neither acked nor nak'd within ack_wait is redelivered as well. A delivery of a
 /// [tail](EventBus::tail) needs neither: its ack and nak do nothing.
 pub struct Delivery {
-    /// The event.
-    pub envelope: Envelope,
+    /// The event, shared by every group and tail it goes to (a payload can be large).
+    pub envelope: Arc<Envelope>,
     /// The subject it was published on (without tenant prefix).
     pub subject: String,
     /// This event was delivered to the group before (`delivery_count > 1`).

@@ -87,7 +87,7 @@ struct StreamState {
 struct Stored {
     seq: u64,
     subject: String,
-    envelope: Envelope,
+    envelope: Arc<Envelope>,
     stored_at: Instant,
 }
 
@@ -335,7 +335,12 @@ impl StreamState {
         let sequence = self.next_seq;
         self.next_seq += 1;
         let id = event.id;
-        let stored = Arc::new(Stored { seq: sequence, subject: event.r#type.clone(), envelope: event, stored_at: now });
+        let stored = Arc::new(Stored {
+            seq: sequence,
+            subject: event.r#type.clone(),
+            envelope: Arc::new(event),
+            stored_at: now,
+        });
         for entry in &self.tails {
             if subjects::matches(&entry.filter, &stored.subject) {
                 entry.tail.push(stored.clone());

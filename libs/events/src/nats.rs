@@ -260,7 +260,13 @@ impl Inner {
         if envelope.trace.is_none() {
             envelope.trace = trace_from_headers(message.headers.as_ref());
         }
-        Some(Delivery { envelope, subject, redelivered: false, delivery_count: 1, acker: Acker::Tail })
+        Some(Delivery {
+            envelope: Arc::new(envelope),
+            subject,
+            redelivered: false,
+            delivery_count: 1,
+            acker: Acker::Tail,
+        })
     }
 
     /// The wire subject and message of an event: its JSON, the trace headers, and its id
@@ -420,7 +426,13 @@ impl Member {
         if envelope.trace.is_none() {
             envelope.trace = trace_from_headers(message.headers.as_ref());
         }
-        Some(Delivery { envelope, subject, redelivered: delivery_count > 1, delivery_count, acker: Acker::Nats(acker) })
+        Some(Delivery {
+            envelope: Arc::new(envelope),
+            subject,
+            redelivered: delivery_count > 1,
+            delivery_count,
+            acker: Acker::Nats(acker),
+        })
     }
 }
 

@@ -243,7 +243,7 @@ async fn delivers_the_published_envelope(h: Harness) -> Result<()> {
 
     let mut subscription = bus.subscribe(subjects::NODE_CREATED, "reader").await?;
     let delivery = recv(&mut subscription).await?;
-    ensure!(delivery.envelope == published, "envelope changed in transit: {:?}", delivery.envelope);
+    ensure!(*delivery.envelope == published, "envelope changed in transit: {:?}", delivery.envelope);
     ensure!(delivery.subject == subjects::NODE_CREATED, "subject without prefix: {}", delivery.subject);
     ensure!(!delivery.redelivered && delivery.delivery_count == 1, "first delivery: {delivery:?}");
     delivery.ack().await?;
@@ -562,7 +562,7 @@ async fn tail_sees_only_events_published_after_it_starts(h: Harness) -> Result<(
     publish_all(&publisher, std::slice::from_ref(&after)).await?;
 
     let delivery = recv(&mut tail).await?;
-    ensure!(delivery.envelope == after, "the event published after the tail started: {delivery:?}");
+    ensure!(*delivery.envelope == after, "the event published after the tail started: {delivery:?}");
     ensure!(delivery.subject == subjects::NODE_CREATED, "subject without prefix: {}", delivery.subject);
     ensure!(!delivery.redelivered && delivery.delivery_count == 1, "a tail never redelivers: {delivery:?}");
     // Nak is a no-op: nothing comes back.

@@ -28,13 +28,13 @@ pub struct TowerLog {
 
 #[derive(Default)]
 struct Ring {
-    events: VecDeque<Envelope>,
+    events: VecDeque<Arc<Envelope>>,
     seen: u64,
     by_type: BTreeMap<String, u64>,
 }
 
 impl TowerLog {
-    fn record(&self, event: Envelope) {
+    fn record(&self, event: Arc<Envelope>) {
         let mut ring = self.inner.lock().expect("tower lock");
         ring.seen += 1;
         *ring.by_type.entry(event.r#type.clone()).or_default() += 1;
@@ -46,7 +46,7 @@ impl TowerLog {
 
     fn recent(&self, limit: usize) -> Vec<TowerEvent> {
         let ring = self.inner.lock().expect("tower lock");
-        ring.events.iter().rev().take(limit).map(TowerEvent::from).collect()
+        ring.events.iter().rev().take(limit).map(|event| TowerEvent::from(event.as_ref())).collect()
     }
 
     fn counts(&self) -> (u64, BTreeMap<String, u64>) {
