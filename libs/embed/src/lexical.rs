@@ -39,15 +39,16 @@ impl LexicalHashEmbedder {
     pub fn embed_text(&self, text: &str) -> Vec<f32> {
         let lower = text.to_lowercase();
         let words: Vec<&str> = lower.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
-        // every feature occurrence, then counted by sorting: a hash map of the features
-        // and a string per trigram cost several times the hashing itself
-        let mut features: Vec<(u64, f32)> = Vec::with_capacity(words.len() * 8);
+        // every feature occurrence counted in an open-addressing table keyed by the hash
+        // itself (already well mixed): a hash map of the features and a string per
+        // trigram cost several times the hashing, and sorting them to count did too
+        let mut counts = FeatureCounts::with_room(2 * words.len() + lower.len());
         let mut padded = String::new();
         let mut bounds: Vec<usize> = Vec::new();
         for (i, word) in words.iter().enumerate() {
-            features.push((hash(b'w', &[word]), UNIGRAM));
+            counts.add(hash(b'w', &[word]), UNIGRAM);
             if let Some(next) = words.get(i + 1) {
-                features.push((hash(b'b', &[word, " ", next]), BIGRAM));
+                counts.add(hash(b'b', &[word, " ", next]), BIGRAM);
             }
             padded.clear();
             padded.push('<');
@@ -59,17 +60,15 @@ impl LexicalHashEmbedder {
             // words of one or two letters are covered by their unigram already
             if bounds.len() - 1 > 4 {
                 for window in bounds.windows(4) {
-                    features.push((hash(b't', &[&padded[window[0]..window[3]]]), TRIGRAM));
+                    counts.add(hash(b't', &[&padded[window[0]..window[3]]]), TRIGRAM);
                 }
             }
         }
-        features.sort_unstable_by_key(|&(hash, _)| hash);
         // term frequency per hashed feature, then sublinear tf (1 + ln tf) per feature
         let mut v = vec![0.0; self.dim];
-        for run in features.chunk_by(|a, b| a.0 == b.0) {
-            let (hash, weight) = run[0];
+        for &(hash, weight, count) in counts.features() {
             let sign = if hash >> 63 == 0 { 1.0 } else { -1.0 };
-            v[(hash % self.dim as u64) as usize] += sign * weight * (1.0 + (run.len() as f32).ln());
+            v[(hash % self.dim as u64) as usize] += sign * weight * (1.0 + (count as f32).ln());
         }
         normalize(&mut v);
         v
@@ -85,6 +84,42 @@ impl Embedder for LexicalHashEmbedder {
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
         let (this, texts) = (self.clone(), texts.to_vec());
         blocking(move || Ok(texts.iter().map(|t| this.embed_text(t)).collect())).await
+    }
+}
+
+/// How often each hashed feature occurs, with its family's weight: linear probing over
+/// a power-of-two table at most half full.
+struct FeatureCounts {
+    /// (hash, weight, count); count 0 marks a free slot
+    slots: Vec<(u64, f32, u32)>,
+    mask: usize,
+}
+
+impl FeatureCounts {
+    /// A table for at most `features` distinct features.
+    fn with_room(features: usize) -> Self {
+        let size = (2 * features).next_power_of_two().max(16);
+        Self { slots: vec![(0, 0.0, 0); size], mask: size - 1 }
+    }
+
+    fn add(&mut self, hash: u64, weight: f32) {
+        let mut at = hash as usize & self.mask;
+        loop {
+            let slot = &mut self.slots[at];
+            if slot.2 == 0 {
+                *slot = (hash, weight, 1);
+                return;
+            }
+            if slot.0 == hash {
+                slot.2 += 1;
+                return;
+            }
+            at = (at + 1) & self.mask;
+        }
+    }
+
+    fn features(&self) -> impl Iterator<Item = &(u64, f32, u32)> {
+        self.slots.iter().filter(|slot| slot.2 > 0)
     }
 }
 
