@@ -42,6 +42,7 @@ impl LexicalHashEmbedder {
         // every feature occurrence counted in an open-addressing table keyed by the hash
         // itself (already well mixed): a hash map of the features and a string per
         // trigram cost several times the hashing, and sorting them to count did too
+        // distinct features: a unigram and a bigram per word, a trigram per byte at most
         let mut counts = FeatureCounts::with_room(2 * words.len() + lower.len());
         let mut padded = String::new();
         let mut bounds: Vec<usize> = Vec::new();
