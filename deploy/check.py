@@ -6,12 +6,14 @@ No cluster, no Docker engine, no network. What it checks:
     helm/helix/ci/*-values.yaml and each pinned Kubernetes version: helm lint, every
     manifest against the Kubernetes JSON schemas (kubernetes-validate, strict), the
     ServiceMonitor against the prometheus-operator CRD's schema, and the chart's own
-    rules (probes, securityContext, references between objects, hooks, and that the
-    workloads run exactly what deploy/fleet.json says);
+    rules (probes, securityContext, references between objects, hooks, that the
+    workloads run exactly what deploy/fleet.json says, that every pod has the fleet
+    token at HELIX_GRPC_TOKEN_FILE from a Secret, and that the NetworkPolicy lets only
+    the release's pods reach gRPC);
   - values.schema.json: accepts every value set, rejects each helm/helix/ci/invalid file
     at the value its first line names (with Helm's validator and with jsonschema);
   - docker-compose.yml against the Compose specification's JSON schema, and each
-    service's command and environment against deploy/fleet.json;
+    service's command, environment and fleet token mount against deploy/fleet.json;
   - deploy/Dockerfile, .dockerignore, .env.example, and deploy/skeleton.sh (the
     Dockerfile's dependency layer) against the workspace.
 Prints a summary and exits 1 on any failure.
@@ -19,6 +21,7 @@ Prints a summary and exits 1 on any failure.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import importlib.metadata
@@ -56,7 +59,8 @@ VALUE_SETS = {
     "default": {"api_versions": [], "external": {}},
     "external-secret": {
         "api_versions": [],
-        "external": {"Secret": {"helix-database", "helix-keys"}, "ServiceAccount": {"helix-workload"}},
+        "external": {"Secret": {"helix-database", "helix-keys", "helix-grpc-token"},
+                     "ServiceAccount": {"helix-workload"}},
     },
     "production": {"api_versions": MONITORING_API, "external": {}},
 }
@@ -84,6 +88,10 @@ EXTRA_ENV = {
     "llm-router": set(SECRET_KEYS),
     "orchestrator": set(SECRET_KEYS),
 }
+# Where every process reads the fleet token (a file mounted from a Secret or volume).
+TOKEN_FILE = FLEET["common_env"]["HELIX_GRPC_TOKEN_FILE"]
+TOKEN_DIR, TOKEN_NAME = TOKEN_FILE.rsplit("/", 1)
+
 # docker-compose: variables passed through from the shell or .env (no value in the file)
 COMPOSE_PASSTHROUGH = {"*": {"OTEL_EXPORTER_OTLP_ENDPOINT"},
                        "gateway": {"HELIX_ADMIN_KEY", "HELIX_ENV", "HELIX_CORS_ORIGINS"}}
@@ -342,6 +350,8 @@ def check_chart_rules(set_name: str, values: dict, spec: dict, docs: list[dict])
 
     R.check(f"{tag} one image for every container", len(images) == 1, str(images))
     check_services(tag, by_kind, workloads)
+    check_fleet_token(tag, by_kind, workloads, values, external)
+    check_network_policy(tag, by_kind, workloads, values)
     check_pdbs_hpas(tag, by_kind, workloads, values)
     check_ingress(tag, by_kind, values)
     check_servicemonitor(tag, by_kind, spec)
@@ -453,6 +463,97 @@ def check_services(tag: str, by_kind: dict, workloads: list[dict]) -> None:
                     gov is not None and gov["spec"].get("clusterIP") == "None")
             R.check(f"{tag} StatefulSet/{w['metadata']['name']} has a volume per replica at /data",
                     any(v["metadata"]["name"] == "data" for v in w["spec"].get("volumeClaimTemplates", [])))
+
+
+def check_fleet_token(tag: str, by_kind: dict, workloads: list[dict], values: dict, external: dict) -> None:
+    """Every service pod reads the fleet token at HELIX_GRPC_TOKEN_FILE from one Secret;
+    the chart's Secret holds a token of 48 characters unless one is given."""
+    given = values.get("grpcToken") or {}
+    secrets = by_kind.get("Secret", {})
+    used = set()
+    for w in workloads:
+        wname = f"{w['kind']}/{w['metadata']['name']}"
+        pod = w["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for c in pod["containers"]:
+            mounts = [m for m in c.get("volumeMounts", []) if m["mountPath"] == TOKEN_DIR]
+            if not R.check(f"{tag} {wname} mounts the fleet token at {TOKEN_DIR}, read-only",
+                           len(mounts) == 1 and mounts[0].get("readOnly") is True, str(mounts)):
+                continue
+            source = (volumes.get(mounts[0]["name"]) or {}).get("secret")
+            if not R.check(f"{tag} {wname} fleet token volume is a Secret", source is not None,
+                           str(volumes.get(mounts[0]["name"]))):
+                continue
+            name = source["secretName"]
+            used.add(name)
+            items = {i["key"]: i["path"] for i in source.get("items", [])}
+            R.check(f"{tag} {wname} the token Secret's key lands at {TOKEN_FILE}",
+                    list(items.values()) == [TOKEN_NAME], str(items))
+            if name in secrets:
+                R.check(f"{tag} {wname} Secret {name} holds the token's key",
+                        set(items) <= set(secrets[name].get("data", {})))
+            else:
+                R.check(f"{tag} {wname} Secret {name} is external", name in external.get("Secret", set()))
+                R.check(f"{tag} {wname} reads grpcToken.existingSecretKey",
+                        list(items) == [given.get("existingSecretKey")], str(items))
+    R.check(f"{tag} one fleet token Secret for every pod", len(used) == 1, str(sorted(used)))
+    if given.get("existingSecret"):
+        R.check(f"{tag} grpcToken.existingSecret is the token's Secret", used == {given["existingSecret"]}, str(used))
+        return
+    secret = secrets.get(f"{FULLNAME}-grpc-token")
+    if not R.check(f"{tag} the chart renders the fleet token Secret",
+                   secret is not None and used == {f"{FULLNAME}-grpc-token"}, str(used)):
+        return
+    token = base64.b64decode(secret["data"]["grpc.token"]).decode()
+    if given.get("value"):
+        R.check(f"{tag} the fleet token is grpcToken.value", token == given["value"])
+    else:
+        R.check(f"{tag} the generated fleet token is 48 letters and digits",
+                re.fullmatch(r"[A-Za-z0-9]{48}", token) is not None)
+
+
+def check_network_policy(tag: str, by_kind: dict, workloads: list[dict], values: dict) -> None:
+    """Only the release's pods reach gRPC; REST and metrics stay open to every source."""
+    policies = list(by_kind.get("NetworkPolicy", {}).values())
+    want = (values.get("networkPolicy") or {}).get("enabled", True)
+    if not R.check(f"{tag} NetworkPolicy rendered iff networkPolicy.enabled",
+                   len(policies) == (1 if want else 0), str(len(policies))) or not want:
+        return
+    spec = policies[0]["spec"]
+    pods = [w["spec"]["template"]["metadata"]["labels"] for w in workloads]
+    R.check(f"{tag} NetworkPolicy covers every service's pods",
+            all(selects(spec["podSelector"].get("matchLabels"), labels) for labels in pods))
+    R.check(f"{tag} NetworkPolicy restricts ingress", spec.get("policyTypes") == ["Ingress"], str(spec.get("policyTypes")))
+
+    def sources(port: int) -> list:
+        """The `from` lists of the rules admitting `port` (None: every source)."""
+        return [rule.get("from") for rule in spec.get("ingress", [])
+                if any(p.get("port") == port and p.get("protocol", "TCP") == "TCP" for p in rule.get("ports", []))]
+
+    def release_pods(src: dict) -> bool:
+        selector = src.get("podSelector") or {}
+        return (set(src) == {"podSelector"} and not selector.get("matchExpressions")
+                and all(selects(selector.get("matchLabels"), labels) for labels in pods))
+
+    grpc = sources(FLEET["grpc_port"])
+    R.check(f"{tag} NetworkPolicy: gRPC {FLEET['grpc_port']} only from the release's pods",
+            bool(grpc) and all(froms and all(release_pods(src) for src in froms) for froms in grpc), str(grpc))
+    for port in (FLEET["metrics_port"], FLEET["gateway_port"]):
+        R.check(f"{tag} NetworkPolicy: port {port} stays open to every source", None in sources(port), str(sources(port)))
+    opened = {p.get("port") for rule in spec.get("ingress", []) for p in rule.get("ports", [])}
+    R.check(f"{tag} NetworkPolicy opens no other port",
+            opened <= {FLEET["grpc_port"], FLEET["metrics_port"], FLEET["gateway_port"]}, str(opened))
+
+
+def check_network_policy_gating() -> None:
+    """Rendered by default; networkPolicy.enabled=false leaves it out."""
+    base = yaml.safe_load((CHART / "ci" / "default-values.yaml").read_text())
+    with helm.Chart.load(CHART) as chart:
+        for enabled in (True, False):
+            values = {**copy.deepcopy(base), "networkPolicy": {"enabled": enabled}}
+            docs = manifests(render(chart, values, KUBE_VERSIONS[-1], []))
+            got = any(d["kind"] == "NetworkPolicy" for d in docs)
+            R.check(f"NetworkPolicy gating: enabled={enabled} -> {'rendered' if enabled else 'absent'}", got == enabled)
 
 
 def check_pdbs_hpas(tag: str, by_kind: dict, workloads: list[dict], values: dict) -> None:
@@ -659,7 +760,8 @@ def check_compose() -> dict:
         R.check(f"compose: {name} builds deploy/Dockerfile", build.get("dockerfile") == "deploy/Dockerfile"
                 and build.get("context") == ".", str(build))
         R.check(f"compose: {name} has a read-only root filesystem", svc.get("read_only") is True)
-        mounts = [m if isinstance(m, dict) else {"target": m.split(":")[1], "source": m.split(":")[0], "type": "volume"}
+        mounts = [m if isinstance(m, dict) else {"target": m.split(":")[1], "source": m.split(":")[0], "type": "volume",
+                                                 "read_only": m.endswith(":ro")}
                   for m in svc.get("volumes", [])]
         data = [m for m in mounts if m.get("target") == "/data"]
         R.check(f"compose: {name} has a writable /data", len(data) == 1, str(mounts))
@@ -689,6 +791,10 @@ def check_compose() -> dict:
             R.check(f"compose: {name} waits for {dep} ({cond})", deps.get(dep) == cond, str(deps))
         hc = svc.get("healthcheck") or {}
         R.check(f"compose: {name} healthcheck is `hx probe`", hc.get("test") == ["CMD", "hx", "probe"], str(hc.get("test")))
+        token = [m for m in mounts if m.get("target") == TOKEN_DIR]
+        R.check(f"compose: {name} mounts the fleet-token volume read-only at {TOKEN_DIR}",
+                len(token) == 1 and token[0].get("source") == "fleet-token" and token[0].get("read_only"), str(token))
+        R.check(f"compose: {name} waits for the fleet token", deps.get("fleet-token") == "service_completed_successfully", str(deps))
         if fleet_svc.get("local_index") or name == "gateway":
             src = data[0].get("source") if data else None
             R.check(f"compose: {name} keeps /data in its own named volume", data and data[0].get("type") == "volume"
@@ -705,10 +811,18 @@ def check_compose() -> dict:
     gw_ports = [str(p) for p in services.get("gateway", {}).get("ports", [])]
     R.check("compose: the gateway is published on 9470", any(p.endswith(f":{FLEET['gateway_port']}:{FLEET['gateway_port']}")
                                                               or p == f"{FLEET['gateway_port']}:{FLEET['gateway_port']}" for p in gw_ports), str(gw_ports))
+    maker = services.get("fleet-token") or {}
+    script = " ".join(maker.get("command") or [])
+    R.check("compose: fleet-token writes the token file once into its volume, then exits",
+            maker.get("volumes") == ["fleet-token:/data"] and f"/data/{TOKEN_NAME}" in script and "test -s" in script
+            and "umask 077" in script and str(maker.get("restart")) == "no", str(maker))
+    R.check("compose: fleet-token runs the one image as its user", maker.get("image") in images and "user" not in maker)
+    # the token volume is the one shared: written by fleet-token, read-only everywhere else
     named = [v.split(":")[0] for s in services.values() for v in s.get("volumes", []) if isinstance(v, str)] + [
         v.get("source") for s in services.values() for v in s.get("volumes", []) if isinstance(v, dict) and v.get("type") == "volume"]
-    R.check("compose: named volumes are declared, none shared", sorted(named) == sorted(volumes) and len(set(named)) == len(named),
-            f"{sorted(named)} vs {sorted(volumes)}")
+    own = [v for v in named if v != "fleet-token"]
+    R.check("compose: named volumes are declared, none shared but the fleet token",
+            sorted(set(named)) == sorted(volumes) and len(set(own)) == len(own), f"{sorted(named)} vs {sorted(volumes)}")
     return {"services": len(services), "schema": schema_name, "schema_errors": len(errors)}
 
 
@@ -799,6 +913,7 @@ def main() -> int:
 
     rows = [check_helm_value_set(name, spec, sm_schema) for name, spec in VALUE_SETS.items()]
     check_servicemonitor_gating()
+    check_network_policy_gating()
     check_chart_lists()
     rejected, bad = check_values_schema()
     compose = check_compose()

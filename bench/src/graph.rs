@@ -267,7 +267,8 @@ pub async fn run(out: &str) -> anyhow::Result<()> {
             "node_start_ms": node_start_ms,
         }));
 
-        let mut grpc = GraphServiceClient::connect(node.grpc_url()).await?.max_decoding_message_size(64 * 1024 * 1024);
+        let channel = env.grpc(&node.grpc_url()).await?;
+        let mut grpc = GraphServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
         let http = reqwest::Client::new();
         let gateway = node.gateway_url().expect("gateway runs");
         for direction in [Direction::Both, Direction::Out] {

@@ -69,8 +69,11 @@ pub async fn run(out: &str, steady_only: bool) -> anyhow::Result<()> {
     let raw = if steady_only { Vec::new() } else { raw_transactions(&env, sizes.raw_secs).await? };
     let node = env.start(&[Role::Jobs]).await?;
     let url = node.grpc_url();
-    let channel =
-        || helix_runtime::grpc::channel(&url, None, Duration::from_secs(60), helix_runtime::metrics::Metrics::new());
+    let token = env.config.grpc.token.clone();
+    let channel = || {
+        let metrics = helix_runtime::metrics::Metrics::new();
+        helix_runtime::grpc::channel(&url, None, Duration::from_secs(60), metrics, token.as_ref())
+    };
     let mut client = JobsServiceClient::new(channel()?);
     // the queue's own table, for the end of a burn-down to the microsecond
     let queue = Database::connect(&env.config, "jobs").await?;
@@ -248,7 +251,7 @@ impl Workers {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         for w in 0..count {
-            let handlers = worker::builtin(&["echo".to_owned()]).map_err(anyhow::Error::msg)?;
+            let handlers = worker::builtin(&["echo".to_owned()], &Default::default()).map_err(anyhow::Error::msg)?;
             let mut options = WorkerOptions::new(format!("bench-worker-{w}"));
             options.concurrency = CONCURRENCY;
             tasks.spawn(worker::run(channel()?, options, handlers, shutdown.clone(), tasks.clone()));

@@ -25,14 +25,14 @@ use futures::StreamExt;
 use helix_embed::Embedder;
 use helix_proto::v1 as pb;
 use helix_proto::v1::search_service_client::SearchServiceClient;
+use helix_runtime::grpc::GrpcChannel;
 use helix_testkit::{Backend, TestEnv};
 use hx::fleet::Role;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
-type Search = SearchServiceClient<Channel>;
+type Search = SearchServiceClient<GrpcChannel>;
 
 /// The judged documents, their background, the mean human ratings.
 const LEE_FILES: [&str; 3] = ["lee.cor", "lee_background.cor", "similarities0-1.txt"];
@@ -504,7 +504,7 @@ async fn quality(lee: &Lee) -> anyhow::Result<Value> {
     let env = TestEnv::new(Backend::Embedded).await?; // its search.model_dir is the model
     let node = env.start(&Role::ALL).await?;
     let gateway = Gateway::new(node.gateway_url().context("the gateway runs")?, env.admin_key.clone());
-    let mut search = SearchServiceClient::connect(node.grpc_url()).await?;
+    let mut search = SearchServiceClient::new(env.grpc(&node.grpc_url()).await?);
 
     let texts: Vec<&String> = lee.judged.iter().chain(&lee.background).collect();
     let started = Instant::now();
@@ -745,7 +745,7 @@ async fn indexing_and_latency(
 
     let (env, node, embedder) = lexical_helix().await?;
     let gateway = Gateway::new(node.gateway_url().context("the gateway runs")?, env.admin_key.clone());
-    let mut search = SearchServiceClient::connect(node.grpc_url()).await?;
+    let mut search = SearchServiceClient::new(env.grpc(&node.grpc_url()).await?);
 
     eprintln!("indexing: {} documents through the gateway and the event path", first.len());
     let cpu = CpuMark::now();
@@ -909,7 +909,7 @@ async fn lexical_helix() -> anyhow::Result<(TestEnv, hx::fleet::Node, String)> {
     anyhow::ensure!(!env.home().join(helix_embed::DEFAULT_MODEL_DIR).exists(), "a model under the test home");
     env.config.search.min_similarity = 0.0;
     let node = env.start(&Role::ALL).await?;
-    let mut search = SearchServiceClient::connect(node.grpc_url()).await?;
+    let mut search = SearchServiceClient::new(env.grpc(&node.grpc_url()).await?);
     let embedder = stats(&mut search).await?.embedder_model;
     anyhow::ensure!(embedder == "lexical-hash-v1", "the search service embeds with {embedder}");
     Ok((env, node, embedder))
@@ -919,8 +919,8 @@ async fn lexical_helix() -> anyhow::Result<(TestEnv, hx::fleet::Node, String)> {
 /// request, 4 in flight) on a fresh node: the search side of the pipeline without
 /// storage, the outbox and the event path.
 async fn push_alone(docs: &[Synthetic]) -> anyhow::Result<Value> {
-    let (_env, node, _) = lexical_helix().await?;
-    let search = SearchServiceClient::connect(node.grpc_url()).await?.max_encoding_message_size(64 << 20);
+    let (env, node, _) = lexical_helix().await?;
+    let search = SearchServiceClient::new(env.grpc(&node.grpc_url()).await?).max_encoding_message_size(64 << 20);
     let requests: Vec<pb::IndexDocumentsRequest> = docs
         .chunks(BULK)
         .enumerate()

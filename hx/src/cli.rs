@@ -50,6 +50,8 @@ pub enum Command {
     Chat(crate::chat::ChatArgs),
     /// Show the gateway's health and its dependencies'
     Health(Remote),
+    /// Pair a device: print a one-time code (admin), or `hx pair confirm CODE` on the device
+    Pair(crate::pair::PairArgs),
     /// Run every service's database migrations, then exit (once per release)
     Migrate,
     /// Exit 0 when this machine's Helix process is ready (container health checks)
@@ -142,6 +144,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Workflow(args) => crate::workflow::run(args).await,
         Command::Chat(args) => crate::chat::run(args).await,
         Command::Health(remote) => health(remote).await,
+        Command::Pair(args) => crate::pair::run(args).await,
         Command::Migrate => migrate().await,
         Command::Probe { url } => probe(url).await,
     }
@@ -208,15 +211,21 @@ pub(crate) async fn shutdown_signal() {
 pub(crate) fn client(remote: &Remote) -> anyhow::Result<GatewayClient> {
     let key = match &remote.api_key {
         Some(key) => Some(key.clone()),
-        None => read_key_file(),
+        None => crate::pair::saved_key(&remote.server).or_else(read_key_file),
     };
     GatewayClient::new(&remote.server, key)
 }
 
-fn read_key_file() -> Option<String> {
-    let home = std::env::var_os("HELIX_HOME")
+/// HELIX_HOME, else ~/.helix: where a gateway on this machine leaves its admin key and
+/// `hx pair confirm` its paired key.
+pub(crate) fn helix_home() -> Option<PathBuf> {
+    std::env::var_os("HELIX_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".helix")))?;
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".helix")))
+}
+
+fn read_key_file() -> Option<String> {
+    let home = helix_home()?;
     let key = std::fs::read_to_string(home.join("admin.key")).ok()?;
     Some(key.trim().to_owned()).filter(|k| !k.is_empty())
 }

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::time::Duration;
 
 use helix_proto::service_names;
 use helix_runtime::{HelixConfig, ServiceContext, admin, grpc};
@@ -106,9 +107,17 @@ pub struct Node {
 impl Node {
     /// Binds the listeners, starts `roles` and serves them in the background.
     pub async fn start(mut config: HelixConfig, roles: &[Role]) -> helix_runtime::Result<Node> {
+        // before any service writes into it: keys, tokens, databases and indexes live here
+        helix_runtime::db::secure_home(&config.home)?;
         let mut roles = roles.to_vec();
         roles.sort();
         roles.dedup();
+        // `hx up` runs every service here: its peers are in process, and a token made in
+        // its home serves the workers of this machine. `hx serve` has peers elsewhere.
+        let fleet_addr = (roles.len() < Role::ALL.len()).then_some(config.grpc.addr);
+        let token = grpc::fleet_token(&config, fleet_addr)?;
+        config.grpc.token = Some(token.clone());
+        let max_connections = config.grpc.max_connections;
         let grpc_listener = TcpListener::bind(config.grpc.addr).await?;
         let grpc_addr = grpc_listener.local_addr()?;
         let gateway_listener = match roles.contains(&Role::Gateway) {
@@ -153,7 +162,7 @@ impl Node {
         link.bind(router.routes());
         let shutdown = ctx.shutdown.clone();
         ctx.tasks.spawn(async move {
-            if let Err(error) = router.serve(grpc_listener, shutdown.clone()).await {
+            if let Err(error) = router.serve(grpc_listener, &token, max_connections, shutdown.clone()).await {
                 tracing::error!(%error, "grpc server failed, stopping");
                 shutdown.cancel();
             }
@@ -163,8 +172,9 @@ impl Node {
                 let node_shutdown = ctx.shutdown.clone();
                 let rest_shutdown = ctx.shutdown.child_token();
                 let drain = rest_shutdown.clone();
+                let edge = ctx.config.gateway.clone();
                 let task = tokio::spawn(async move {
-                    if let Err(error) = helix_gateway::serve_http(listener, http, drain).await {
+                    if let Err(error) = helix_gateway::serve_http(listener, http, &edge, drain).await {
                         tracing::error!(%error, "rest server failed, stopping");
                         node_shutdown.cancel();
                     }
@@ -197,6 +207,13 @@ impl Node {
 
     pub fn grpc_url(&self) -> String {
         format!("http://{}", self.grpc_addr)
+    }
+
+    /// A channel to this node's gRPC listener over TCP carrying its fleet token,
+    /// connected when it returns.
+    pub async fn grpc_channel(&self) -> helix_runtime::Result<grpc::GrpcChannel> {
+        let token = self.ctx.config.grpc.token.as_ref();
+        grpc::connect(&self.grpc_url(), Duration::from_secs(120), self.ctx.metrics.clone(), token).await
     }
 
     /// Resolves when the node is shutting down (a server failed, or [`Node::stop`] ran).

@@ -103,7 +103,7 @@ pub enum JobsCommand {
         /// the jobs' input, a JSON object
         #[arg(short, long)]
         payload: Option<String>,
-        /// enqueue even while the previous run is unfinished
+        /// enqueue while the previous run is still running (never while it waits to start)
         #[arg(long)]
         allow_overlap: bool,
     },
@@ -153,10 +153,11 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let config = HelixConfig::load()?;
     let _telemetry = helix_telemetry::init(&config.log, "helix-worker");
     anyhow::ensure!(args.heartbeat_secs < args.lease_secs, "--heartbeat-secs must be shorter than --lease-secs");
+    let token = helix_runtime::grpc::fleet_token(&config, None)?;
     let url = args.jobs_url.unwrap_or(config.endpoints.jobs);
-    let handlers = worker::builtin(&args.kinds).map_err(anyhow::Error::msg)?;
+    let handlers = worker::builtin(&args.kinds, &config.outbound).map_err(anyhow::Error::msg)?;
     let metrics = helix_runtime::metrics::Metrics::new();
-    let channel = helix_runtime::grpc::channel(&url, None, Duration::from_secs(60), metrics)
+    let channel = helix_runtime::grpc::channel(&url, None, Duration::from_secs(60), metrics, Some(&token))
         .with_context(|| format!("jobs service at {url}"))?;
     let mut options = WorkerOptions::new(args.worker_id.unwrap_or_else(worker::default_worker_id));
     options.queues = args.queues;

@@ -8,4 +8,5 @@ pub mod client;
 pub mod fleet;
 pub mod graph;
 pub mod jobs;
+pub mod pair;
 pub mod workflow;

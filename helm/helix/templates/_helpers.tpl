@@ -122,6 +122,22 @@ variable), localIndex (keeps an index on disk: a StatefulSet with a volume per r
 {{- default (include "helix.fullname" .) .Values.existingSecret }}
 {{- end }}
 
+{{/* The Secret holding the fleet token: grpcToken.existingSecret, or the chart's */}}
+{{- define "helix.grpcTokenSecretName" -}}
+{{- default (printf "%s-grpc-token" (include "helix.fullname" .)) .Values.grpcToken.existingSecret }}
+{{- end }}
+
+{{- define "helix.grpcTokenSecretKey" -}}
+{{- if .Values.grpcToken.existingSecret }}
+{{- .Values.grpcToken.existingSecretKey }}
+{{- else }}
+{{- "grpc.token" }}
+{{- end }}
+{{- end }}
+
+{{/* Where every pod finds the fleet token (deploy/fleet.json HELIX_GRPC_TOKEN_FILE) */}}
+{{- define "helix.grpcTokenDir" -}}/run/secrets/helix{{- end }}
+
 {{/* Where HELIX_DATABASE_URL comes from: database.existingSecret, or the chart's Secret */}}
 {{- define "helix.databaseSecretName" -}}
 {{- if .Values.database.existingSecret }}
@@ -152,6 +168,7 @@ HELIX_NATS_URL: {{ .Values.nats.url | quote }}
 HELIX_QDRANT_URL: {{ .Values.qdrant.url | quote }}
 HELIX_GRPC_ADDR: {{ printf "0.0.0.0:%s" (include "helix.grpcPort" .) | quote }}
 HELIX_METRICS_ADDR: {{ printf "0.0.0.0:%s" (include "helix.metricsPort" .) | quote }}
+HELIX_GRPC_TOKEN_FILE: {{ printf "%s/grpc.token" (include "helix.grpcTokenDir" .) | quote }}
 HELIX_LOG_FORMAT: {{ .Values.log.format | quote }}
 HELIX_LOG: {{ .Values.log.level | quote }}
 {{- range $svc := include "helix.services" . | fromYamlArray }}

@@ -60,7 +60,7 @@ async fn bad_input_is_refused_and_changes_nothing(backend: Backend) -> anyhow::R
     let unknown = uuid::Uuid::now_v7().to_string();
     let too_big = format!("{{\"content\": \"{}\"}}", "x".repeat(helix.env.config.gateway.max_body_bytes + 1));
 
-    let cases = vec![
+    let mut cases = vec![
         case("truncated json", Method::POST, "/api/v1/nodes", Some("{\"content\": ".into()), 400, "malformed_json"),
         case("not json at all", Method::POST, "/api/v1/nodes", Some("content=hello".into()), 400, "malformed_json"),
         Case {
@@ -227,12 +227,12 @@ async fn bad_input_is_refused_and_changes_nothing(backend: Backend) -> anyhow::R
         Case {
             auth: Auth::Wrong,
             ..case(
-                "wrong api key",
+                "api key not in the key format",
                 Method::POST,
                 "/api/v1/nodes",
                 json_body(json!({"content": "x"})),
                 401,
-                "unauthenticated",
+                "malformed_api_key",
             )
         },
         case(
@@ -245,6 +245,49 @@ async fn bad_input_is_refused_and_changes_nothing(backend: Backend) -> anyhow::R
         ),
         case("unknown route", Method::GET, "/api/v1/nowhere", None, 404, "route_not_found"),
     ];
+    // text fields: control characters refused with the field named, never stripped
+    let node_field = |name: &'static str, body: Value, code: &'static str| {
+        case(name, Method::POST, "/api/v1/nodes", json_body(body), 400, code)
+    };
+    cases.extend([
+        node_field("title of control characters", json!({"content": "x", "title": "\u{1}\u{2}\u{7}"}), "invalid_title"),
+        node_field("title of two lines", json!({"content": "x", "title": "one\ntwo"}), "invalid_title"),
+        node_field("tag with an escape", json!({"content": "x", "tags": ["a\u{1b}[31m"]}), "invalid_tag"),
+        node_field("namespace with a tab", json!({"content": "x", "namespace": "a\tb"}), "invalid_namespace"),
+        node_field("kind with a newline", json!({"content": "x", "kind": "note\n"}), "invalid_kind"),
+        node_field("content with NUL", json!({"content": "a\u{0}b"}), "invalid_content"),
+        node_field("source with CRLF", json!({"content": "x", "source": "https://x/\r\nA: b"}), "invalid_source"),
+    ]);
+    // job times: from 1970 to 9999 (the jobs service's rule, so gRPC callers get it too)
+    for run_at in ["-262143-01-01T00:00:00Z", "1969-12-31T23:59:59Z", "+10000-01-01T00:00:00Z"] {
+        let body = json_body(json!({"kind": "echo", "run_at": run_at}));
+        cases.push(case("run_at out of range", Method::POST, "/api/v1/jobs", body, 400, "invalid_run_at"));
+    }
+    // one rule for every list's limit: absent, the default; else from 1 to 1000 (search,
+    // suggest and similar to their own lower maxima), never 0, never clamped silently
+    let lists = [
+        ("/api/v1/nodes", 1000),
+        ("/api/v1/recall?q=x", 1000),
+        ("/api/v1/jobs", 1000),
+        ("/api/v1/jobs/dead-letter", 1000),
+        ("/api/v1/jobs/schedules", 1000),
+        ("/api/v1/workflows", 1000),
+        ("/api/v1/workflows/executions", 1000),
+        ("/api/scheduler/executions", 1000),
+        ("/api/v1/graph/edges", 1000),
+        ("/api/v1/scheduler/tasks/ready", 1000),
+        ("/api/v1/llm/usage", 1000),
+        ("/api/analytics/token-usage", 1000),
+        ("/api/v1/search?q=x", 100),
+        ("/api/v1/search/suggest?q=x", 50),
+    ];
+    for (list, max) in lists {
+        let sep = if list.contains('?') { '&' } else { '?' };
+        for limit in [0, max + 1] {
+            let path = format!("{list}{sep}limit={limit}");
+            cases.push(case("limit 0 or over the maximum", Method::GET, path, None, 400, "invalid_limit"));
+        }
+    }
     assert!(cases.len() >= 15);
 
     let snapshot = || async {
@@ -267,7 +310,7 @@ async fn bad_input_is_refused_and_changes_nothing(backend: Backend) -> anyhow::R
             request = request.body(body);
         }
         let (status, body) = read(request.send().await?).await;
-        assert_eq!((status, code(&body)), (case.status, case.code), "{}: {body}", case.name);
+        assert_eq!((status, code(&body)), (case.status, case.code), "{} ({}): {body}", case.name, case.path);
         assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}: {body}", case.name);
         assert_eq!(snapshot().await, before, "{} changed the store", case.name);
     }

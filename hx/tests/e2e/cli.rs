@@ -126,3 +126,41 @@ async fn hx_up_store_recall_and_restart(backend: Backend) -> anyhow::Result<()> 
     assert!(!ok && out.contains("cannot reach the gateway"), "{out}");
     Ok(())
 }
+
+/// `hx pair` on the admin's machine prints a code; `hx pair confirm` on the device saves
+/// its own key, which later `hx` calls from that device use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hx_pair_on_both_sides() -> anyhow::Result<()> {
+    let env = TestEnv::new(Backend::Embedded).await?;
+    let running = hx_up(&env).await?;
+    let (ok, out) = hx(&env, &running.url, &["pair", "--scope", "nodes:read", "--scope", "search:read"]).await?;
+    assert!(ok, "{out}");
+    let code = out.lines().find_map(|l| l.strip_prefix("pairing code: ")).expect("a code").to_owned();
+    assert!(out.contains(&format!("hx pair confirm {code} --server {}", running.url)), "{out}");
+
+    let device = tempfile::tempdir()?;
+    let on_device = |args: &[&str]| {
+        let mut command = Command::new(HX);
+        command
+            .args(args)
+            .args(["--server", &running.url])
+            .env("HELIX_HOME", device.path())
+            .env_remove("HELIX_API_KEY");
+        command.output()
+    };
+    let output = on_device(&["pair", "confirm", &code, "--name", "phone"]).await?;
+    let text = String::from_utf8(output.stdout)? + &String::from_utf8(output.stderr)?;
+    assert!(output.status.success() && text.contains("paired as key"), "{text}");
+    let saved = device.path().join("pairing.json");
+    #[cfg(unix)]
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&saved)?.permissions()) & 0o777, 0o600);
+    let output = on_device(&["recall", "anything"]).await?;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = on_device(&["store", "a", "note"]).await?;
+    let text = String::from_utf8(output.stderr)?;
+    assert!(!output.status.success() && text.contains("nodes:write"), "the paired key reads only: {text}");
+    let output = on_device(&["pair", "confirm", &code]).await?;
+    assert!(!output.status.success(), "a code pairs once");
+    terminate(running).await?;
+    Ok(())
+}

@@ -8,11 +8,11 @@ use std::time::Duration;
 use helix_events::{Delivery, Subscription};
 use helix_proto::v1 as pb;
 use helix_proto::v1::storage_service_client::StorageServiceClient;
+use helix_runtime::grpc::GrpcChannel;
 use helix_testkit::{Backend, TestEnv, TestHelix};
 use reqwest::Method;
 use serde_json::json;
 use tokio::process::{Child, Command};
-use tonic::transport::Channel;
 
 use crate::support::read;
 
@@ -68,7 +68,7 @@ async fn events_follow_commits_only(backend: Backend) -> anyhow::Result<()> {
 }
 
 /// `hx serve storage` as a child process on a fixed port, so it can be killed and restarted.
-async fn spawn_storage(env: &TestEnv, port: u16) -> anyhow::Result<(Child, StorageServiceClient<Channel>)> {
+async fn spawn_storage(env: &TestEnv, port: u16) -> anyhow::Result<(Child, StorageServiceClient<GrpcChannel>)> {
     let child = Command::new(env!("CARGO_BIN_EXE_hx"))
         .args(["serve", "storage"])
         .envs(env.process_env())
@@ -79,7 +79,8 @@ async fn spawn_storage(env: &TestEnv, port: u16) -> anyhow::Result<(Child, Stora
     let url = format!("http://127.0.0.1:{port}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(client) = StorageServiceClient::connect(url.clone()).await {
+        if let Ok(channel) = env.grpc(&url).await {
+            let client = StorageServiceClient::new(channel);
             return Ok((child, client));
         }
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "storage did not come up on {url}");

@@ -42,6 +42,8 @@ struct Fleet {
     wiring: Wiring,
     ports: BTreeMap<String, Ports>,
     gateway_port: u16,
+    /// The mounted Secret of HELIX_GRPC_TOKEN_FILE: the test environment's fleet token.
+    token_file: std::path::PathBuf,
 }
 
 fn free_port() -> u16 {
@@ -57,7 +59,9 @@ impl Fleet {
             .keys()
             .map(|name| (name.clone(), Ports { grpc: free_port(), metrics: free_port() }))
             .collect();
-        Ok(Self { env, wiring, ports, gateway_port: free_port(), children: BTreeMap::new() })
+        let token_file = env.home().join("grpc-token-secret");
+        std::fs::write(&token_file, env.config.grpc.token.as_ref().expect("the test kit sets one").expose())?;
+        Ok(Self { env, wiring, ports, gateway_port: free_port(), children: BTreeMap::new(), token_file })
     }
 
     /// The deployment's environment for `service`, pointed at this machine.
@@ -73,6 +77,7 @@ impl Fleet {
                 "HELIX_GRPC_ADDR" => format!("127.0.0.1:{}", self.ports.get(service).map_or(0, |p| p.grpc)),
                 "HELIX_METRICS_ADDR" => format!("127.0.0.1:{}", self.ports.get(service).map_or(0, |p| p.metrics)),
                 "HELIX_GATEWAY_ADDR" => format!("127.0.0.1:{}", self.gateway_port),
+                "HELIX_GRPC_TOKEN_FILE" => self.token_file.display().to_string(),
                 _ if key.ends_with("_URL") && value.starts_with("http://") => {
                     let host = value.trim_start_matches("http://").split(':').next().unwrap_or_default();
                     match self.ports.get(host) {
@@ -297,5 +302,37 @@ async fn separate_processes_store_recall_and_survive_a_storage_restart() -> anyh
         ["after", "gamma rays", "beta decay", "alpha particles"],
         "nothing lost, nothing half-written"
     );
+    Ok(())
+}
+
+/// A fleet process without the fleet token refuses to start, saying what to set: its
+/// peers could not call it, nor it them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_process_without_the_token_does_not_start() -> anyhow::Result<()> {
+    let env = TestEnv::new(Backend::Embedded).await?;
+    let home = env.home();
+    let missing = home.join("no-such-secret");
+    let table = [
+        // beyond loopback, nothing configured: a token made here would be this process's alone
+        (vec![("HELIX_GRPC_ADDR", "0.0.0.0:0".to_owned())], "HELIX_GRPC_TOKEN_FILE"),
+        // the mounted Secret is not there
+        (vec![("HELIX_GRPC_TOKEN_FILE", missing.display().to_string())], "no-such-secret"),
+    ];
+    for (env, says) in table {
+        let run = Command::new(HX)
+            .args(["serve", "storage"])
+            .env_remove("HELIX_GRPC_TOKEN")
+            .env("HELIX_HOME", &home)
+            .env("HELIX_METRICS_ADDR", "127.0.0.1:0")
+            .env("HELIX_GRPC_ADDR", "127.0.0.1:0")
+            .envs(env.clone())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(30), run).await??;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{env:?}: started");
+        assert!(stderr.contains(says), "{env:?}: {stderr}");
+    }
+    assert!(!home.join("grpc.token").exists(), "no token made for a fleet process");
     Ok(())
 }

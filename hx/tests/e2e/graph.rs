@@ -7,10 +7,10 @@ use std::time::Duration;
 use helix_events::Subscription;
 use helix_proto::v1 as pb;
 use helix_proto::v1::graph_service_client::GraphServiceClient;
+use helix_runtime::grpc::GrpcChannel;
 use helix_testkit::{Backend, TestHelix};
 use reqwest::Method;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::support::read;
@@ -23,7 +23,7 @@ crate::on_both_backends!(
     edges_go_with_a_deleted_node,
 );
 
-type Graph = GraphServiceClient<Channel>;
+type Graph = GraphServiceClient<GrpcChannel>;
 /// (node id, depth) of every node of a result
 type Depths = BTreeSet<(String, u32)>;
 type EdgeIds = BTreeSet<String>;
@@ -31,7 +31,7 @@ type EdgeIds = BTreeSet<String>;
 type PathShape = (Vec<String>, f64);
 
 async fn connect(helix: &TestHelix) -> anyhow::Result<Graph> {
-    Ok(GraphServiceClient::connect(helix.node.as_ref().expect("running").grpc_url()).await?)
+    Ok(GraphServiceClient::new(helix.node.as_ref().expect("running").grpc_channel().await?))
 }
 
 fn ids(n: usize) -> Vec<Uuid> {
@@ -867,7 +867,7 @@ async fn rest_paths(backend: Backend) -> anyhow::Result<()> {
         parameters,
         BTreeSet::from(["from", "to", "max_depth", "relation", "direction", "weighted", "max_paths"])
     );
-    for schema in ["PathsBody", "PathBody", "StatsBody", "RelationCount"] {
+    for schema in ["PathsBody", "PathBody", "GraphStatsBody", "RelationCount"] {
         assert!(doc["components"]["schemas"][schema].is_object(), "{schema} missing from the OpenAPI document");
     }
     helix.stop().await;

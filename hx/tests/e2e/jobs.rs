@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use helix_events::{Delivery, Subscription};
 use helix_proto::v1 as pb;
 use helix_proto::v1::jobs_service_client::JobsServiceClient;
+use helix_runtime::grpc::GrpcChannel;
 use helix_testkit::{Backend, TestEnv, TestHelix};
 use hx::fleet::{Node, Role};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
-use tonic::transport::Channel;
 
 use crate::support::{code, read};
 
@@ -25,14 +25,15 @@ crate::on_both_backends!(
     builtin_worker_over_rest,
     killed_worker_processes_lose_no_job,
     schedules_fire_once_per_tick_across_replicas,
+    http_requests_reach_public_or_allowed_hosts_only,
 );
 
-type Jobs = JobsServiceClient<Channel>;
+type Jobs = JobsServiceClient<GrpcChannel>;
 
 const HX: &str = env!("CARGO_BIN_EXE_hx");
 
 async fn connect(node: &Node) -> anyhow::Result<Jobs> {
-    Ok(JobsServiceClient::connect(node.grpc_url()).await?)
+    Ok(JobsServiceClient::new(node.grpc_channel().await?))
 }
 
 /// The Helix error code of a refused call, or `<ok>`.
@@ -732,15 +733,32 @@ async fn schedules_fire_once_per_tick_across_replicas(backend: Backend) -> anyho
     for (request, expected) in cases {
         assert_eq!(refused(jobs.create_job_schedule(request.clone()).await), expected, "{request:?}");
     }
-    // every second by cron (six fields, seconds first), and every second by interval
-    // without overlap: its pending job holds back its later ticks
-    let cron = jobs.create_job_schedule(schedule("by-cron", "* * * * * *", 0)).await?.into_inner();
+    // every second by cron (six fields, seconds first) with overlap, its jobs taken by a
+    // worker that never finishes them (runs overlap); every second by interval without
+    // overlap, and with overlap, neither's jobs taken: a waiting job holds back later
+    // ticks, so nothing piles up
+    let ticks = pb::CreateJobScheduleRequest { queue: "ticks".into(), ..schedule("by-cron", "* * * * * *", 0) };
+    let cron = jobs.create_job_schedule(ticks).await?.into_inner();
     let single = pb::CreateJobScheduleRequest { allow_overlap: false, ..schedule("single", "", 1) };
     let single = other.create_job_schedule(single).await?.into_inner();
+    let unworked = other.create_job_schedule(schedule("unworked", "* * * * * *", 0)).await?.into_inner();
     assert_eq!(refused(jobs.create_job_schedule(schedule("by-cron", "", 60)).await), "schedule_exists");
     assert_eq!(other.get_job_schedule(pb::GetJobScheduleRequest { id: cron.id.clone() }).await?.into_inner(), cron);
 
+    let taker = {
+        let mut jobs = jobs.clone();
+        let request =
+            pb::LeaseJobsRequest { queues: vec!["ticks".into()], wait_ms: 100, ..lease("taker", "t.tick", 10) };
+        tokio::spawn(async move {
+            loop {
+                if jobs.lease_jobs(request.clone()).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
     tokio::time::sleep(Duration::from_millis(4500)).await;
+    taker.abort();
     let fired = jobs_of(&mut jobs, &cron.id).await?;
     // a tick a second: at most 6 in 4.5 s, and at least 2 even on a loaded machine
     assert!((2..=6).contains(&fired.len()), "{} jobs in 4.5 s", fired.len());
@@ -753,6 +771,7 @@ async fn schedules_fire_once_per_tick_across_replicas(backend: Backend) -> anyho
         assert!(pair[1].floor() > pair[0].floor(), "two jobs for one tick: {times:?}");
     }
     assert_eq!(jobs_of(&mut jobs, &single.id).await?.len(), 1, "no overlap");
+    assert_eq!(jobs_of(&mut jobs, &unworked.id).await?.len(), 1, "overlap, but no backlog");
     let got = jobs.get_job_schedule(pb::GetJobScheduleRequest { id: cron.id.clone() }).await?.into_inner();
     assert!(secs(&got.next_run_at) > secs(&got.last_run_at) && !got.last_job_id.is_empty());
 
@@ -766,10 +785,113 @@ async fn schedules_fire_once_per_tick_across_replicas(backend: Backend) -> anyho
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(jobs_of(&mut jobs, &cron.id).await?.len(), before, "a disabled schedule does not fire");
     let listed = jobs.list_job_schedules(pb::ListJobSchedulesRequest { enabled: Some(true), page: None }).await?;
-    assert_eq!(listed.into_inner().schedules.iter().map(|s| &s.id).collect::<Vec<_>>(), [&single.id]);
+    assert_eq!(listed.into_inner().schedules.iter().map(|s| &s.id).collect::<Vec<_>>(), [&unworked.id, &single.id]);
     jobs.delete_job_schedule(pb::DeleteJobScheduleRequest { id: cron.id.clone() }).await?;
     assert_eq!(refused(jobs.get_job_schedule(pb::GetJobScheduleRequest { id: cron.id.clone() }).await), "not_found");
     one.stop().await;
     two.stop().await;
+    Ok(())
+}
+
+/// A plain HTTP/1.1 server on 127.0.0.1:0 answering a request for `path` with the whole
+/// response `answer(path)`, one request per connection: a target for outbound requests.
+pub(crate) async fn http_target(
+    answer: impl Fn(&str) -> String + Send + Sync + 'static,
+) -> anyhow::Result<std::net::SocketAddr> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let answer = std::sync::Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head);
+                let path = head.split_whitespace().nth(1).unwrap_or("/");
+                let _ = socket.write_all(answer(path).as_bytes()).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// An answer of `status` with `headers` and a text body, closing the connection.
+pub(crate) fn http_answer(status: &str, headers: &str, body: &str) -> String {
+    format!("HTTP/1.1 {status}\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+}
+
+/// `http.request` under the outbound policy: an internal address (literal, by a name
+/// that resolves inside, or as a redirect's target) fails the job at once, with the
+/// address's class and never the target's body; an allowed host:port works.
+async fn http_requests_reach_public_or_allowed_hosts_only(backend: Backend) -> anyhow::Result<()> {
+    // an "internal" service whose body must never be read, and an allowed host that
+    // redirects inside
+    let internal = http_target(|_| http_answer("200 OK", "", "internal-secret")).await?;
+    let allowed = http_target(move |path| match path {
+        "/to-metadata" => http_answer("302 Found", "location: http://169.254.169.254/latest/meta-data/\r\n", ""),
+        "/to-internal" => http_answer("302 Found", &format!("location: http://{internal}/\r\n"), ""),
+        "/to-localhost" => {
+            http_answer("302 Found", &format!("location: http://localhost:{}/\r\n", internal.port()), "")
+        }
+        _ => http_answer("200 OK", "", "fine"),
+    })
+    .await?;
+    let mut env = TestEnv::new(backend).await?;
+    env.config.outbound.allowed_hosts = vec![allowed.to_string()];
+    let node = env.start(&Role::ALL).await?;
+    let base_url = node.gateway_url().expect("gateway role runs");
+    let helix = TestHelix { env, node: Some(node), base_url, http: reqwest::Client::new() };
+
+    let p_internal = internal.port();
+    // (url, Ok(body) or Err(a part of the reason))
+    let cases: Vec<(String, Result<&str, &str>)> = vec![
+        (format!("http://{allowed}/"), Ok("fine")),
+        (format!("http://{internal}/"), Err("127.0.0.1 is a loopback address")),
+        // the allowed host on a port not listed
+        ("http://127.0.0.1:1/".into(), Err("127.0.0.1 is a loopback address")),
+        ("http://169.254.169.254/latest/meta-data/".into(), Err("169.254.169.254 is a link-local address")),
+        (format!("http://[::1]:{p_internal}/"), Err("::1 is a loopback address")),
+        (format!("http://[::ffff:127.0.0.1]:{p_internal}/"), Err("loopback")),
+        (format!("http://localhost:{p_internal}/"), Err("localhost resolves to")),
+        ("http://10.0.0.1/".into(), Err("10.0.0.1 is a private network address")),
+        ("http://100.64.0.1/".into(), Err("carrier-grade NAT")),
+        (format!("http://2130706433:{p_internal}/"), Err("127.0.0.1 is a loopback address")),
+        ("http://0.0.0.0/".into(), Err("unspecified")),
+        (format!("http://{allowed}/to-metadata"), Err("169.254.169.254 is a link-local address")),
+        (format!("http://{allowed}/to-internal"), Err("127.0.0.1 is a loopback address")),
+        (format!("http://{allowed}/to-localhost"), Err("localhost resolves to")),
+        ("file:///etc/passwd".into(), Err("scheme \"file\"")),
+    ];
+    let mut ids = Vec::new();
+    for (url, _) in &cases {
+        let body = json!({"kind": "http.request", "payload": {"url": url}, "max_attempts": 3});
+        let (status, job) = read(helix.api(Method::POST, "/api/v1/jobs").json(&body).send().await?).await;
+        assert_eq!(status, 201, "{job}");
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    for ((url, expected), id) in cases.iter().zip(&ids) {
+        let job = rest_job(&helix, id, |j| matches!(j["state"].as_str(), Some("completed" | "dead"))).await?;
+        match expected {
+            Ok(body) => {
+                assert_eq!((&job["state"], &job["result"]["body"]), (&json!("completed"), &json!(body)), "{url}: {job}")
+            }
+            Err(reason) => {
+                let error = job["last_error"].as_str().unwrap_or_default();
+                // refused at once: a retry could not change the answer
+                assert_eq!((&job["state"], &job["attempt"]), (&json!("dead"), &json!(1)), "{url}: {job}");
+                assert!(error.contains(reason) && error.contains("refused"), "{url}: {error}");
+                assert!(!error.contains("internal-secret"), "{url}: {error}");
+            }
+        }
+    }
+    helix.stop().await;
     Ok(())
 }

@@ -2,8 +2,11 @@
 //! One test binary (compile time); each area of behaviour is a module. Tests that must
 //! hold on both columns of the design run twice, `embedded` and `fleet`.
 
+mod audit;
+mod auth;
 mod bad_input;
 mod cli;
+mod edge;
 mod events;
 mod fleet;
 mod gateway;
@@ -14,6 +17,7 @@ mod llm;
 mod nodes;
 mod observability;
 mod scheduler;
+mod schema;
 mod search;
 mod support;
 mod workflows;

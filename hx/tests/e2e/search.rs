@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use helix_proto::v1 as pb;
 use helix_proto::v1::search_service_client::SearchServiceClient;
+use helix_runtime::grpc::GrpcChannel;
 use helix_testkit::{Backend, TestHelix};
 use hx::fleet::Role;
 use reqwest::Method;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 use crate::support::read;
 
@@ -24,14 +24,14 @@ crate::on_both_backends!(
     pushes_reindex_and_restarts,
 );
 
-type Search = SearchServiceClient<Channel>;
+type Search = SearchServiceClient<GrpcChannel>;
 
 /// Longer than any wait may take before a test gives up; the asserted bounds are tighter.
 const PATIENCE: Duration = Duration::from_secs(10);
 const WITHIN: Duration = Duration::from_secs(1);
 
 async fn search_client(helix: &TestHelix) -> anyhow::Result<Search> {
-    Ok(SearchServiceClient::connect(helix.node.as_ref().unwrap().grpc_url()).await?)
+    Ok(SearchServiceClient::new(helix.node.as_ref().unwrap().grpc_channel().await?))
 }
 
 /// A full-text search, words joined by AND.

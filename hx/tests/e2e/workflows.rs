@@ -20,6 +20,7 @@ crate::on_both_backends!(
     refuses_bad_definitions_and_runs_the_examples,
     jobs_sub_workflows_http_and_the_cli,
     cancel_reaches_running_sub_workflows,
+    http_steps_reach_public_or_allowed_hosts_only,
 );
 
 const DEMO: &str = r#"
@@ -302,6 +303,67 @@ async fn refuses_bad_definitions_and_runs_the_examples(backend: Backend) -> anyh
 
 const HX: &str = env!("CARGO_BIN_EXE_hx");
 
+async fn helix_with(
+    backend: Backend,
+    configure: impl FnOnce(&mut helix_runtime::HelixConfig),
+) -> anyhow::Result<TestHelix> {
+    let mut env = TestEnv::new(backend).await?;
+    configure(&mut env.config);
+    let node = env.start(&hx::fleet::Role::ALL).await?;
+    let base_url = node.gateway_url().context("gateway role runs")?;
+    Ok(TestHelix { env, node: Some(node), base_url, http: reqwest::Client::new() })
+}
+
+/// `http` steps keep to the outbound policy: an internal address fails the step with
+/// its class (never the target's body), an allowed host:port works.
+async fn http_steps_reach_public_or_allowed_hosts_only(backend: Backend) -> anyhow::Result<()> {
+    use crate::jobs::{http_answer, http_target};
+    let allowed = http_target(|path| match path {
+        "/to-metadata" => http_answer("302 Found", "location: http://169.254.169.254/latest/meta-data/\r\n", ""),
+        _ => http_answer("200 OK", "", "fine"),
+    })
+    .await?;
+    let helix = helix_with(backend, |config| config.outbound.allowed_hosts = vec![allowed.to_string()]).await?;
+    let gateway_port = reqwest::Url::parse(&helix.base_url)?.port().context("gateway port")?;
+    let step = json!({"id": "get", "action": "http", "config": {"url": "{{var.url}}"}});
+    let definition = json!({"name": "fetch", "variables": {"url": ""}, "steps": [step]});
+    let (status, workflow) =
+        read(helix.api(Method::POST, "/api/v1/workflows").json(&json!({"definition": definition})).send().await?).await;
+    assert_eq!(status, 201, "{workflow}");
+    let workflow = workflow["id"].as_str().unwrap().to_owned();
+    // (url, Ok(body) or Err(a part of the reason))
+    let cases: Vec<(String, Result<&str, &str>)> = vec![
+        (format!("http://{allowed}/"), Ok("fine")),
+        (helix.url("/health"), Err("127.0.0.1 is a loopback address")),
+        (format!("http://localhost:{gateway_port}/health"), Err("localhost resolves to")),
+        (format!("http://[::1]:{gateway_port}/health"), Err("::1 is a loopback address")),
+        ("http://169.254.169.254/latest/meta-data/".into(), Err("169.254.169.254 is a link-local address")),
+        ("http://192.168.1.1/".into(), Err("a private network address")),
+        (format!("http://{allowed}/to-metadata"), Err("169.254.169.254 is a link-local address")),
+    ];
+    for (url, expected) in cases {
+        let id = start(&helix, &workflow, json!({"url": url})).await?;
+        let done =
+            wait_for(&helix, &id, "an end", |e| matches!(e["state"].as_str(), Some("succeeded" | "failed"))).await?;
+        match expected {
+            Ok(body) => {
+                assert_eq!(
+                    (&done["state"], &done["results"]["get"]["body"]),
+                    (&json!("succeeded"), &json!(body)),
+                    "{url}: {done:#}"
+                )
+            }
+            Err(reason) => {
+                let error = done["error"].as_str().unwrap_or_default();
+                assert_eq!(done["state"], "failed", "{url}: {done:#}");
+                assert!(error.contains(reason) && error.contains("refused"), "{url}: {error}");
+            }
+        }
+    }
+    helix.stop().await;
+    Ok(())
+}
+
 pub(crate) async fn hx(helix: &TestHelix, args: &[&str]) -> anyhow::Result<(bool, String)> {
     let output = tokio::process::Command::new(HX)
         .args(args)
@@ -315,7 +377,8 @@ pub(crate) async fn hx(helix: &TestHelix, args: &[&str]) -> anyhow::Result<(bool
 /// Steps that reach other services: a job on the jobs service (its built-in worker), a
 /// sub-workflow, an HTTP call; and `hx workflow` run --wait, ls, show, cancel.
 async fn jobs_sub_workflows_http_and_the_cli(backend: Backend) -> anyhow::Result<()> {
-    let helix = TestHelix::start(backend).await?;
+    // the http step calls this Helix's own /health, on loopback: allowed by name
+    let helix = helix_with(backend, |config| config.outbound.allowed_hosts = vec!["127.0.0.1".into()]).await?;
     let child = r#"{"name": "child", "variables": {"n": 1},
         "steps": [{"id": "double", "action": "set", "config": {"value": {"twice": "{{var.n}}{{var.n}}"}}}]}"#;
     let (status, child) =

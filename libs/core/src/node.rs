@@ -73,6 +73,11 @@ impl NodeDraft {
         if self.content.trim().is_empty() {
             return Err(Error::invalid("empty_content", "content must not be empty"));
         }
+        // content is free text (tabs, line and page breaks are text), but PostgreSQL
+        // cannot store NUL, and SQLite would keep what PostgreSQL refuses
+        if self.content.contains('\0') {
+            return Err(Error::invalid("invalid_content", "content must not contain NUL characters (U+0000)"));
+        }
         if self.content.len() > MAX_CONTENT_BYTES {
             return Err(Error::invalid(
                 "content_too_large",
@@ -85,6 +90,14 @@ impl NodeDraft {
                 return Err(Error::invalid(
                     "invalid_title",
                     format!("title is longer than {MAX_TITLE_CHARS} characters"),
+                ));
+            }
+            // a title is one line of text: after trimming, a control character left is
+            // refused, not stripped (a title of nothing but them was once stored empty)
+            Some(title) if title.trim().chars().any(char::is_control) => {
+                return Err(Error::invalid(
+                    "invalid_title",
+                    "title must not contain control characters (line breaks and tabs included)",
                 ));
             }
             Some(title) if !title.trim().is_empty() => title.trim().to_owned(),
@@ -102,6 +115,9 @@ impl NodeDraft {
                 "invalid_source",
                 format!("source is longer than {MAX_SOURCE_CHARS} characters"),
             ));
+        }
+        if source.as_ref().is_some_and(|s| s.chars().any(char::is_control)) {
+            return Err(Error::invalid("invalid_source", "source must not contain control characters"));
         }
 
         let importance = self.importance.unwrap_or(DEFAULT_IMPORTANCE);
@@ -156,9 +172,13 @@ fn normalize_tags(tags: Vec<String>) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// A title for a node stored without one: its first non-empty line, shortened.
+/// A title for a node stored without one: its first non-empty line, shortened, with the
+/// control characters a title may not hold left out (a tab becomes a space).
 fn derive_title(content: &str) -> String {
-    let line = content.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default();
+    let printable = |l: &str| -> String {
+        l.chars().filter_map(|c| if c == '\t' { Some(' ') } else { Some(c).filter(|c| !c.is_control()) }).collect()
+    };
+    let line = content.lines().map(|l| printable(l).trim().to_owned()).find(|l| !l.is_empty()).unwrap_or_default();
     if line.chars().count() <= DERIVED_TITLE_CHARS {
         return line.to_owned();
     }
@@ -258,9 +278,36 @@ mod tests {
             (NodeDraft { importance: Some(1.5), ..draft("x") }, "invalid_importance"),
             (NodeDraft { importance: Some(f64::NAN), ..draft("x") }, "invalid_importance"),
             (draft(&"x".repeat(MAX_CONTENT_BYTES + 1)), "content_too_large"),
+            (draft("a\0b"), "invalid_content"),
+            (NodeDraft { title: Some("\u{1}\u{2}\u{7f}".into()), ..draft("x") }, "invalid_title"),
+            (NodeDraft { title: Some("two\nlines".into()), ..draft("x") }, "invalid_title"),
+            (NodeDraft { title: Some("a\tb".into()), ..draft("x") }, "invalid_title"),
+            (NodeDraft { title: Some("c1 \u{85} control".into()), ..draft("x") }, "invalid_title"),
+            (NodeDraft { tags: vec!["a\u{1b}[31m".into()], ..draft("x") }, "invalid_tag"),
+            (NodeDraft { namespace: Some("a\tb".into()), ..draft("x") }, "invalid_namespace"),
+            (NodeDraft { kind: Some("note\n".into()), ..draft("x") }, "invalid_kind"),
+            (NodeDraft { source: Some("https://x/\r\nSet-Cookie: a".into()), ..draft("x") }, "invalid_source"),
         ];
         for (draft, code) in cases {
             assert_eq!(draft.validate().unwrap_err().code(), code);
+        }
+    }
+
+    #[test]
+    fn titles_are_one_printable_line() {
+        let title = |title: Option<&str>, content: &str| {
+            NodeDraft { title: title.map(str::to_owned), ..draft(content) }.validate().map(|f| f.title)
+        };
+        // (given title, content) -> stored title
+        let cases = [
+            (Some("  padded \n"), "x", "padded"),
+            (Some(" \t\r\n"), "from content", "from content"),
+            (Some("émoji 👩‍💻 and zero-width joiners"), "x", "émoji 👩‍💻 and zero-width joiners"),
+            (None, "\u{7}\u{1b}[1mbold\tword\nnext", "[1mbold word"),
+            (None, "\u{1}\u{2}\nsecond line", "second line"),
+        ];
+        for (given, content, stored) in cases {
+            assert_eq!(title(given, content).unwrap(), stored, "{given:?} {content:?}");
         }
     }
 

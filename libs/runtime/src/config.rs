@@ -33,6 +33,7 @@ pub struct HelixConfig {
     pub search: SearchConfig,
     pub jobs: JobsConfig,
     pub llm: LlmConfig,
+    pub outbound: OutboundConfig,
     /// Where each service's gRPC API is reached. Services running in this process
     /// override these with their own bound address.
     pub endpoints: Endpoints,
@@ -237,6 +238,14 @@ impl Default for MetricsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct GrpcConfig {
     pub addr: SocketAddr,
+    /// The fleet token every gRPC call between services carries (`authorization: Bearer`)
+    /// and every gRPC server demands on its TCP listener. Unset with `token_file` unset:
+    /// `hx up` generates one into `HELIX_HOME/grpc.token` (0600) at first start.
+    pub token: Option<Secret>,
+    /// A file holding the fleet token (a mounted Kubernetes Secret); read at start.
+    pub token_file: Option<PathBuf>,
+    /// Connections a gRPC listener holds at most; more wait in the kernel's backlog.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -249,6 +258,69 @@ pub struct GatewayConfig {
     pub request_timeout_secs: u64,
     /// Preset admin key (a Kubernetes Secret); otherwise one is generated on first start.
     pub admin_key: Option<Secret>,
+    /// `development` lets any origin call the API from a browser; `production` only
+    /// `cors_origins` (`HELIX_ENV`).
+    pub env: DeployEnv,
+    /// Origins allowed in production (`HELIX_CORS_ORIGINS`, comma-separated).
+    pub cors_origins: Vec<String>,
+    /// Requests handled at once; beyond it a request is answered 503 with Retry-After
+    /// at once instead of queueing without bound.
+    pub concurrency_limit: usize,
+    /// Connections the REST listener holds at most; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers, counted from the moment the
+    /// connection waits for them: also how long a kept-alive connection may stay idle
+    /// between requests, and the bound of a TLS handshake.
+    pub header_timeout_secs: u64,
+    /// Seconds a request's body may pause between two chunks before the request fails
+    /// (400); an unsent body does not hold a connection longer.
+    pub idle_timeout_secs: u64,
+    /// Requests per minute of a key that has no limit of its own (0: unlimited); the
+    /// bucket holds `default_burst`.
+    pub default_requests_per_minute: u32,
+    pub default_burst: u32,
+    /// Days the audit log keeps an entry.
+    pub audit_retention_days: u32,
+    /// Write the audit log (every mutating call and every refused credential).
+    pub audit: bool,
+    /// PEM certificate chain and key: the gateway serves HTTPS itself (rustls), for a
+    /// LAN without an ingress. Both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+/// Where a deployment runs, which decides how permissive its browser-facing edges are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeployEnv {
+    #[default]
+    Development,
+    Production,
+}
+
+impl std::str::FromStr for DeployEnv {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "development" | "dev" => Ok(Self::Development),
+            "production" | "prod" => Ok(Self::Production),
+            other => Err(format!("{other:?} is neither development nor production")),
+        }
+    }
+}
+
+/// Where outbound HTTP made on a user's behalf may go (the `http.request` job kind,
+/// workflow `http` steps, outbound webhooks): public addresses only, unless listed here.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Allow loopback, private, link-local and other non-public addresses (a
+    /// single-user laptop may want its own services reachable).
+    pub allow_private_networks: bool,
+    /// `host` or `host:port` entries reachable even when they resolve to a non-public
+    /// address (`HELIX_OUTBOUND_ALLOW`, comma-separated).
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -304,6 +376,7 @@ impl Default for HelixConfig {
             search: SearchConfig::default(),
             jobs: JobsConfig::default(),
             llm: LlmConfig::default(),
+            outbound: OutboundConfig::default(),
             endpoints: Endpoints::default(),
         }
     }
@@ -311,7 +384,12 @@ impl Default for HelixConfig {
 
 impl Default for GrpcConfig {
     fn default() -> Self {
-        Self { addr: DEFAULT_GRPC_ADDR.parse().expect("valid default address") }
+        Self {
+            addr: DEFAULT_GRPC_ADDR.parse().expect("valid default address"),
+            token: None,
+            token_file: None,
+            max_connections: 4096,
+        }
     }
 }
 
@@ -322,6 +400,18 @@ impl Default for GatewayConfig {
             max_body_bytes: 4 * 1024 * 1024,
             request_timeout_secs: 30,
             admin_key: None,
+            env: DeployEnv::Development,
+            cors_origins: Vec::new(),
+            concurrency_limit: 1024,
+            max_connections: 20_000,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            default_requests_per_minute: 0,
+            default_burst: 100,
+            audit_retention_days: 90,
+            audit: true,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -363,6 +453,19 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("HELIX_MAX_BODY_BYTES", "gateway.max_body_bytes"),
     ("HELIX_REQUEST_TIMEOUT_SECS", "gateway.request_timeout_secs"),
     ("HELIX_ADMIN_KEY", "gateway.admin_key"),
+    ("HELIX_ENV", "gateway.env (development or production)"),
+    ("HELIX_CORS_ORIGINS", "gateway.cors_origins (comma-separated)"),
+    ("HELIX_GATEWAY_CONCURRENCY", "gateway.concurrency_limit"),
+    ("HELIX_GATEWAY_MAX_CONNECTIONS", "gateway.max_connections"),
+    ("HELIX_DEFAULT_RATE_LIMIT", "gateway.default_requests_per_minute"),
+    ("HELIX_AUDIT", "gateway.audit"),
+    ("HELIX_AUDIT_RETENTION_DAYS", "gateway.audit_retention_days"),
+    ("HELIX_TLS_CERT", "gateway.tls_cert"),
+    ("HELIX_TLS_KEY", "gateway.tls_key"),
+    ("HELIX_GRPC_TOKEN", "grpc.token"),
+    ("HELIX_GRPC_TOKEN_FILE", "grpc.token_file"),
+    ("HELIX_OUTBOUND_ALLOW_PRIVATE", "outbound.allow_private_networks"),
+    ("HELIX_OUTBOUND_ALLOW", "outbound.allowed_hosts (comma-separated host or host:port)"),
     ("HELIX_MODEL_DIR", "search.model_dir"),
     ("HELIX_RRF_K", "search.rrf_k"),
     ("HELIX_MIN_SIMILARITY", "search.min_similarity"),
@@ -420,6 +523,9 @@ impl HelixConfig {
         {
             value.parse().map_err(|e| Error::Config(format!("{name}={value:?}: {e}")))
         }
+        fn list(value: &str) -> Vec<String> {
+            value.split(',').map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned).collect()
+        }
         for &(name, _) in ENV_VARS {
             let Some(value) = env(name) else { continue };
             match name {
@@ -436,6 +542,27 @@ impl HelixConfig {
                 "HELIX_MAX_BODY_BYTES" => self.gateway.max_body_bytes = parse(name, &value)?,
                 "HELIX_REQUEST_TIMEOUT_SECS" => self.gateway.request_timeout_secs = parse(name, &value)?,
                 "HELIX_ADMIN_KEY" => self.gateway.admin_key = Some(Secret(value)).filter(|s| !s.0.is_empty()),
+                "HELIX_ENV" => {
+                    self.gateway.env = value.parse().map_err(|e| Error::Config(format!("HELIX_ENV: {e}")))?
+                }
+                "HELIX_CORS_ORIGINS" => self.gateway.cors_origins = list(&value),
+                "HELIX_GATEWAY_CONCURRENCY" => self.gateway.concurrency_limit = parse(name, &value)?,
+                "HELIX_GATEWAY_MAX_CONNECTIONS" => self.gateway.max_connections = parse(name, &value)?,
+                "HELIX_DEFAULT_RATE_LIMIT" => self.gateway.default_requests_per_minute = parse(name, &value)?,
+                "HELIX_AUDIT" => self.gateway.audit = parse(name, &value)?,
+                "HELIX_AUDIT_RETENTION_DAYS" => self.gateway.audit_retention_days = parse(name, &value)?,
+                "HELIX_TLS_CERT" => {
+                    self.gateway.tls_cert = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty())
+                }
+                "HELIX_TLS_KEY" => {
+                    self.gateway.tls_key = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty())
+                }
+                "HELIX_GRPC_TOKEN" => self.grpc.token = Some(Secret(value)).filter(|s| !s.0.is_empty()),
+                "HELIX_GRPC_TOKEN_FILE" => {
+                    self.grpc.token_file = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty())
+                }
+                "HELIX_OUTBOUND_ALLOW_PRIVATE" => self.outbound.allow_private_networks = parse(name, &value)?,
+                "HELIX_OUTBOUND_ALLOW" => self.outbound.allowed_hosts = list(&value),
                 "HELIX_MODEL_DIR" => {
                     self.search.model_dir = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty())
                 }
@@ -475,6 +602,21 @@ impl HelixConfig {
         }
         if self.gateway.request_timeout_secs == 0 {
             return Err(Error::Config("gateway.request_timeout_secs must be at least 1".into()));
+        }
+        let gateway = &self.gateway;
+        if gateway.concurrency_limit == 0 || gateway.max_connections == 0 || self.grpc.max_connections == 0 {
+            return Err(Error::Config("connection and concurrency limits must be at least 1".into()));
+        }
+        if gateway.header_timeout_secs == 0 || gateway.idle_timeout_secs == 0 {
+            return Err(Error::Config("gateway header and idle timeouts must be at least 1 s".into()));
+        }
+        if gateway.tls_cert.is_some() != gateway.tls_key.is_some() {
+            return Err(Error::Config(
+                "gateway.tls_cert and gateway.tls_key (HELIX_TLS_CERT, HELIX_TLS_KEY) go together".into(),
+            ));
+        }
+        if gateway.env == DeployEnv::Production && gateway.cors_origins.iter().any(|o| o == "*") {
+            return Err(Error::Config("HELIX_CORS_ORIGINS may not be * in production: name the origins".into()));
         }
         if !(self.search.rrf_k.is_finite() && self.search.rrf_k >= 0.0) {
             return Err(Error::Config("search.rrf_k must be a number of at least 0".into()));

@@ -62,8 +62,9 @@ impl Database {
             Some(url) if url.starts_with("sqlite:") => (url.clone(), Backend::Sqlite),
             Some(url) => (url.clone(), Backend::Postgres),
             None => {
-                std::fs::create_dir_all(&config.home)?;
+                secure_home(&config.home)?;
                 let file = config.home.join(format!("{service}.db"));
+                private_sqlite_file(&file)?;
                 (format!("sqlite://{}?mode=rwc", file.display()), Backend::Sqlite)
             }
         };
@@ -131,6 +132,50 @@ impl Database {
         self.pool.execute("SELECT 1").await?;
         Ok(())
     }
+}
+
+/// Creates `HELIX_HOME` if missing and makes it 0700 on unix: it holds every SQLite file,
+/// the admin key, the fleet token and the search index, and a directory only its owner
+/// may enter protects whatever is created inside it later, whatever that file's own mode.
+/// A home this process may not change (a volume owned by another user) is left as it is,
+/// with a warning.
+pub fn secure_home(home: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(home)?;
+        let mode = std::fs::metadata(home)?.permissions().mode() & 0o777;
+        if mode != 0o700
+            && let Err(error) = std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700))
+        {
+            tracing::warn!(home = %home.display(), mode = format!("{mode:o}"), %error, "cannot make the helix home private");
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(home)
+}
+
+/// Makes `file` (created empty if missing: SQLite takes an empty file as an empty
+/// database) and any `-wal`/`-shm` beside it 0600 on unix. SQLite gives the log files it
+/// creates later the mode of the database file, so they are born 0600 too.
+fn private_sqlite_file(file: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(file)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = file.as_os_str().to_owned();
+            path.push(suffix);
+            match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+                _ => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(())
 }
 
 /// SQLite folds its write-ahead log back into the database file in the connection that

@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod grpc;
 pub mod metrics;
+pub mod outbound;
 pub mod outbox;
 
 use std::sync::Arc;
@@ -81,9 +82,11 @@ impl ServiceContext {
         }
     }
 
-    /// A gRPC channel to the service at `endpoint` (a URL, or [`grpc::IN_PROCESS`]).
+    /// A gRPC channel to the service at `endpoint` (a URL, or [`grpc::IN_PROCESS`]),
+    /// carrying the fleet token of the configuration.
     pub fn channel(&self, endpoint: &str, request_timeout: std::time::Duration) -> Result<grpc::GrpcChannel> {
-        grpc::channel(endpoint, self.local.as_ref(), request_timeout, self.metrics.clone())
+        let token = self.config.grpc.token.as_ref();
+        grpc::channel(endpoint, self.local.as_ref(), request_timeout, self.metrics.clone(), token)
     }
 
     /// Cancels every task of this context and waits for them to end.
@@ -95,10 +98,11 @@ impl ServiceContext {
 }
 
 /// Runs one service alone in this process: its own bus connection, its gRPC server on
-/// `config.grpc.addr`, until `shutdown` is cancelled. `hx up` composes services itself;
-/// this is the entry each service crate's `serve` uses.
+/// `config.grpc.addr` (demanding the fleet token, see [`grpc::fleet_token`]), until
+/// `shutdown` is cancelled. `hx up` composes services itself; this is the entry each
+/// service crate's `serve` uses.
 pub async fn serve_alone<F, Fut>(
-    config: HelixConfig,
+    mut config: HelixConfig,
     shutdown: tokio_util::sync::CancellationToken,
     grpc_service: &'static str,
     start: F,
@@ -107,6 +111,9 @@ where
     F: FnOnce(ServiceContext) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::service::Routes>>,
 {
+    let token = grpc::fleet_token(&config, Some(config.grpc.addr))?;
+    config.grpc.token = Some(token.clone());
+    let max_connections = config.grpc.max_connections;
     let bus = helix_events::connect(&config.events, grpc_service).await?;
     let listener = tokio::net::TcpListener::bind(config.grpc.addr).await?;
     let admin_listener = tokio::net::TcpListener::bind(config.metrics.addr).await?;
@@ -115,7 +122,7 @@ where
     admin::spawn(&ctx, admin_listener);
     tracing::info!(service = grpc_service, addr = %listener.local_addr()?, "serving grpc");
     let served = match grpc::GrpcRouter::new(routes, &[grpc_service], ctx.metrics.clone()).await {
-        Ok(router) => router.serve(listener, shutdown).await,
+        Ok(router) => router.serve(listener, &token, max_connections, shutdown).await,
         Err(error) => Err(error),
     };
     ctx.stop().await;

@@ -66,6 +66,8 @@ impl TestEnv {
         config.gateway.addr = "127.0.0.1:0".parse()?;
         config.metrics.addr = "127.0.0.1:0".parse()?;
         config.gateway.admin_key = Some(Secret::new(admin_key.clone()));
+        // one fleet token for every node and `hx` process of this environment
+        config.grpc.token = Some(Secret::new(format!("test-grpc-{unique}")));
         config.log.level = "warn".to_owned();
         config.search.model_dir = Some(model_dir());
         let mut database = None;
@@ -101,6 +103,14 @@ impl TestEnv {
         Ok(Node::start(self.config.clone(), roles).await?)
     }
 
+    /// A gRPC channel to `url` carrying this environment's fleet token, connected when
+    /// it returns (an error: nothing answers there yet).
+    pub async fn grpc(&self, url: &str) -> anyhow::Result<helix_runtime::grpc::GrpcChannel> {
+        let metrics = helix_runtime::metrics::Metrics::new();
+        let timeout = std::time::Duration::from_secs(120);
+        Ok(helix_runtime::grpc::connect(url, timeout, metrics, self.config.grpc.token.as_ref()).await?)
+    }
+
     /// A bus connection of its own to this environment's events.
     pub async fn bus(&self) -> anyhow::Result<Arc<dyn EventBus>> {
         Ok(helix_events::connect(&self.config.events, "test").await?)
@@ -111,6 +121,7 @@ impl TestEnv {
         let mut env = vec![
             ("HELIX_HOME", self.home.path().display().to_string()),
             ("HELIX_ADMIN_KEY", self.admin_key.clone()),
+            ("HELIX_GRPC_TOKEN", self.config.grpc.token.as_ref().map_or_else(String::new, |t| t.expose().to_owned())),
             ("HELIX_LOG", "warn".to_owned()),
             ("HELIX_METRICS_ADDR", "127.0.0.1:0".to_owned()),
             ("HELIX_MODEL_DIR", model_dir().display().to_string()),
@@ -186,11 +197,11 @@ impl TestHelix {
         self.http.request(method, self.url(path)).bearer_auth(&self.env.admin_key)
     }
 
-    /// Issues another API key with id `id` (straight into the gateway's key table, as
-    /// there is no key route yet) and returns the key.
+    /// Issues another admin-scoped API key under the chosen id `id` (straight into the
+    /// gateway's key table: `POST /api/v1/keys` picks ids itself) and returns the key.
     pub async fn create_api_key(&self, id: &str) -> anyhow::Result<String> {
         use sha2::Digest;
-        let key = format!("hx_test_{id}_{}", uuid::Uuid::now_v7().simple());
+        let key = helix_gateway::generate_key();
         let db = helix_runtime::db::Database::connect(&self.env.config, "gateway").await?;
         sqlx::query("INSERT INTO api_keys (id, name, key_hash, scopes, created_at) VALUES ($1, $1, $2, 'admin', $3)")
             .bind(id)

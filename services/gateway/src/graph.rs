@@ -8,6 +8,7 @@
 //! when the nodes are not connected within `max_depth` (or the graph does not hold
 //! them): "no path" is an answer, not an error; malformed ids and limits are 400s.
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +19,7 @@ use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::{ApiResult, ErrorBody, Json, Path, Query};
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -158,7 +160,7 @@ pub struct RelationCount {
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct StatsBody {
+pub struct GraphStatsBody {
     pub nodes: u64,
     pub edges: u64,
     /// edges by type, most first
@@ -180,6 +182,41 @@ pub struct StatsBody {
 fn comma_separated(param: Option<String>) -> Vec<String> {
     let param = param.unwrap_or_default();
     param.split(',').map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned).collect()
+}
+
+/// A walk as a namespace-limited key may see it: its nodes only, and the edges between them.
+fn visible_subgraph(
+    caller: &Caller,
+    nodes: Vec<pb::GraphNode>,
+    edges: Vec<pb::GraphEdge>,
+    truncated: bool,
+) -> SubgraphBody {
+    let nodes: Vec<GraphNodeBody> = nodes.into_iter().filter(|n| caller.sees(&n.namespace)).map(node_body).collect();
+    let edges = match caller.namespaces() {
+        None => edges.into_iter().map(edge_body).collect(),
+        Some(_) => {
+            let seen: std::collections::HashSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+            edges
+                .into_iter()
+                .filter(|e| seen.contains(e.source_id.as_str()) && seen.contains(e.target_id.as_str()))
+                .map(edge_body)
+                .collect()
+        }
+    };
+    SubgraphBody { nodes, edges, truncated }
+}
+
+/// Edges, paths, statistics and exports span namespaces without saying which: a
+/// namespace-limited key walks the graph through neighbourhoods and traversals only.
+fn whole_graph(caller: &Caller) -> Result<(), helix_core::Error> {
+    match caller.namespaces() {
+        None => Ok(()),
+        Some(_) => Err(helix_core::Error::new(
+            helix_core::ErrorKind::PermissionDenied,
+            "namespace_limited",
+            "this API key is limited to namespaces; use /api/v1/graph/{id} or /api/v1/graph/traverse",
+        )),
+    }
 }
 
 fn node_body(node: pb::GraphNode) -> GraphNodeBody {
@@ -226,14 +263,19 @@ pub async fn create_edge(
     Ok((StatusCode::CREATED, Json(edge_body(edge))))
 }
 
-#[utoipa::path(get, path = "/api/v1/graph/edges/{id}", tag = "graph", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/api/v1/graph/edges/{id}", tag = "graph", params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = EdgeBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_edge(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<EdgeBody>> {
+pub async fn get_edge(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<EdgeBody>> {
+    whole_graph(&caller)?;
     let edge = state.graph().get_edge(pb::GetEdgeRequest { id }).await?.into_inner();
     Ok(Json(edge_body(edge)))
 }
 
-#[utoipa::path(delete, path = "/api/v1/graph/edges/{id}", tag = "graph", params(("id" = String, Path)),
+#[utoipa::path(delete, path = "/api/v1/graph/edges/{id}", tag = "graph", params(("id" = uuid::Uuid, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn delete_edge(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     state.graph().delete_edge(pb::DeleteEdgeRequest { id }).await?;
@@ -242,12 +284,20 @@ pub async fn delete_edge(State(state): State<AppState>, Path(id): Path<String>) 
 
 #[utoipa::path(get, path = "/api/v1/graph/edges", tag = "graph", params(EdgeParams),
     responses((status = 200, body = EdgeList), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn list_edges(State(state): State<AppState>, Query(params): Query<EdgeParams>) -> ApiResult<Json<EdgeList>> {
+pub async fn list_edges(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Query<EdgeParams>,
+) -> ApiResult<Json<EdgeList>> {
+    whole_graph(&caller)?;
     let request = pb::ListEdgesRequest {
         node_id: params.node_id,
         relation: params.relation,
         direction: params.direction.unwrap_or_default(),
-        page: Some(pb::PageRequest { limit: params.limit.unwrap_or(0), cursor: params.cursor.unwrap_or_default() }),
+        page: Some(pb::PageRequest {
+            limit: crate::nodes::page_limit(params.limit)?,
+            cursor: params.cursor.unwrap_or_default(),
+        }),
     };
     let page = state.graph().list_edges(request).await?.into_inner();
     Ok(Json(EdgeList {
@@ -256,10 +306,11 @@ pub async fn list_edges(State(state): State<AppState>, Query(params): Query<Edge
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/graph/{id}", tag = "graph", params(("id" = String, Path), WalkParams),
+#[utoipa::path(get, path = "/api/v1/graph/{id}", tag = "graph", params(("id" = uuid::Uuid, Path), WalkParams),
     responses((status = 200, body = SubgraphBody), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn neighborhood(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(params): Query<WalkParams>,
 ) -> ApiResult<Json<SubgraphBody>> {
@@ -271,18 +322,19 @@ pub async fn neighborhood(
         max_nodes: params.max_nodes.unwrap_or(0),
     };
     let graph = state.graph().get_neighborhood(request).await?.into_inner();
-    Ok(Json(SubgraphBody {
-        nodes: graph.nodes.into_iter().map(node_body).collect(),
-        edges: graph.edges.into_iter().map(edge_body).collect(),
-        truncated: graph.truncated,
-    }))
+    Ok(Json(visible_subgraph(&caller, graph.nodes, graph.edges, graph.truncated)))
 }
 
 #[utoipa::path(get, path = "/api/v1/graph/path", tag = "graph", params(PathParams),
     responses((status = 200, description = "the shortest paths; `paths` is empty when there is none", body = PathsBody),
         (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn path(State(state): State<AppState>, Query(params): Query<PathParams>) -> ApiResult<Json<PathsBody>> {
+pub async fn path(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Query<PathParams>,
+) -> ApiResult<Json<PathsBody>> {
+    whole_graph(&caller)?;
     let request = pb::FindPathsRequest {
         source_id: params.from,
         target_id: params.to,
@@ -309,11 +361,16 @@ pub async fn path(State(state): State<AppState>, Query(params): Query<PathParams
 }
 
 #[utoipa::path(get, path = "/api/v1/graph/stats", tag = "graph", params(StatsParams),
-    responses((status = 200, body = StatsBody), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn stats(State(state): State<AppState>, Query(params): Query<StatsParams>) -> ApiResult<Json<StatsBody>> {
+    responses((status = 200, body = GraphStatsBody), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn stats(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Query<StatsParams>,
+) -> ApiResult<Json<GraphStatsBody>> {
+    whole_graph(&caller)?;
     let request = pb::GetGraphStatsRequest { namespace: params.namespace, top: params.top.unwrap_or(0) };
     let stats = state.graph().get_graph_stats(request).await?.into_inner();
-    Ok(Json(StatsBody {
+    Ok(Json(GraphStatsBody {
         nodes: stats.nodes,
         edges: stats.edges,
         relations: stats
@@ -338,7 +395,12 @@ const TRUNCATED: header::HeaderName = header::HeaderName::from_static("x-helix-t
         headers(("x-helix-truncated" = bool, description = "max_nodes was reached"))),
         (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn export(State(state): State<AppState>, Query(params): Query<ExportParams>) -> ApiResult<Response> {
+pub async fn export(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Query<ExportParams>,
+) -> ApiResult<Response> {
+    whole_graph(&caller)?;
     let request = pb::ExportGraphRequest {
         format: params.format.unwrap_or_default(),
         root_ids: comma_separated(params.root),
@@ -380,6 +442,7 @@ pub struct TraverseInput {
     responses((status = 200, body = SubgraphBody), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn traverse(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Json(input): Json<TraverseInput>,
 ) -> ApiResult<Json<SubgraphBody>> {
     let request = pb::TraverseRequest {
@@ -393,11 +456,7 @@ pub async fn traverse(
         kinds: input.kinds,
     };
     let graph = state.graph().traverse(request).await?.into_inner();
-    Ok(Json(SubgraphBody {
-        nodes: graph.nodes.into_iter().map(node_body).collect(),
-        edges: graph.edges.into_iter().map(edge_body).collect(),
-        truncated: graph.truncated,
-    }))
+    Ok(Json(visible_subgraph(&caller, graph.nodes, graph.edges, graph.truncated)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -447,7 +506,7 @@ pub struct NodeRemoved {
 }
 
 /// Removes a vertex and every edge touching it (the node in storage stays).
-#[utoipa::path(delete, path = "/api/v1/graph/nodes/{id}", tag = "graph", params(("id" = String, Path)),
+#[utoipa::path(delete, path = "/api/v1/graph/nodes/{id}", tag = "graph", params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = NodeRemoved), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn remove_node(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<NodeRemoved>> {
     let outcome = state.graph().remove_graph_node(pb::RemoveGraphNodeRequest { id }).await?.into_inner();

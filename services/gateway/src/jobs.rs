@@ -131,7 +131,7 @@ pub struct QueueStats {
 
 /// Counted from one snapshot: the numbers agree with each other.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct StatsBody {
+pub struct JobStatsBody {
     pub total: u64,
     #[serde(flatten)]
     pub counts: Counts,
@@ -168,7 +168,7 @@ pub struct RetryInput {
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CancelInput {
+pub struct JobCancelInput {
     pub reason: Option<String>,
 }
 
@@ -255,7 +255,7 @@ pub async fn enqueue(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BulkInput {
+pub struct BulkJobsInput {
     /// 1 to 1000 jobs, enqueued all or none
     pub jobs: Vec<JobInput>,
 }
@@ -266,11 +266,11 @@ pub struct BulkBody {
     pub jobs: Vec<JobBody>,
 }
 
-#[utoipa::path(post, path = "/api/v1/jobs/bulk", tag = "jobs", request_body = BulkInput,
+#[utoipa::path(post, path = "/api/v1/jobs/bulk", tag = "jobs", request_body = BulkJobsInput,
     responses((status = 201, body = BulkBody), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn enqueue_bulk(
     State(state): State<AppState>,
-    Json(input): Json<BulkInput>,
+    Json(input): Json<BulkJobsInput>,
 ) -> ApiResult<(StatusCode, Json<BulkBody>)> {
     let jobs = input.jobs.into_iter().map(enqueue_request).collect::<Result<Vec<_>, Error>>()?;
     let jobs = state.jobs().enqueue_jobs(pb::EnqueueJobsRequest { jobs }).await?.into_inner().jobs;
@@ -284,7 +284,10 @@ pub async fn list(State(state): State<AppState>, Query(params): Query<JobParams>
         state: params.state,
         kind: params.kind,
         queue: params.queue,
-        page: Some(pb::PageRequest { limit: params.limit.unwrap_or(0), cursor: params.cursor.unwrap_or_default() }),
+        page: Some(pb::PageRequest {
+            limit: crate::nodes::page_limit(params.limit)?,
+            cursor: params.cursor.unwrap_or_default(),
+        }),
     };
     Ok(Json(job_list(state.jobs().list_jobs(request).await?.into_inner())))
 }
@@ -297,16 +300,19 @@ pub async fn dead_letter(
 ) -> ApiResult<Json<JobList>> {
     let request = pb::ListDeadLetterJobsRequest {
         kind: params.kind,
-        page: Some(pb::PageRequest { limit: params.limit.unwrap_or(0), cursor: params.cursor.unwrap_or_default() }),
+        page: Some(pb::PageRequest {
+            limit: crate::nodes::page_limit(params.limit)?,
+            cursor: params.cursor.unwrap_or_default(),
+        }),
     };
     Ok(Json(job_list(state.jobs().list_dead_letter_jobs(request).await?.into_inner())))
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/stats", tag = "jobs", params(StatsParams),
-    responses((status = 200, body = StatsBody), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn stats(State(state): State<AppState>, Query(params): Query<StatsParams>) -> ApiResult<Json<StatsBody>> {
+    responses((status = 200, body = JobStatsBody), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn stats(State(state): State<AppState>, Query(params): Query<StatsParams>) -> ApiResult<Json<JobStatsBody>> {
     let s = state.jobs().get_job_stats(pb::GetJobStatsRequest { queue: params.queue }).await?.into_inner();
-    Ok(Json(StatsBody {
+    Ok(Json(JobStatsBody {
         total: s.total,
         counts: Counts {
             pending: s.pending,
@@ -365,13 +371,13 @@ pub async fn purge(State(state): State<AppState>, input: Option<Json<PurgeInput>
     Ok(Json(Purged { purged }))
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = JobBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<JobBody>> {
     Ok(Json(job_body(state.jobs().get_job(pb::GetJobRequest { id }).await?.into_inner())))
 }
 
-#[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", tag = "jobs", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", tag = "jobs", params(("id" = uuid::Uuid, Path)),
     request_body(content = RetryInput, description = "optional"),
     responses((status = 200, body = JobBody), (status = 404, body = ErrorBody),
         (status = 409, description = "the job is not failed, dead or cancelled", body = ErrorBody)),
@@ -386,15 +392,15 @@ pub async fn retry(
     Ok(Json(job_body(job)))
 }
 
-#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path)),
-    request_body(content = CancelInput, description = "optional"),
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = uuid::Uuid, Path)),
+    request_body(content = JobCancelInput, description = "optional"),
     responses((status = 200, description = "cancelled, or (running) flagged: its worker stops within 2 s", body = JobBody),
         (status = 404, body = ErrorBody), (status = 409, description = "the job already finished", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    input: Option<Json<CancelInput>>,
+    input: Option<Json<JobCancelInput>>,
 ) -> ApiResult<Json<JobBody>> {
     let reason = input.and_then(|Json(i)| i.reason).unwrap_or_default();
     let job = state.jobs().cancel_job(pb::CancelJobRequest { id, reason }).await?.into_inner();
@@ -419,7 +425,8 @@ pub struct ScheduleInput {
     pub max_attempts: Option<u32>,
     /// default true
     pub enabled: Option<bool>,
-    /// enqueue even while the previous run's job is unfinished (default false)
+    /// let runs overlap: enqueue while the previous job runs, though never while it still
+    /// waits to start (default false: a tick waits for the previous run to finish)
     pub allow_overlap: Option<bool>,
 }
 
@@ -525,7 +532,10 @@ pub async fn list_schedules(
 ) -> ApiResult<Json<ScheduleList>> {
     let request = pb::ListJobSchedulesRequest {
         enabled: params.enabled,
-        page: Some(pb::PageRequest { limit: params.limit.unwrap_or(0), cursor: params.cursor.unwrap_or_default() }),
+        page: Some(pb::PageRequest {
+            limit: crate::nodes::page_limit(params.limit)?,
+            cursor: params.cursor.unwrap_or_default(),
+        }),
     };
     let page = state.jobs().list_job_schedules(request).await?.into_inner();
     Ok(Json(ScheduleList {
@@ -534,14 +544,14 @@ pub async fn list_schedules(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs/schedules/{id}", tag = "jobs", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/api/v1/jobs/schedules/{id}", tag = "jobs", params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = ScheduleBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_schedule(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<ScheduleBody>> {
     let schedule = state.jobs().get_job_schedule(pb::GetJobScheduleRequest { id }).await?.into_inner();
     Ok(Json(schedule_body(schedule)))
 }
 
-#[utoipa::path(put, path = "/api/v1/jobs/schedules/{id}", tag = "jobs", params(("id" = String, Path)),
+#[utoipa::path(put, path = "/api/v1/jobs/schedules/{id}", tag = "jobs", params(("id" = uuid::Uuid, Path)),
     request_body = ScheduleUpdate,
     responses((status = 200, body = ScheduleBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -566,14 +576,14 @@ pub async fn update_schedule(
     Ok(Json(schedule_body(schedule)))
 }
 
-#[utoipa::path(delete, path = "/api/v1/jobs/schedules/{id}", tag = "jobs", params(("id" = String, Path)),
+#[utoipa::path(delete, path = "/api/v1/jobs/schedules/{id}", tag = "jobs", params(("id" = uuid::Uuid, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn delete_schedule(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     state.jobs().delete_job_schedule(pb::DeleteJobScheduleRequest { id }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/api/v1/jobs/schedules/{id}/trigger", tag = "jobs", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/api/v1/jobs/schedules/{id}/trigger", tag = "jobs", params(("id" = uuid::Uuid, Path)),
     responses((status = 201, description = "the job enqueued now", body = JobBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn trigger_schedule(

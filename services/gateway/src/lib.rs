@@ -2,16 +2,24 @@
 //! the OpenAPI document, and answers every request by calling the owning service over
 //! gRPC — it keeps no knowledge of its own.
 
+mod aliases;
+mod audit;
 mod auth;
+mod edge;
 mod error;
 mod graph;
 mod health;
 mod jobs;
+mod keys;
 mod llm;
 mod llm_admin;
 mod nodes;
+mod openapi;
+mod pairing;
+pub mod ratelimit;
 mod scheduler;
 mod scheduler_tasks;
+pub mod scopes;
 mod search;
 mod tower_log;
 mod workflows;
@@ -20,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post, put};
 use helix_proto::service_names;
 use helix_proto::v1::gateway_service_server::{GatewayService, GatewayServiceServer};
@@ -30,22 +37,23 @@ use helix_proto::v1::llm_router_service_client::LlmRouterServiceClient;
 use helix_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
 use helix_proto::v1::search_service_client::SearchServiceClient;
 use helix_proto::v1::storage_service_client::StorageServiceClient;
+use helix_runtime::config::GatewayConfig;
 use helix_runtime::db::Database;
 use helix_runtime::grpc::GrpcChannel;
-use helix_runtime::metrics::{Metrics, observe_http};
+use helix_runtime::metrics::Metrics;
 use helix_runtime::{HelixConfig, ServiceContext};
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::OpenApi;
 
-pub use auth::KeyStore;
+use aliases::RouteAliases;
+pub use audit::prune as prune_audit_log;
+pub use auth::{KeyStore, Malformed, check_format, generate_key, write_key_file};
+pub use edge::serve_http;
 pub use error::{ErrorBody, ErrorDetail};
 pub use nodes::{BulkCreated, NodeBody, NodeList};
+use openapi::SharedResponses;
 
 pub const SERVICE: &str = "gateway";
 pub const GRPC_SERVICE: &str = service_names::GATEWAY;
@@ -62,6 +70,9 @@ pub async fn migrate(config: &HelixConfig) -> helix_runtime::Result<()> {
 #[derive(Clone)]
 pub struct AppState {
     keys: KeyStore,
+    audit: audit::AuditLog,
+    bus: Arc<dyn helix_events::EventBus>,
+    pair_throttle: pairing::ConfirmThrottle,
     storage: GrpcChannel,
     search: GrpcChannel,
     graph: GrpcChannel,
@@ -123,8 +134,10 @@ pub struct Gateway {
 pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<Gateway> {
     let config = &ctx.config;
     let db = Database::open(ctx, SERVICE, &SQLITE, &POSTGRES).await?;
-    let keys = KeyStore::new(db);
+    let audit = audit::AuditLog::start(ctx, db.clone());
     let preset = config.gateway.admin_key.as_ref().map(|k| k.expose());
+    let limiter = ratelimit::KeyLimiter::new(config.gateway.default_requests_per_minute, config.gateway.default_burst);
+    let keys = KeyStore::new(db, ctx.bus.clone(), preset, limiter);
     match keys.bootstrap(preset).await? {
         auth::Bootstrap::Generated(key) => {
             let path = config.home.join("admin.key");
@@ -160,8 +173,12 @@ pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<Gateway> {
     ];
     let tower = Arc::new(tower_log::TowerLog::default());
     ctx.tasks.spawn(tower_log::follow(ctx.bus.clone(), tower.clone(), ctx.shutdown.clone()));
+    ctx.tasks.spawn(auth::follow(keys.clone(), ctx.shutdown.clone()));
     let state = AppState {
         keys,
+        audit,
+        bus: ctx.bus.clone(),
+        pair_throttle: pairing::ConfirmThrottle::default(),
         storage,
         search,
         graph,
@@ -173,20 +190,18 @@ pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<Gateway> {
         tower,
         started_at: chrono::Utc::now(),
     };
-    let http = router(state, config.gateway.max_body_bytes, ctx.metrics.clone());
+    let http = router(state, &config.gateway, ctx.metrics.clone());
     Ok(Gateway { http, grpc: GatewayServiceServer::new(GatewayApi) })
 }
 
-/// The REST API. Middleware, outermost first:
-/// - request id: set before anything logs, so every line of a request carries it;
-/// - trace: one span per request with method, path and request id, continuing the
-///   caller's trace when it sends `traceparent`;
-/// - metrics: counts and latency by route pattern and status, errors included;
-/// - propagate request id: echo `x-request-id` on every response, errors included;
-/// - catch panic: a bug answers 500 JSON instead of dropping the connection;
-/// - body limit: enforced while reading, so an oversized body is never buffered whole.
-pub fn router(state: AppState, max_body_bytes: usize, metrics: Arc<Metrics>) -> Router {
+/// The REST API: every route, then the edge's middleware (`edge::layers`).
+pub fn router(state: AppState, config: &GatewayConfig, metrics: Arc<Metrics>) -> Router {
     let api = Router::new()
+        .route("/api/v1/keys", post(keys::create).get(keys::list))
+        .route("/api/v1/keys/{id}", get(keys::get).delete(keys::revoke))
+        .route("/api/v1/keys/{id}/rotate", post(keys::rotate))
+        .route("/api/v1/pair/initiate", post(pairing::initiate))
+        .route("/api/v1/pair/confirm", post(pairing::confirm))
         .route("/api/v1/nodes", post(nodes::create).get(nodes::list))
         .route("/api/v1/nodes/bulk", post(nodes::bulk_create))
         .route("/api/v1/nodes/{id}", get(nodes::get).put(nodes::update).delete(nodes::delete))
@@ -274,44 +289,17 @@ pub fn router(state: AppState, max_body_bytes: usize, metrics: Arc<Metrics>) -> 
         .route("/api/analytics/token-usage", get(llm_admin::token_usage))
         .route("/api/board", get(tower_log::board))
         .route("/tower", get(tower_log::tower))
+        .route("/api/v1/audit/query", get(audit::query))
         .route_layer(axum::middleware::from_fn_with_state(state.keys.clone(), auth::require_key));
-    let request_id = http::HeaderName::from_static("x-request-id");
-    Router::new()
+    let routes = Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .merge(api)
+        // outside every route's own layers (the key check among them), so it sees their refusals
+        .route_layer(axum::middleware::from_fn_with_state(state.audit.clone(), audit::record))
         .fallback(error::not_found)
-        .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(|request: &http::Request<_>| {
-                    let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-                    let span = tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = id, otel.kind = "server");
-                    helix_telemetry::follow_headers(&span, request.headers());
-                    span
-                })
-                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)))
-                .layer(axum::middleware::from_fn_with_state(metrics, observe_http))
-                .layer(PropagateRequestIdLayer::new(request_id))
-                .layer(CatchPanicLayer::custom(|_| {
-                    axum::response::IntoResponse::into_response(error::ApiError(helix_core::Error::internal(
-                        "the gateway failed on this request",
-                    )))
-                }))
-                .layer(DefaultBodyLimit::max(max_body_bytes)),
-        )
-        .with_state(state)
-}
-
-/// Serves the REST API on `listener` until `shutdown`; requests in flight finish first.
-pub async fn serve_http(listener: TcpListener, http: Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // small responses must not wait for a delayed ACK (Nagle)
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, http).with_graceful_shutdown(shutdown.cancelled_owned()).await
+        .method_not_allowed_fallback(error::method_not_allowed);
+    edge::layers(routes, config, metrics).with_state(state)
 }
 
 /// Runs the gateway alone in this process: REST on `gateway.addr`, gRPC on `grpc.addr`.
@@ -321,8 +309,9 @@ pub async fn serve(config: HelixConfig, shutdown: CancellationToken) -> helix_ru
     helix_runtime::serve_alone(config, shutdown, GRPC_SERVICE, |ctx| async move {
         let gateway = start(&ctx).await?;
         tracing::info!(addr = %http_listener.local_addr()?, "serving rest");
+        let edge = ctx.config.gateway.clone();
         ctx.tasks.spawn(async move {
-            if let Err(error) = serve_http(http_listener, gateway.http, rest).await {
+            if let Err(error) = serve_http(http_listener, gateway.http, &edge, rest).await {
                 tracing::error!(%error, "rest server failed");
             }
         });
@@ -336,6 +325,7 @@ pub async fn serve(config: HelixConfig, shutdown: CancellationToken) -> helix_ru
     info(title = "Helix", description = "The Helix REST API, served by the gateway."),
     paths(
         health::health, health::ready,
+        keys::create, keys::list, keys::get, keys::revoke, keys::rotate, pairing::initiate, pairing::confirm,
         nodes::create, nodes::bulk_create, nodes::get, nodes::update, nodes::delete, nodes::list, nodes::recall,
         tower_log::tower, tower_log::board, search::search, search::search_get, search::suggest, search::similar, search::reindex,
         search::index_documents, search::remove_document, search::stats,
@@ -354,10 +344,13 @@ pub async fn serve(config: HelixConfig, shutdown: CancellationToken) -> helix_ru
         scheduler::templates, scheduler::preview_template, scheduler::instantiate,
         scheduler_tasks::add, scheduler_tasks::get, scheduler_tasks::ready, scheduler_tasks::run,
         scheduler_tasks::complete, scheduler_tasks::fail, scheduler_tasks::waves, scheduler_tasks::stats,
+        audit::query,
         openapi_json,
     ),
-    modifiers(&BearerAuth),
-    tags((name = "nodes", description = "knowledge nodes"), (name = "health"), (name = "search"), (name = "graph"), (name = "jobs", description = "the durable job queue"), (name = "llm", description = "OpenAI- and Anthropic-compatible LLM calls, budget"), (name = "workflows", description = "the workflow engine: definitions, executions, progress"), (name = "scheduler", description = "named task graphs and templates: preview and run with the workflow engine; free-standing tasks driven by hand"), (name = "observability"), (name = "meta"))
+    // the data of server-sent events, which no operation names as its body
+    components(schemas(search::ReindexProgress, workflows::ProgressBody)),
+    modifiers(&BearerAuth, &SharedResponses, &RouteAliases),
+    tags((name = "keys", description = "API keys and device pairing"), (name = "audit", description = "who did what, and every refused credential"), (name = "nodes", description = "knowledge nodes"), (name = "health"), (name = "search"), (name = "graph"), (name = "jobs", description = "the durable job queue"), (name = "llm", description = "OpenAI- and Anthropic-compatible LLM calls, budget"), (name = "workflows", description = "the workflow engine: definitions, executions, progress"), (name = "scheduler", description = "named task graphs and templates: preview and run with the workflow engine; free-standing tasks driven by hand"), (name = "observability"), (name = "meta"))
 )]
 pub struct ApiDoc;
 

@@ -27,6 +27,7 @@ use pb::generate_stream_event::Event as StreamEvent;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::auth::ApiKeyId;
@@ -187,7 +188,7 @@ fn overhead_of(metadata: &tonic::metadata::MetadataMap) -> Option<HeaderValue> {
 
 // ---------------------------------------------------------------- OpenAI
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatCompletionInput {
     model: String,
     messages: Vec<OpenAiMessage>,
@@ -206,20 +207,20 @@ pub struct ChatCompletionInput {
     user: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct StreamOptions {
     #[serde(default)]
     include_usage: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 enum Stop {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct OpenAiMessage {
     role: String,
     #[serde(default)]
@@ -288,7 +289,7 @@ fn parse_tool_calls(text: &str) -> Option<Value> {
 }
 
 /// OpenAI-compatible chat completions, streamed (`"stream": true`) or not.
-#[utoipa::path(post, path = "/v1/chat/completions", tag = "llm",
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "llm", request_body = ChatCompletionInput,
     responses((status = 200, description = "an OpenAI chat.completion, or text/event-stream of chat.completion.chunk ending in data: [DONE]"),
         (status = 402, description = "the budget refuses the call; no provider was called")),
     security(("bearer" = [])))]
@@ -486,7 +487,7 @@ pub async fn models(State(state): State<AppState>) -> Response {
 
 // ---------------------------------------------------------------- Anthropic
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct MessagesInput {
     model: String,
     max_tokens: u32,
@@ -502,13 +503,13 @@ pub struct MessagesInput {
     tool_choice: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct AnthropicMessage {
     role: String,
     content: Value,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct AnthropicTool {
     name: String,
     description: Option<String>,
@@ -648,7 +649,7 @@ fn anthropic_usage(done: &pb::GenerateResponse) -> Value {
 }
 
 /// Anthropic-compatible Messages API, streamed or not, over any provider.
-#[utoipa::path(post, path = "/v1/messages", tag = "llm",
+#[utoipa::path(post, path = "/v1/messages", tag = "llm", request_body = MessagesInput,
     responses((status = 200, description = "an Anthropic message, or its text/event-stream (message_start ... message_stop)")),
     security(("bearer" = [])))]
 pub async fn messages(
@@ -800,7 +801,7 @@ impl Relay for AnthropicRelay {
 
 // ---------------------------------------------------------------- OpenAI embeddings
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct EmbeddingsInput {
     /// empty takes the configured embedding model (`llm.embedding_model`)
     #[serde(default)]
@@ -842,7 +843,7 @@ fn embed_inputs(input: Value) -> Result<Vec<String>, Error> {
 /// OpenAI-compatible embeddings: `input` a string or an array of strings,
 /// `encoding_format` float (default) or base64 (little-endian f32), routed, limited and
 /// paid for like chat.
-#[utoipa::path(post, path = "/v1/embeddings", tag = "llm",
+#[utoipa::path(post, path = "/v1/embeddings", tag = "llm", request_body = EmbeddingsInput,
     responses((status = 200, description = "an OpenAI embeddings list: {\"object\": \"list\", \"data\": [{\"object\": \"embedding\", \"index\", \"embedding\"}], \"model\", \"usage\"}"),
         (status = 402, description = "the budget refuses the call; no provider was called"),
         (status = 429, description = "over the provider's request limit; Retry-After tells when to come back")),
@@ -903,7 +904,7 @@ pub async fn embeddings(
 
 // ---------------------------------------------------------------- the original system's routes
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct GenerateInput {
     prompt: Option<String>,
     #[serde(default)]
@@ -920,7 +921,7 @@ pub struct GenerateInput {
 
 /// The original system's generation route: `{"prompt"}` in, the answer with its
 /// provider, usage and cost out.
-#[utoipa::path(post, path = "/api/generate", tag = "llm",
+#[utoipa::path(post, path = "/api/generate", tag = "llm", request_body = GenerateInput,
     responses((status = 200, description = "{\"content\", \"response\", \"provider\", \"model\", \"usage\", \"cost_usd\", \"latency_ms\"}"),
         (status = 402, description = "the budget refuses the call")),
     security(("bearer" = [])))]

@@ -153,7 +153,7 @@ pub async fn usage(State(state): State<AppState>, Query(params): Query<UsagePara
         provider: params.provider,
         model: params.model,
         day: params.day,
-        limit: params.limit.unwrap_or(0),
+        limit: crate::nodes::page_limit(params.limit)?,
     };
     let found = state.llm().query_usage(request).await?.into_inner();
     let records: Vec<Value> = found
@@ -280,7 +280,10 @@ pub async fn token_usage(State(state): State<AppState>, Query(params): Query<Ana
         range: time_range(&params)?,
         group_by: params.group_by.unwrap_or_default(),
         provider: params.provider,
-        page: Some(pb::PageRequest { limit: params.limit.unwrap_or(0), cursor: params.cursor.unwrap_or_default() }),
+        page: Some(pb::PageRequest {
+            limit: crate::nodes::page_limit(params.limit)?,
+            cursor: params.cursor.unwrap_or_default(),
+        }),
     };
     let t = state.llm().get_token_usage(request).await?.into_inner();
     let rows: Vec<Value> = t

@@ -1,6 +1,7 @@
 //! `/api/v1/nodes`: knowledge nodes over REST, answered by the storage service.
 //! The REST shapes live here and stop here: handlers speak protobuf to storage.
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -11,6 +12,7 @@ use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::{ApiResult, ErrorBody, Json, Path, Query};
 
 /// A node as clients send it. Only `content` is required.
@@ -66,7 +68,7 @@ pub struct NodeList {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
-pub struct BulkInput {
+pub struct BulkNodesInput {
     pub nodes: Vec<NodeInput>,
 }
 
@@ -101,54 +103,72 @@ pub struct RecallParams {
     security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Json(input): Json<NodeInput>,
 ) -> ApiResult<(StatusCode, Json<NodeBody>)> {
-    let request = pb::CreateNodeRequest { node: Some(draft(input)) };
+    let request = pb::CreateNodeRequest { node: Some(draft(in_own_namespace(&caller, input)?)) };
     let node = state.storage().create_node(request).await?.into_inner();
     Ok((StatusCode::CREATED, Json(node_body(node)?)))
 }
 
-#[utoipa::path(post, path = "/api/v1/nodes/bulk", tag = "nodes", request_body = BulkInput,
+#[utoipa::path(post, path = "/api/v1/nodes/bulk", tag = "nodes", request_body = BulkNodesInput,
     responses((status = 201, body = BulkCreated), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn bulk_create(
     State(state): State<AppState>,
-    Json(input): Json<BulkInput>,
+    Extension(caller): Extension<Caller>,
+    Json(input): Json<BulkNodesInput>,
 ) -> ApiResult<(StatusCode, Json<BulkCreated>)> {
-    let request = pb::BulkCreateNodesRequest { nodes: input.nodes.into_iter().map(draft).collect() };
+    let nodes = input.nodes.into_iter().map(|n| in_own_namespace(&caller, n).map(draft));
+    let request = pb::BulkCreateNodesRequest { nodes: nodes.collect::<Result<_, _>>()? };
     let nodes = state.storage().bulk_create_nodes(request).await?.into_inner().nodes;
     let nodes = nodes.into_iter().map(node_body).collect::<Result<Vec<_>, _>>()?;
     Ok((StatusCode::CREATED, Json(BulkCreated { ids: nodes.iter().map(|n| n.id.clone()).collect(), nodes })))
 }
 
-#[utoipa::path(get, path = "/api/v1/nodes/{id}", tag = "nodes", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/api/v1/nodes/{id}", tag = "nodes", params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = NodeBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<NodeBody>> {
+pub async fn get(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<NodeBody>> {
     check_id(&id)?;
-    let node = state.storage().get_node(pb::GetNodeRequest { id }).await?.into_inner();
+    let node = state.storage().get_node(pb::GetNodeRequest { id: id.clone() }).await?.into_inner();
+    if !caller.sees(&node.namespace) {
+        return Err(Error::not_found("node", &id).into());
+    }
     Ok(Json(node_body(node)?))
 }
 
-#[utoipa::path(put, path = "/api/v1/nodes/{id}", tag = "nodes", params(("id" = String, Path)), request_body = NodeUpdate,
+#[utoipa::path(put, path = "/api/v1/nodes/{id}", tag = "nodes", params(("id" = uuid::Uuid, Path)), request_body = NodeUpdate,
     responses((status = 200, body = NodeBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn update(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Json(input): Json<NodeUpdate>,
 ) -> ApiResult<Json<NodeBody>> {
     check_id(&id)?;
-    let request = pb::UpdateNodeRequest { id, expected_version: input.version, node: Some(draft(input.node)) };
+    check_visible(&state, &caller, &id).await?;
+    let node = in_own_namespace(&caller, input.node)?;
+    let request = pb::UpdateNodeRequest { id, expected_version: input.version, node: Some(draft(node)) };
     let node = state.storage().update_node(request).await?.into_inner();
     Ok(Json(node_body(node)?))
 }
 
-#[utoipa::path(delete, path = "/api/v1/nodes/{id}", tag = "nodes", params(("id" = String, Path)),
+#[utoipa::path(delete, path = "/api/v1/nodes/{id}", tag = "nodes", params(("id" = uuid::Uuid, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     check_id(&id)?;
+    check_visible(&state, &caller, &id).await?;
     state.storage().delete_node(pb::DeleteNodeRequest { id, expected_version: 0 }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -156,9 +176,13 @@ pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Ap
 #[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", params(ListParams),
     responses((status = 200, body = NodeList), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn list(State(state): State<AppState>, Query(params): Query<ListParams>) -> ApiResult<Json<NodeList>> {
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Query<ListParams>,
+) -> ApiResult<Json<NodeList>> {
     let request = pb::ListNodesRequest {
-        namespace: params.namespace,
+        namespace: listed_namespace(&caller, params.namespace)?,
         kind: params.kind,
         tag: params.tag,
         page: Some(pb::PageRequest { limit: page_limit(params.limit)?, cursor: params.cursor.unwrap_or_default() }),
@@ -173,11 +197,57 @@ pub async fn list(State(state): State<AppState>, Query(params): Query<ListParams
 #[utoipa::path(get, path = "/api/v1/recall", tag = "nodes", params(RecallParams),
     responses((status = 200, body = NodeList), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn recall(State(state): State<AppState>, Query(params): Query<RecallParams>) -> ApiResult<Json<NodeList>> {
-    let request =
-        pb::RecallNodesRequest { query: params.q, namespace: params.namespace, limit: page_limit(params.limit)? };
+pub async fn recall(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Query<RecallParams>,
+) -> ApiResult<Json<NodeList>> {
+    let request = pb::RecallNodesRequest {
+        query: params.q,
+        namespace: listed_namespace(&caller, params.namespace)?,
+        limit: page_limit(params.limit)?,
+    };
     let page = state.storage().recall_nodes(request).await?.into_inner();
     Ok(Json(NodeList { nodes: page.nodes.into_iter().map(node_body).collect::<Result<_, _>>()?, next_cursor: None }))
+}
+
+/// A node a namespace-limited key writes lands in the key's first namespace unless it
+/// names one, and only in one of the key's.
+fn in_own_namespace(caller: &Caller, mut input: NodeInput) -> Result<NodeInput, Error> {
+    if input.namespace.is_none()
+        && let Some(own) = caller.namespaces()
+    {
+        input.namespace = own.first().cloned();
+    }
+    caller.check_namespace(input.namespace.as_deref().unwrap_or(helix_core::node::DEFAULT_NAMESPACE))?;
+    Ok(input)
+}
+
+/// For a namespace-limited key, a node of another namespace does not exist.
+async fn check_visible(state: &AppState, caller: &Caller, id: &str) -> Result<(), Error> {
+    if caller.namespaces().is_none() {
+        return Ok(());
+    }
+    let node = state.storage().get_node(pb::GetNodeRequest { id: id.to_owned() }).await.map_err(Error::from)?;
+    match caller.sees(&node.into_inner().namespace) {
+        true => Ok(()),
+        false => Err(Error::not_found("node", id)),
+    }
+}
+
+/// The namespace a listing is confined to: the one asked for, if the key may see it; for
+/// a key limited to one namespace, that one. Storage lists one namespace or all, so a key
+/// limited to several must name one.
+pub(crate) fn listed_namespace(caller: &Caller, asked: Option<String>) -> Result<Option<String>, Error> {
+    match (asked, caller.namespaces()) {
+        (asked, None) => Ok(asked),
+        (Some(asked), Some(_)) => caller.check_namespace(&asked).map(|()| Some(asked)),
+        (None, Some([only])) => Ok(Some(only.clone())),
+        (None, Some(_)) => Err(Error::invalid(
+            "namespace_required",
+            "this API key is limited to several namespaces: name one with ?namespace=",
+        )),
+    }
 }
 
 /// Rejects a malformed id here, so storage is asked only about real ones.
@@ -185,11 +255,16 @@ fn check_id(id: &str) -> Result<(), Error> {
     helix_core::node::parse_id(id).map(drop)
 }
 
-fn page_limit(limit: Option<u32>) -> Result<u32, Error> {
+/// The one rule of every list's `limit` (nodes, jobs, dead letters, schedules, workflows,
+/// executions, edges, ready tasks, usage): absent, the service's default (0 on the wire);
+/// present, from 1 to [`helix_core::node::MAX_PAGE`]; refused otherwise, never clamped silently.
+pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32, Error> {
     match limit {
         None => Ok(0),
-        Some(0) => Err(Error::invalid("invalid_limit", "limit must be from 1 to 1000")),
-        Some(n) => Ok(n),
+        Some(n @ 1..=helix_core::node::MAX_PAGE) => Ok(n),
+        Some(_) => {
+            Err(Error::invalid("invalid_limit", format!("limit must be from 1 to {}", helix_core::node::MAX_PAGE)))
+        }
     }
 }
 

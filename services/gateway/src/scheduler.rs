@@ -170,14 +170,14 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<SchedulerList
     Ok(Json(SchedulerList { workflows: page.workflows.into_iter().map(body).collect() }))
 }
 
-#[utoipa::path(get, path = "/api/v1/scheduler/workflows/{name}", tag = "scheduler",
+#[utoipa::path(get, path = "/api/v1/scheduler/workflows/{name}", tag = "scheduler", params(("name" = String, Path, description = "the task graph's name")),
     responses((status = 200, body = SchedulerBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<SchedulerBody>> {
     let w = state.orchestrator().get_scheduler_workflow(pb::GetSchedulerWorkflowRequest { name }).await?.into_inner();
     Ok(Json(body(w)))
 }
 
-#[utoipa::path(delete, path = "/api/v1/scheduler/workflows/{name}", tag = "scheduler",
+#[utoipa::path(delete, path = "/api/v1/scheduler/workflows/{name}", tag = "scheduler", params(("name" = String, Path, description = "the task graph's name")),
     responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
     state.orchestrator().delete_scheduler_workflow(pb::DeleteSchedulerWorkflowRequest { name }).await?;
@@ -185,7 +185,7 @@ pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> 
 }
 
 /// The plan without running it: waves by priority, the critical path, the estimate.
-#[utoipa::path(post, path = "/api/v1/scheduler/workflows/{name}/preview", tag = "scheduler",
+#[utoipa::path(post, path = "/api/v1/scheduler/workflows/{name}/preview", tag = "scheduler", params(("name" = String, Path, description = "the task graph's name")),
     responses((status = 200, body = PreviewBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn preview(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<PreviewBody>> {
     let request = pb::PreviewSchedulerWorkflowRequest { name, ..Default::default() };
@@ -207,7 +207,7 @@ fn preview_body(p: pb::SchedulerPreview) -> PreviewBody {
 }
 
 /// Runs the task graph with the workflow engine; answers at once with the execution.
-#[utoipa::path(post, path = "/api/scheduler/workflows/{name}/run", tag = "scheduler", request_body = ExecuteInput,
+#[utoipa::path(post, path = "/api/scheduler/workflows/{name}/run", tag = "scheduler", params(("name" = String, Path, description = "the task graph's name")), request_body = ExecuteInput,
     responses((status = 202, body = ExecutionBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn run(
     State(state): State<AppState>,
@@ -297,7 +297,7 @@ pub async fn templates(State(state): State<AppState>) -> ApiResult<Json<Template
 
 /// The plan a template makes with these parameters, without storing anything; an
 /// unknown or missing required parameter is 400.
-#[utoipa::path(post, path = "/api/v1/scheduler/templates/{name}/preview", tag = "scheduler",
+#[utoipa::path(post, path = "/api/v1/scheduler/templates/{name}/preview", tag = "scheduler", params(("name" = String, Path, description = "the template's name")),
     request_body = TemplatePreviewInput,
     responses((status = 200, body = PreviewBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -318,7 +318,7 @@ pub async fn preview_template(
 
 /// Stores the template's tasks, parameters bound, as a named scheduler workflow (run it
 /// with `POST /api/v1/scheduler/workflows/{name}/run`); a taken name is 409.
-#[utoipa::path(post, path = "/api/v1/scheduler/templates/{name}/instantiate", tag = "scheduler",
+#[utoipa::path(post, path = "/api/v1/scheduler/templates/{name}/instantiate", tag = "scheduler", params(("name" = String, Path, description = "the template's name")),
     request_body = InstantiateInput,
     responses((status = 201, body = SchedulerBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)),

@@ -122,7 +122,7 @@ pub struct WavesParams {
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct StatsBody {
+pub struct SchedulerStatsBody {
     pub total_tasks: u64,
     pub pending: u64,
     pub ready: u64,
@@ -153,7 +153,7 @@ pub async fn add(
     Ok((StatusCode::CREATED, Json(task_state_body(task))))
 }
 
-#[utoipa::path(get, path = "/api/v1/scheduler/tasks/{id}", tag = "scheduler",
+#[utoipa::path(get, path = "/api/v1/scheduler/tasks/{id}", tag = "scheduler", params(("id" = String, Path, description = "the task's id")),
     responses((status = 200, body = TaskStateBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get(State(state): State<AppState>, Path(task_id): Path<String>) -> ApiResult<Json<TaskStateBody>> {
     let task = state.orchestrator().get_scheduler_task(pb::GetSchedulerTaskRequest { task_id }).await?.into_inner();
@@ -164,7 +164,7 @@ pub async fn get(State(state): State<AppState>, Path(task_id): Path<String>) -> 
 #[utoipa::path(get, path = "/api/v1/scheduler/tasks/ready", tag = "scheduler", params(ReadyParams),
     responses((status = 200, body = ReadyList)), security(("bearer" = [])))]
 pub async fn ready(State(state): State<AppState>, Query(params): Query<ReadyParams>) -> ApiResult<Json<ReadyList>> {
-    let request = pb::ListReadySchedulerTasksRequest { workflow: None, limit: params.limit.unwrap_or(0) };
+    let request = pb::ListReadySchedulerTasksRequest { workflow: None, limit: crate::nodes::page_limit(params.limit)? };
     let list = state.orchestrator().list_ready_scheduler_tasks(request).await?.into_inner();
     let tasks: Vec<TaskStateBody> = list.tasks.into_iter().map(task_state_body).collect();
     let task_ids = tasks.iter().map(|t| t.task_id.clone()).collect();
@@ -172,7 +172,7 @@ pub async fn ready(State(state): State<AppState>, Query(params): Query<ReadyPara
 }
 
 /// ready → running; a task that is not ready (or that another worker took) is 409.
-#[utoipa::path(post, path = "/api/v1/scheduler/tasks/{id}/run", tag = "scheduler", request_body = RunInput,
+#[utoipa::path(post, path = "/api/v1/scheduler/tasks/{id}/run", tag = "scheduler", params(("id" = String, Path, description = "the task's id")), request_body = RunInput,
     responses((status = 200, body = TaskStateBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn run(
@@ -187,7 +187,7 @@ pub async fn run(
 }
 
 /// running (or ready) → completed, exactly once: a second complete is 409.
-#[utoipa::path(post, path = "/api/v1/scheduler/tasks/{id}/complete", tag = "scheduler", request_body = CompleteInput,
+#[utoipa::path(post, path = "/api/v1/scheduler/tasks/{id}/complete", tag = "scheduler", params(("id" = String, Path, description = "the task's id")), request_body = CompleteInput,
     responses((status = 200, body = CompleteBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn complete(
@@ -206,7 +206,7 @@ pub async fn complete(
 }
 
 /// running or pending → failed; everything pending downstream is cancelled.
-#[utoipa::path(post, path = "/api/v1/scheduler/tasks/{id}/fail", tag = "scheduler", request_body = FailInput,
+#[utoipa::path(post, path = "/api/v1/scheduler/tasks/{id}/fail", tag = "scheduler", params(("id" = String, Path, description = "the task's id")), request_body = FailInput,
     responses((status = 200, body = FailBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn fail(
@@ -233,11 +233,11 @@ pub async fn waves(State(state): State<AppState>, Query(params): Query<WavesPara
 }
 
 #[utoipa::path(get, path = "/api/v1/scheduler/stats", tag = "scheduler",
-    responses((status = 200, body = StatsBody)), security(("bearer" = [])))]
-pub async fn stats(State(state): State<AppState>) -> ApiResult<Json<StatsBody>> {
+    responses((status = 200, body = SchedulerStatsBody)), security(("bearer" = [])))]
+pub async fn stats(State(state): State<AppState>) -> ApiResult<Json<SchedulerStatsBody>> {
     let s =
         state.orchestrator().get_scheduler_stats(pb::GetSchedulerStatsRequest { workflow: None }).await?.into_inner();
-    Ok(Json(StatsBody {
+    Ok(Json(SchedulerStatsBody {
         total_tasks: s.total_tasks,
         pending: s.pending,
         ready: s.ready,

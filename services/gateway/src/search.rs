@@ -1,6 +1,7 @@
 //! `/api/v1/search` (and the original system's `POST /api/search` and
 //! `GET /api/v1/search?q=`): search over knowledge nodes, answered by the search service.
 
+use axum::Extension;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::StreamExt;
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::{ApiResult, ErrorBody, Json, Path, Query};
 use crate::nodes::{NodeBody, node_body};
 use helix_core::Error;
@@ -85,8 +87,12 @@ pub struct SearchResults {
 #[utoipa::path(post, path = "/api/v1/search", tag = "search", request_body = SearchInput,
     responses((status = 200, body = SearchResults), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn search(State(state): State<AppState>, Json(input): Json<SearchInput>) -> ApiResult<Json<SearchResults>> {
-    run(&state, input).await
+pub async fn search(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Json(input): Json<SearchInput>,
+) -> ApiResult<Json<SearchResults>> {
+    run(&state, &caller, input).await
 }
 
 /// The original system's search routes: the same search, shaped the same.
@@ -95,6 +101,7 @@ pub async fn search(State(state): State<AppState>, Json(input): Json<SearchInput
     security(("bearer" = [])))]
 pub async fn search_get(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(params): Query<SearchParams>,
 ) -> ApiResult<Json<SearchResults>> {
     let input = SearchInput {
@@ -109,10 +116,10 @@ pub async fn search_get(
         limit: params.limit,
         offset: 0,
     };
-    run(&state, input).await
+    run(&state, &caller, input).await
 }
 
-async fn run(state: &AppState, input: SearchInput) -> ApiResult<Json<SearchResults>> {
+async fn run(state: &AppState, caller: &Caller, input: SearchInput) -> ApiResult<Json<SearchResults>> {
     if input.query.trim().is_empty() {
         return Err(Error::invalid("empty_query", "query must not be empty").into());
     }
@@ -127,7 +134,7 @@ async fn run(state: &AppState, input: SearchInput) -> ApiResult<Json<SearchResul
         operator: input.operator.unwrap_or_default(),
         vector_weight: input.vector_weight,
         min_score: input.min_score,
-        namespaces: input.namespace.into_iter().collect(),
+        namespaces: caller.searched(input.namespace)?,
         kinds: input.kinds,
         tags: input.tags,
         page: Some(pb::PageRequest {
@@ -180,6 +187,7 @@ pub struct Suggestions {
     security(("bearer" = [])))]
 pub async fn suggest(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(params): Query<SuggestParams>,
 ) -> ApiResult<Json<Suggestions>> {
     if params.q.chars().count() > 256 {
@@ -190,7 +198,7 @@ pub async fn suggest(
         Some(n @ 1..=50) => n,
         Some(_) => return Err(Error::invalid("invalid_limit", "limit must be from 1 to 50").into()),
     };
-    let request = pb::SuggestRequest { prefix: params.q, namespaces: params.ns.into_iter().collect(), limit };
+    let request = pb::SuggestRequest { prefix: params.q, namespaces: caller.searched(params.ns)?, limit };
     let response = state.search().suggest(request).await?.into_inner();
     Ok(Json(Suggestions {
         completions: response.completions,
@@ -207,11 +215,12 @@ pub struct SimilarParams {
 }
 
 /// The nodes nearest in meaning to an indexed node.
-#[utoipa::path(get, path = "/api/v1/search/similar/{id}", tag = "search", params(("id" = String, Path), SimilarParams),
+#[utoipa::path(get, path = "/api/v1/search/similar/{id}", tag = "search", params(("id" = uuid::Uuid, Path), SimilarParams),
     responses((status = 200, body = SearchResults), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn similar(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(params): Query<SimilarParams>,
 ) -> ApiResult<Json<SearchResults>> {
@@ -220,12 +229,8 @@ pub async fn similar(
         Some(n @ 1..=100) => n,
         Some(_) => return Err(Error::invalid("invalid_limit", "limit must be from 1 to 100").into()),
     };
-    let request = pb::FindSimilarRequest {
-        node_id: id,
-        namespaces: params.ns.into_iter().collect(),
-        limit,
-        ..Default::default()
-    };
+    let request =
+        pb::FindSimilarRequest { node_id: id, namespaces: caller.searched(params.ns)?, limit, ..Default::default() };
     let response = state.search().find_similar(request).await?.into_inner();
     let results = response.hits.into_iter().map(result).collect::<Result<Vec<_>, _>>()?;
     Ok(Json(SearchResults {
@@ -262,7 +267,9 @@ pub struct ReindexProgress {
 /// as server-sent events (`event: progress`, and `event: error` with the error body if
 /// it fails).
 #[utoipa::path(post, path = "/api/v1/search/reindex", tag = "search", request_body = ReindexInput,
-    responses((status = 200, description = "text/event-stream of ReindexProgress", body = ReindexProgress),
+    responses((status = 200, content_type = "text/event-stream", body = String,
+            description = "`event: progress` with a ReindexProgress as its data, until one with `done`; \
+                `event: error` with an ErrorBody if it fails"),
         (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn reindex(
@@ -362,8 +369,12 @@ pub struct IndexOutcome {
     security(("bearer" = [])))]
 pub async fn index_documents(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Json(input): Json<IndexInput>,
 ) -> ApiResult<Json<IndexOutcome>> {
+    for document in &input.documents {
+        caller.check_namespace(document.namespace.as_deref().unwrap_or(helix_core::node::DEFAULT_NAMESPACE))?;
+    }
     let documents = input
         .documents
         .into_iter()
@@ -401,7 +412,7 @@ pub struct RemoveOutcome {
 
 /// Drops a document from both indexes of the replica that answers (not from storage:
 /// a reindex brings back a node storage still has).
-#[utoipa::path(delete, path = "/api/v1/search/index/{id}", tag = "search", params(("id" = String, Path), RemoveParams),
+#[utoipa::path(delete, path = "/api/v1/search/index/{id}", tag = "search", params(("id" = uuid::Uuid, Path), RemoveParams),
     responses((status = 200, body = RemoveOutcome), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn remove_document(
@@ -442,9 +453,11 @@ pub struct SearchStatsBody {
     responses((status = 200, body = SearchStatsBody)), security(("bearer" = [])))]
 pub async fn stats(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(params): Query<StatsParams>,
 ) -> ApiResult<Json<SearchStatsBody>> {
-    let request = pb::GetSearchStatsRequest { namespace: params.namespace, range: None };
+    let namespace = crate::nodes::listed_namespace(&caller, params.namespace)?;
+    let request = pb::GetSearchStatsRequest { namespace, range: None };
     let stats = state.search().get_search_stats(request).await?.into_inner();
     Ok(Json(SearchStatsBody {
         documents: stats.documents,

@@ -139,7 +139,7 @@ pub struct ExecutionParams {
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CancelInput {
+pub struct ExecutionCancelInput {
     pub reason: Option<String>,
 }
 
@@ -281,7 +281,10 @@ pub async fn list(
 ) -> ApiResult<Json<WorkflowList>> {
     let request = pb::ListWorkflowsRequest {
         tag: params.tag,
-        page: Some(pb::PageRequest { limit: params.limit.unwrap_or(0), cursor: params.cursor.unwrap_or_default() }),
+        page: Some(pb::PageRequest {
+            limit: crate::nodes::page_limit(params.limit)?,
+            cursor: params.cursor.unwrap_or_default(),
+        }),
     };
     let page = state.orchestrator().list_workflows(request).await?.into_inner();
     Ok(Json(WorkflowList {
@@ -290,13 +293,13 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/workflows/{id}", tag = "workflows",
+#[utoipa::path(get, path = "/api/v1/workflows/{id}", tag = "workflows", params(("id" = uuid::Uuid, Path, description = "the workflow's id")),
     responses((status = 200, body = WorkflowBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<WorkflowBody>> {
     Ok(Json(workflow_body(state.orchestrator().get_workflow(pb::GetWorkflowRequest { id }).await?.into_inner())))
 }
 
-#[utoipa::path(put, path = "/api/v1/workflows/{id}", tag = "workflows", request_body = WorkflowInput,
+#[utoipa::path(put, path = "/api/v1/workflows/{id}", tag = "workflows", params(("id" = uuid::Uuid, Path, description = "the workflow's id")), request_body = WorkflowInput,
     responses((status = 200, body = WorkflowBody), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn update(
@@ -310,7 +313,7 @@ pub async fn update(
     Ok(Json(workflow_body(state.orchestrator().update_workflow(request).await?.into_inner())))
 }
 
-#[utoipa::path(delete, path = "/api/v1/workflows/{id}", tag = "workflows",
+#[utoipa::path(delete, path = "/api/v1/workflows/{id}", tag = "workflows", params(("id" = uuid::Uuid, Path, description = "the workflow's id")),
     responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     state.orchestrator().delete_workflow(pb::DeleteWorkflowRequest { id }).await?;
@@ -318,7 +321,7 @@ pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Ap
 }
 
 /// Starts an execution and answers at once; follow it with GET or the progress stream.
-#[utoipa::path(post, path = "/api/v1/workflows/{id}/execute", tag = "workflows", request_body = ExecuteInput,
+#[utoipa::path(post, path = "/api/v1/workflows/{id}/execute", tag = "workflows", params(("id" = uuid::Uuid, Path, description = "the workflow's id")), request_body = ExecuteInput,
     responses((status = 202, body = ExecutionBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn execute(
@@ -346,7 +349,10 @@ pub async fn list_executions(
         kind: None,
         workflow_id: params.workflow_id,
         state: params.state,
-        page: Some(pb::PageRequest { limit: params.limit.unwrap_or(0), cursor: params.cursor.unwrap_or_default() }),
+        page: Some(pb::PageRequest {
+            limit: crate::nodes::page_limit(params.limit)?,
+            cursor: params.cursor.unwrap_or_default(),
+        }),
     };
     let page = state.orchestrator().list_executions(request).await?.into_inner();
     Ok(Json(ExecutionList {
@@ -355,20 +361,20 @@ pub async fn list_executions(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/workflows/executions/{id}", tag = "workflows",
+#[utoipa::path(get, path = "/api/v1/workflows/executions/{id}", tag = "workflows", params(("id" = uuid::Uuid, Path, description = "the execution's id")),
     responses((status = 200, body = ExecutionBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_execution(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<ExecutionBody>> {
     Ok(Json(execution_body(state.orchestrator().get_execution(pb::GetExecutionRequest { id }).await?.into_inner())))
 }
 
 /// Stops a running execution: its running steps are interrupted and it ends `cancelled`.
-#[utoipa::path(post, path = "/api/v1/workflows/executions/{id}/cancel", tag = "workflows", request_body = CancelInput,
-    responses((status = 200, body = ExecutionBody), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)),
+#[utoipa::path(post, path = "/api/v1/workflows/executions/{id}/cancel", tag = "workflows", params(("id" = uuid::Uuid, Path, description = "the execution's id")), request_body = ExecutionCancelInput,
+    responses((status = 200, body = ExecutionBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn cancel_execution(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    input: Option<Json<CancelInput>>,
+    input: Option<Json<ExecutionCancelInput>>,
 ) -> ApiResult<Json<ExecutionBody>> {
     let reason = input.and_then(|Json(i)| i.reason).unwrap_or_default();
     let request = pb::CancelExecutionRequest { id, reason };
@@ -377,8 +383,10 @@ pub async fn cancel_execution(
 
 /// The execution's progress as server-sent events (`event: progress`, id = sequence),
 /// from the start or after `Last-Event-ID`; the stream ends after the terminal event.
-#[utoipa::path(get, path = "/api/scheduler/executions/{id}/progress", tag = "workflows",
-    responses((status = 200, description = "text/event-stream of ProgressBody", body = ProgressBody), (status = 404, body = ErrorBody)),
+#[utoipa::path(get, path = "/api/scheduler/executions/{id}/progress", tag = "workflows", params(("id" = uuid::Uuid, Path, description = "the execution's id")),
+    responses((status = 200, content_type = "text/event-stream", body = String,
+            description = "events whose data is a ProgressBody, ids its sequence; ends after the terminal event"),
+        (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn progress(
     State(state): State<AppState>,

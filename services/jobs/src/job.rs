@@ -148,6 +148,9 @@ impl JobDraft {
                 format!("timeout_secs must be from 1 to {MAX_TIMEOUT_SECS}"),
             ));
         }
+        if let Some(at) = self.run_at {
+            validate_time("run_at", at).map_err(|message| Error::invalid("invalid_run_at", message))?;
+        }
         let idempotency_key = Some(self.idempotency_key).filter(|k| !k.is_empty());
         if idempotency_key.as_ref().is_some_and(|k| k.chars().count() > MAX_KEY_CHARS) {
             return Err(Error::invalid(
@@ -166,6 +169,20 @@ impl JobDraft {
             idempotency_key,
             schedule_id: self.schedule_id,
         })
+    }
+}
+
+/// Times a job may carry: from the Unix epoch (times are stored as microseconds since
+/// it, and nothing a job does predates it) to the end of year 9999, the last one RFC 3339
+/// writes with four digits and the last one common clients read back (Python's
+/// `datetime`, SQL `timestamp` columns); a year like -262143 is a typo or a probe, not
+/// a plan. A past time within the range just means "now".
+pub fn validate_time(field: &str, at: DateTime<Utc>) -> std::result::Result<(), String> {
+    // 9999-12-31T23:59:59Z
+    const LAST_SECOND: i64 = 253_402_300_799;
+    match (0..=LAST_SECOND).contains(&at.timestamp()) {
+        true => Ok(()),
+        false => Err(format!("{field} must be from 1970-01-01 to 9999-12-31 (UTC), not {}", at.to_rfc3339())),
     }
 }
 
@@ -258,6 +275,7 @@ mod tests {
     fn drafts_follow_the_rules() {
         let ok = |draft: JobDraft| draft.validate().map(|_| ()).map_err(|e| e.code().to_owned());
         let draft = |kind: &str| JobDraft { kind: kind.to_owned(), ..Default::default() };
+        let at = |text: &str| DateTime::parse_from_rfc3339(text).unwrap().to_utc();
         let cases: Vec<(JobDraft, Result<(), &str>)> = vec![
             (draft("echo"), Ok(())),
             (draft("http.request"), Ok(())),
@@ -271,6 +289,13 @@ mod tests {
             (JobDraft { max_attempts: Some(101), ..draft("echo") }, Err("invalid_max_attempts")),
             (JobDraft { timeout_secs: Some(0), ..draft("echo") }, Err("invalid_timeout")),
             (JobDraft { idempotency_key: "k".repeat(257), ..draft("echo") }, Err("invalid_idempotency_key")),
+            (JobDraft { run_at: Some(at("2030-01-01T00:00:00Z")), ..draft("echo") }, Ok(())),
+            (JobDraft { run_at: Some(at("1970-01-01T00:00:00Z")), ..draft("echo") }, Ok(())),
+            (JobDraft { run_at: Some(at("9999-12-31T23:59:59Z")), ..draft("echo") }, Ok(())),
+            (JobDraft { run_at: Some(at("1969-12-31T23:59:59Z")), ..draft("echo") }, Err("invalid_run_at")),
+            (JobDraft { run_at: DateTime::from_timestamp(253_402_300_800, 0), ..draft("echo") }, Err("invalid_run_at")),
+            (JobDraft { run_at: Some(DateTime::<Utc>::MIN_UTC), ..draft("echo") }, Err("invalid_run_at")),
+            (JobDraft { run_at: Some(DateTime::<Utc>::MAX_UTC), ..draft("echo") }, Err("invalid_run_at")),
         ];
         for (draft, expected) in cases {
             let seen = format!("{draft:?}");

@@ -68,7 +68,7 @@ pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<JobsServiceSer
     let store = open(ctx).await?;
     let kinds = &ctx.config.jobs.worker_kinds;
     if !kinds.is_empty() {
-        let handlers = worker::builtin(kinds).map_err(helix_runtime::Error::Config)?;
+        let handlers = worker::builtin(kinds, &ctx.config.outbound).map_err(helix_runtime::Error::Config)?;
         // through gRPC like any worker: the in-process link when this process serves
         // the jobs API (it does: it is starting it), so one code path for all workers
         let channel = ctx.channel(&ctx.config.endpoints.jobs, Duration::from_secs(60))?;

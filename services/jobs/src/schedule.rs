@@ -5,7 +5,9 @@
 //! schedule's `next_run_at` from the value the replica read to the next tick: one
 //! replica's UPDATE matches, the others' match nothing and they enqueue nothing. The
 //! job is inserted in the same transaction, so a tick is never lost between the two.
-//! Ticks missed while no replica ran (or a backlog) fire once, not once each.
+//! Ticks missed while no replica ran (or a backlog) fire once, not once each, and a
+//! tick enqueues nothing while the previous job waits to start (or, without overlap,
+//! until it finished): a schedule never piles up jobs (`skip_reason`).
 
 use std::str::FromStr;
 
@@ -172,6 +174,30 @@ impl ScheduleDraft {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ticks_never_pile_up_jobs() {
+        use State::*;
+        // (allow_overlap, the previous job's state, fires?)
+        let cases = [
+            (false, None, true),
+            (false, Some(Pending), false),
+            (false, Some(Failed), false),
+            (false, Some(Running), false),
+            (false, Some(Completed), true),
+            (false, Some(Dead), true),
+            (false, Some(Cancelled), true),
+            (true, None, true),
+            (true, Some(Pending), false),
+            (true, Some(Failed), false),
+            (true, Some(Running), true),
+            (true, Some(Completed), true),
+            (true, Some(Dead), true),
+        ];
+        for (overlap, last, fires) in cases {
+            assert_eq!(skip_reason(overlap, last).is_none(), fires, "overlap {overlap}, last {last:?}");
+        }
+    }
 
     #[test]
     fn cron_and_interval_ticks() {
@@ -408,22 +434,19 @@ impl JobStore {
             if claimed.rows_affected() == 0 {
                 continue;
             }
-            let busy = match (s.allow_overlap, s.last_job_id) {
-                (false, Some(last)) => {
+            let last = match s.last_job_id {
+                Some(last) => {
                     let state = sqlx::query("SELECT state FROM jobs WHERE id = $1")
                         .bind(last.to_string())
                         .fetch_optional(&mut *tx)
                         .await
                         .map_err(db_error)?;
-                    match state {
-                        Some(row) => !State::parse(&text(&row, "state")?)?.is_final(),
-                        None => false,
-                    }
+                    state.map(|row| State::parse(&text(&row, "state")?)).transpose()?
                 }
-                _ => false,
+                None => None,
             };
-            if busy {
-                tracing::info!(schedule = %s.id, "skipping a tick: the previous run is unfinished");
+            if let Some(reason) = skip_reason(s.allow_overlap, last) {
+                tracing::info!(schedule = %s.id, "skipping a tick: {reason}");
             } else {
                 self.fire(&mut tx, &s, now).await?;
                 fired += 1;
@@ -434,6 +457,20 @@ impl JobStore {
             self.ready.notify_waiters();
         }
         Ok(fired)
+    }
+}
+
+/// Why a tick enqueues nothing, from the state of the schedule's previous job (`None`:
+/// none, or purged). A schedule never piles up jobs: without overlap a tick waits for
+/// the previous run to finish (pending, running or waiting for a retry); with overlap
+/// runs may run side by side, but a tick still skips while the previous job has not
+/// started, since a second waiting copy of the same work is only a backlog (a once-a-
+/// second schedule with no worker would otherwise queue a job a second).
+fn skip_reason(allow_overlap: bool, last: Option<State>) -> Option<&'static str> {
+    match (allow_overlap, last?) {
+        (_, State::Pending | State::Failed) => Some("the previous job has not run yet"),
+        (false, State::Running) => Some("the previous run is unfinished"),
+        _ => None,
     }
 }
 

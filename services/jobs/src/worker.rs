@@ -24,7 +24,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use helix_proto::v1 as pb;
 use helix_proto::v1::jobs_service_client::JobsServiceClient;
+use helix_runtime::config::OutboundConfig;
 use helix_runtime::grpc::GrpcChannel;
+use helix_runtime::outbound::{self, Outbound, OutboundError};
 use serde_json::{Map, Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -94,8 +96,9 @@ pub fn default_worker_id() -> String {
 
 /// The built-in handlers: `echo` (returns its payload), `sleep` (`{"ms"}`), `fail`
 /// (`{"message"?, "permanent"?}`: fails on purpose, for diagnostics) and `http.request`
-/// (`{"url", "method"?, "headers"?, "body"?}`). Unknown names are refused.
-pub fn builtin(kinds: &[String]) -> Result<Handlers, String> {
+/// (`{"url", "method"?, "headers"?, "body"?}`, under the outbound policy of `outbound`).
+/// Unknown names are refused.
+pub fn builtin(kinds: &[String], outbound: &OutboundConfig) -> Result<Handlers, String> {
     let mut handlers = Handlers::new();
     for kind in kinds {
         let handler = match kind.as_str() {
@@ -107,10 +110,8 @@ pub fn builtin(kinds: &[String]) -> Result<Handlers, String> {
                 Err(Failure { message: message.to_owned(), permanent })
             }),
             "http.request" => {
-                let client = reqwest::Client::builder()
-                    .timeout(Duration::from_secs(60))
-                    .build()
-                    .map_err(|e| format!("http client: {e}"))?;
+                let client =
+                    Outbound::new(outbound, Duration::from_secs(60)).map_err(|e| format!("http client: {e}"))?;
                 handler(move |payload| http_request(client.clone(), payload))
             }
             other => return Err(format!("no built-in handler for kind {other:?} (echo, sleep, fail, http.request)")),
@@ -138,15 +139,16 @@ async fn sleep(payload: Map<String, Value>) -> Result<Value, Failure> {
 }
 
 /// An HTTP call: a 2xx answer completes the job with its status and body; 4xx (but 408
-/// and 429) is permanent, anything else is retried.
-async fn http_request(client: reqwest::Client, payload: Map<String, Value>) -> Result<Value, Failure> {
+/// and 429) is permanent, anything else is retried. A target the outbound policy refuses,
+/// or a body over [`outbound::MAX_BODY`], fails the job at once: a retry cannot change it.
+async fn http_request(client: Outbound, payload: Map<String, Value>) -> Result<Value, Failure> {
     let Some(url) = payload.get("url").and_then(Value::as_str) else {
         return Err(Failure::permanent("http.request needs {\"url\"}"));
     };
     let method = payload.get("method").and_then(Value::as_str).unwrap_or("GET");
     let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes())
         .map_err(|_| Failure::permanent(format!("invalid method {method:?}")))?;
-    let mut request = client.request(method, url);
+    let mut request = client.request(method, url).map_err(outbound_failure)?;
     if let Some(headers) = payload.get("headers").and_then(Value::as_object) {
         for (name, value) in headers {
             request = request.header(name, value.as_str().unwrap_or_default());
@@ -157,9 +159,10 @@ async fn http_request(client: reqwest::Client, payload: Map<String, Value>) -> R
         Some(body) => request = request.json(body),
         None => {}
     }
-    let response = request.send().await.map_err(|e| Failure::retry(format!("request failed: {e}")))?;
+    let response = request.send().await.map_err(|e| outbound_failure(e.into()))?;
     let status = response.status();
-    let body = response.text().await.unwrap_or_default();
+    let body = outbound::read_capped(response, outbound::MAX_BODY).await.map_err(outbound_failure)?;
+    let body = String::from_utf8_lossy(&body).into_owned();
     if status.is_success() {
         return Ok(json!({"status": status.as_u16(), "body": body}));
     }
@@ -167,6 +170,13 @@ async fn http_request(client: reqwest::Client, payload: Map<String, Value>) -> R
     match status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
         true => Err(Failure::permanent(message)),
         false => Err(Failure::retry(message)),
+    }
+}
+
+fn outbound_failure(e: OutboundError) -> Failure {
+    match e.is_permanent() {
+        true => Failure::permanent(e.to_string()),
+        false => Failure::retry(e.to_string()),
     }
 }
 

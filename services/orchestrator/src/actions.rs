@@ -4,7 +4,8 @@
 //!
 //! - `wait` `{ms | seconds}` → `{"waited_ms"}`
 //! - `set` `{value}` → the value (or the whole config): data for later steps
-//! - `http` `{url, method?, headers?, body?}` → `{"status", "body"}`; a 4xx/5xx fails
+//! - `http` `{url, method?, headers?, body?}` → `{"status", "body"}`; a 4xx/5xx fails;
+//!   under the outbound policy (`helix_runtime::outbound`), body read up to 10 MiB
 //! - `store` `{title?, content, kind?, namespace?, tags?, metadata?}` → the created node
 //! - `search` `{query, mode?, limit?, namespaces?}` → `{"hits": [{id, title, score}], "total"}`
 //! - `job` `{kind, payload?, queue?, max_attempts?}` → the job's result once it completed;
@@ -23,6 +24,7 @@ use helix_proto::v1::jobs_service_client::JobsServiceClient;
 use helix_proto::v1::llm_router_service_client::LlmRouterServiceClient;
 use helix_proto::v1::search_service_client::SearchServiceClient;
 use helix_proto::v1::storage_service_client::StorageServiceClient;
+use helix_runtime::outbound::{self, OutboundError};
 use serde_json::{Map, Value, json};
 
 use crate::definition::Gate;
@@ -91,7 +93,7 @@ async fn http(engine: &Engine, config: &Map<String, Value>) -> Outcome {
     let url = required(config, "url")?;
     let method = str_of(config, "method").unwrap_or("GET").to_ascii_uppercase();
     let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|_| format!("method {method} is not valid"))?;
-    let mut request = engine.http.request(method, url);
+    let mut request = engine.http.request(method, url).map_err(|e| format!("http: {e}"))?;
     if let Some(Value::Object(headers)) = config.get("headers") {
         for (name, value) in headers {
             request = request.header(name, value.as_str().map(str::to_owned).unwrap_or_else(|| value.to_string()));
@@ -100,9 +102,10 @@ async fn http(engine: &Engine, config: &Map<String, Value>) -> Outcome {
     if let Some(body) = config.get("body") {
         request = request.json(body);
     }
-    let response = request.send().await.map_err(|e| format!("http: {e}"))?;
+    let response = request.send().await.map_err(|e| format!("http: {}", OutboundError::from(e)))?;
     let code = response.status().as_u16();
-    let text = response.text().await.map_err(|e| format!("http: {e}"))?;
+    let text = outbound::read_capped(response, outbound::MAX_BODY).await.map_err(|e| format!("http: {e}"))?;
+    let text = String::from_utf8_lossy(&text).into_owned();
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     if code >= 400 {
         return Err(format!("http: status {code}"));

@@ -53,7 +53,8 @@ pub struct Engine {
     pub store: Arc<Store>,
     owner: String,
     pub(crate) channels: Channels,
-    pub(crate) http: reqwest::Client,
+    /// the outbound policy's client, for `http` steps
+    pub(crate) http: helix_runtime::outbound::Outbound,
     runs: Mutex<HashMap<Uuid, Run>>,
     /// per execution: the last progress sequence, held while an entry is written so
     /// entries commit in sequence order
@@ -81,7 +82,8 @@ impl Engine {
             store,
             owner: format!("orchestrator-{}", Uuid::now_v7()),
             channels,
-            http: reqwest::Client::new(),
+            http: helix_runtime::outbound::Outbound::new(&ctx.config.outbound, call)
+                .map_err(|e| helix_runtime::Error::Config(format!("http client: {e}")))?,
             runs: Mutex::new(HashMap::new()),
             seqs: Mutex::new(HashMap::new()),
             tasks: ctx.tasks.clone(),
