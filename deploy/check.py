@@ -2,16 +2,19 @@
 """Offline checks of Helix's deployment files: `make deploy-check`.
 
 No cluster, no Docker engine, no network. What it checks:
-  - helm/helix, rendered by Helm's own engine (helm-python-sdk) for every value set in
-    helm/helix/ci/*-values.yaml and each pinned Kubernetes version: helm lint, every
+  - helm/helix, rendered by Helm's own engine (helm-python-sdk) with no values at all
+    (the embedded default, `helm install helix helm/helix`) and for every value set in
+    helm/helix/ci/*-values.yaml, at each pinned Kubernetes version: helm lint, every
     manifest against the Kubernetes JSON schemas (kubernetes-validate, strict), the
     ServiceMonitor against the prometheus-operator CRD's schema, and the chart's own
-    rules (probes, securityContext, references between objects, hooks, that the
-    workloads run exactly what deploy/fleet.json says, that every pod has the fleet
-    token at HELIX_GRPC_TOKEN_FILE from a Secret, and that the NetworkPolicy lets only
-    the release's pods reach gRPC);
-  - values.schema.json: accepts every value set, rejects each helm/helix/ci/invalid file
-    at the value its first line names (with Helm's validator and with jsonschema);
+    rules for its shape (probes, securityContext, references between objects, that every
+    pod has the fleet token at HELIX_GRPC_TOKEN_FILE from a Secret, that the
+    NetworkPolicy lets only the release's pods reach gRPC; mode fleet: hooks, that the
+    workloads run exactly what deploy/fleet.json says; mode embedded: one `hx up` pod,
+    Recreate, on a volume claim, with none of the fleet's stores in its environment);
+  - values.schema.json: accepts no values and every value set, rejects each
+    helm/helix/ci/invalid file at the value its first line names (with Helm's validator
+    and with jsonschema);
   - docker-compose.yml against the Compose specification's JSON schema, and each
     service's command, environment and fleet token mount against deploy/fleet.json;
   - deploy/Dockerfile, .dockerignore, .env.example, and deploy/skeleton.sh (the
@@ -53,10 +56,13 @@ RELEASE, NAMESPACE = "helix", "helix"
 FULLNAME = "helix"  # the chart's fullname for release "helix"
 MONITORING_API = ["monitoring.coreos.com/v1", "monitoring.coreos.com/v1/ServiceMonitor"]
 
-# Value sets: the API versions the "cluster" serves, and the objects that exist outside
-# the chart (the value set names them; the chart must not render them).
+# Value sets: the values file (ci/<name>-values.yaml; None: no values at all), the API
+# versions the "cluster" serves, and the objects that exist outside the chart (the value
+# set names them; the chart must not render them).
 VALUE_SETS = {
-    "default": {"api_versions": [], "external": {}},
+    "embedded": {"file": None, "api_versions": [], "external": {}},
+    "embedded-ingress": {"api_versions": MONITORING_API, "external": {}},
+    "fleet": {"api_versions": [], "external": {}},
     "external-secret": {
         "api_versions": [],
         "external": {"Secret": {"helix-database", "helix-keys", "helix-grpc-token"},
@@ -91,6 +97,19 @@ EXTRA_ENV = {
 # Where every process reads the fleet token (a file mounted from a Secret or volume).
 TOKEN_FILE = FLEET["common_env"]["HELIX_GRPC_TOKEN_FILE"]
 TOKEN_DIR, TOKEN_NAME = TOKEN_FILE.rsplit("/", 1)
+
+# mode embedded: `hx up` runs every service in one pod. Its environment: fleet.json's
+# home, listeners, token file and log format, and the gateway's address; none of the
+# fleet's stores and endpoints, so SQLite, the in-process bus and the embedded index
+# in HELIX_HOME are used, and no HELIX_MIGRATE, so each service migrates at start.
+CHART_MODE = yaml.safe_load((CHART / "values.yaml").read_text())["mode"]
+EMBEDDED_COMMAND = ["up"]
+EMBEDDED_ENV = {k: FLEET["common_env"][k] for k in (
+    "HELIX_HOME", "HELIX_GRPC_ADDR", "HELIX_METRICS_ADDR", "HELIX_GRPC_TOKEN_FILE", "HELIX_LOG_FORMAT")}
+EMBEDDED_ENV.update(FLEET["services"]["gateway"]["env"])
+EMBEDDED_ABSENT = {"HELIX_DATABASE_URL", "HELIX_NATS_URL", "HELIX_QDRANT_URL", "HELIX_MIGRATE"} | {
+    k for k in FLEET["common_env"] if k.endswith("_URL")}
+EMBEDDED_EXTRA_ENV = (EXTRA_ENV["*"] - {"HELIX_MIGRATE"}) | {"HELIX_ADMIN_KEY"} | set(SECRET_KEYS)
 
 # docker-compose: variables passed through from the shell or .env (no value in the file)
 COMPOSE_PASSTHROUGH = {"*": {"OTEL_EXPORTER_OTLP_ENDPOINT"},
@@ -215,10 +234,18 @@ def effective_security(pod: dict, container: dict) -> dict:
     return merged
 
 
+def value_set(set_name: str, spec: dict) -> dict:
+    """The values of a set: its ci/<name>-values.yaml, or none at all."""
+    if "file" in spec and spec["file"] is None:
+        return {}
+    return yaml.safe_load((CHART / "ci" / f"{set_name}-values.yaml").read_text()) or {}
+
+
 def check_helm_value_set(set_name: str, spec: dict, sm_schema: dict | None) -> dict:
     """Lint, render, validate one value set; returns its summary row."""
-    values = yaml.safe_load((CHART / "ci" / f"{set_name}-values.yaml").read_text()) or {}
-    row = {"set": set_name, "manifests": 0, "kinds": {}, "schema_errors": 0, "lint": 0}
+    values = value_set(set_name, spec)
+    mode = values.get("mode", CHART_MODE)
+    row = {"set": set_name, "mode": mode, "manifests": 0, "kinds": {}, "schema_errors": 0, "lint": 0}
     docs: list[dict] = []
     with helm.Chart.load(CHART) as chart:
         for kv in KUBE_VERSIONS:
@@ -246,9 +273,78 @@ def check_helm_value_set(set_name: str, spec: dict, sm_schema: dict | None) -> d
     row["manifests"] = len(docs)
     for doc in docs:
         row["kinds"][doc["kind"]] = row["kinds"].get(doc["kind"], 0) + 1
-    if docs:
+    if docs and mode == "fleet":
         check_chart_rules(set_name, values, spec, docs)
+    elif docs:
+        check_embedded_rules(set_name, values, spec, docs)
     return row
+
+
+def check_pod(tag: str, wl: dict, by_kind: dict, external: dict, images: set):
+    """What every workload's pod must be, in either shape: selector, checksum, no service
+    links or account token, non-root and read-only, writable /data and /tmp, every
+    ConfigMap and Secret it reads present. Yields each container, its name, environment
+    (container_env) and named ports, for the shape's own checks."""
+    configmaps = by_kind.get("ConfigMap", {})
+
+    def exists(kind: str, name: str) -> bool:
+        return name in by_kind.get(kind, {}) or name in external.get(kind, set())
+
+    wname = f"{wl['kind']}/{wl['metadata']['name']}"
+    pod = wl["spec"]["template"]["spec"]
+    labels = wl["spec"]["template"]["metadata"].get("labels", {})
+    is_job = wl["kind"] == "Job"
+    if not is_job:
+        R.check(f"{tag} {wname} selector matches its pods",
+                selects(wl["spec"]["selector"]["matchLabels"], labels))
+        R.check(f"{tag} {wname} has a checksum/config annotation",
+                bool(wl["spec"]["template"]["metadata"].get("annotations", {}).get("checksum/config")))
+    R.check(f"{tag} {wname} has no service links", pod.get("enableServiceLinks") is False)
+    R.check(f"{tag} {wname} mounts no service account token", pod.get("automountServiceAccountToken") is False)
+    sa = pod.get("serviceAccountName", "default")
+    R.check(f"{tag} {wname} service account exists", sa == "default" or exists("ServiceAccount", sa), sa)
+    for ips in pod.get("imagePullSecrets", []):
+        R.check(f"{tag} {wname} pull secret {ips['name']} is given", bool(ips.get("name")))
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for vct in wl["spec"].get("volumeClaimTemplates", []):
+        volumes[vct["metadata"]["name"]] = {"pvc": vct}
+
+    for c in pod_containers(wl):
+        cname = f"{wname}:{c['name']}"
+        images.add(c["image"])
+        sec = effective_security(pod, c)
+        ok = (sec.get("runAsNonRoot") is True and sec.get("runAsUser", 0) != 0
+              and sec.get("readOnlyRootFilesystem") is True and sec.get("allowPrivilegeEscalation") is False
+              and "ALL" in (sec.get("capabilities") or {}).get("drop", [])
+              and not sec.get("privileged", False)
+              and (sec.get("seccompProfile") or {}).get("type") == "RuntimeDefault")
+        R.check(f"{tag} {cname} is non-root, read-only root, no privilege escalation, drops ALL", ok, str(sec))
+        mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+        for path in ("/data", "/tmp"):
+            m = mounts.get(path)
+            R.check(f"{tag} {cname} has a writable volume at {path}",
+                    m is not None and m["name"] in volumes and not m.get("readOnly"), str(mounts))
+        ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+        env = container_env(c, configmaps)
+
+        for ref in env_refs(c):
+            kind, name, key, optional = ref
+            if kind == "ConfigMap":
+                R.check(f"{tag} {cname} ConfigMap {name} exists", name in configmaps)
+                continue
+            rendered_secret = by_kind.get("Secret", {}).get(name)
+            if rendered_secret is not None:
+                data = {**rendered_secret.get("data", {}), **rendered_secret.get("stringData", {})}
+                R.check(f"{tag} {cname} Secret {name} has {key}", key is None or key in data or optional,
+                        f"keys: {sorted(data)}")
+                if is_job:
+                    hooked = "helm.sh/hook" in rendered_secret["metadata"].get("annotations", {})
+                    R.check(f"{tag} {cname} reads Secret {name} that exists at pre-install", hooked,
+                            "a pre-install hook runs before the release's own Secrets exist")
+            else:
+                R.check(f"{tag} {cname} Secret {name} is external", name in external.get("Secret", set()),
+                        "neither rendered nor declared external")
+        yield c, cname, env, ports
 
 
 def check_chart_rules(set_name: str, values: dict, spec: dict, docs: list[dict]) -> None:
@@ -258,16 +354,12 @@ def check_chart_rules(set_name: str, values: dict, spec: dict, docs: list[dict])
         by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
     external = spec["external"]
 
-    def exists(kind: str, name: str) -> bool:
-        return name in by_kind.get(kind, {}) or name in external.get(kind, set())
-
     for kind, names in external.items():
         for name in names:
             R.check(f"{tag} external {kind}/{name} is not rendered", name not in by_kind.get(kind, {}))
 
     workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
     jobs = [d for d in docs if d["kind"] == "Job"]
-    configmaps = by_kind.get("ConfigMap", {})
     images = set()
 
     # one workload per fleet service, of the right kind
@@ -278,60 +370,8 @@ def check_chart_rules(set_name: str, values: dict, spec: dict, docs: list[dict])
                 f"no {kind}/{name}")
 
     for wl in workloads + jobs:
-        wname = f"{wl['kind']}/{wl['metadata']['name']}"
-        pod = wl["spec"]["template"]["spec"]
-        labels = wl["spec"]["template"]["metadata"].get("labels", {})
         is_job = wl["kind"] == "Job"
-        if not is_job:
-            R.check(f"{tag} {wname} selector matches its pods",
-                    selects(wl["spec"]["selector"]["matchLabels"], labels))
-            R.check(f"{tag} {wname} has a checksum/config annotation",
-                    bool(wl["spec"]["template"]["metadata"].get("annotations", {}).get("checksum/config")))
-        R.check(f"{tag} {wname} has no service links", pod.get("enableServiceLinks") is False)
-        R.check(f"{tag} {wname} mounts no service account token", pod.get("automountServiceAccountToken") is False)
-        sa = pod.get("serviceAccountName", "default")
-        R.check(f"{tag} {wname} service account exists", sa == "default" or exists("ServiceAccount", sa), sa)
-        for ips in pod.get("imagePullSecrets", []):
-            R.check(f"{tag} {wname} pull secret {ips['name']} is given", bool(ips.get("name")))
-        volumes = {v["name"]: v for v in pod.get("volumes", [])}
-        for vct in wl["spec"].get("volumeClaimTemplates", []):
-            volumes[vct["metadata"]["name"]] = {"pvc": vct}
-
-        for c in pod_containers(wl):
-            cname = f"{wname}:{c['name']}"
-            images.add(c["image"])
-            sec = effective_security(pod, c)
-            ok = (sec.get("runAsNonRoot") is True and sec.get("runAsUser", 0) != 0
-                  and sec.get("readOnlyRootFilesystem") is True and sec.get("allowPrivilegeEscalation") is False
-                  and "ALL" in (sec.get("capabilities") or {}).get("drop", [])
-                  and not sec.get("privileged", False)
-                  and (sec.get("seccompProfile") or {}).get("type") == "RuntimeDefault")
-            R.check(f"{tag} {cname} is non-root, read-only root, no privilege escalation, drops ALL", ok, str(sec))
-            mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
-            for path in ("/data", "/tmp"):
-                m = mounts.get(path)
-                R.check(f"{tag} {cname} has a writable volume at {path}",
-                        m is not None and m["name"] in volumes and not m.get("readOnly"), str(mounts))
-            ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
-            env = container_env(c, configmaps)
-
-            for ref in env_refs(c):
-                kind, name, key, optional = ref
-                if kind == "ConfigMap":
-                    R.check(f"{tag} {cname} ConfigMap {name} exists", name in configmaps)
-                    continue
-                rendered_secret = by_kind.get("Secret", {}).get(name)
-                if rendered_secret is not None:
-                    data = {**rendered_secret.get("data", {}), **rendered_secret.get("stringData", {})}
-                    R.check(f"{tag} {cname} Secret {name} has {key}", key is None or key in data or optional,
-                            f"keys: {sorted(data)}")
-                    if is_job:
-                        hooked = "helm.sh/hook" in rendered_secret["metadata"].get("annotations", {})
-                        R.check(f"{tag} {cname} reads Secret {name} that exists at pre-install", hooked,
-                                "a pre-install hook runs before the release's own Secrets exist")
-                else:
-                    R.check(f"{tag} {cname} Secret {name} is external", name in external.get("Secret", set()),
-                            "neither rendered nor declared external")
+        for c, cname, env, ports in check_pod(tag, wl, by_kind, external, images):
             if is_job:
                 check_migration_job(tag, wl, c, env)
                 continue
@@ -354,7 +394,110 @@ def check_chart_rules(set_name: str, values: dict, spec: dict, docs: list[dict])
     check_network_policy(tag, by_kind, workloads, values)
     check_pdbs_hpas(tag, by_kind, workloads, values)
     check_ingress(tag, by_kind, values)
-    check_servicemonitor(tag, by_kind, spec)
+    check_servicemonitor(tag, by_kind, spec, [f"{FULLNAME}-{s}" for s in FLEET["services"]])
+
+
+def check_embedded_rules(set_name: str, values: dict, spec: dict, docs: list[dict]) -> None:
+    """mode embedded: one Deployment running `hx up` (replicas 1, Recreate) with /data on a
+    volume claim, none of the fleet's stores in its environment, the admin key from a
+    Secret, and the gateway's Service name of the fleet; nothing of the fleet besides."""
+    tag = f"[{set_name}]"
+    by_kind: dict[str, dict[str, dict]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
+    external = spec["external"]
+    embedded = (values.get("embedded") or {})
+    persistence = embedded.get("persistence") or {}
+    workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    names = sorted(f"{w['kind']}/{w['metadata']['name']}" for w in workloads)
+    if not R.check(f"{tag} the one workload is Deployment/{FULLNAME}", names == [f"Deployment/{FULLNAME}"], str(names)):
+        return
+    for kind in ("Job", "HorizontalPodAutoscaler", "PodDisruptionBudget", "StatefulSet"):
+        R.check(f"{tag} renders no {kind} (the fleet's)", kind not in by_kind, str(list(by_kind.get(kind, {}))))
+    for name in (f"{FULLNAME}-database", f"{FULLNAME}-migrate"):
+        R.check(f"{tag} renders no Secret/{name} (the fleet's database)", name not in by_kind.get("Secret", {}))
+    dep = workloads[0]
+    R.check(f"{tag} Deployment/{FULLNAME} runs one replica", dep["spec"].get("replicas") == 1, str(dep["spec"].get("replicas")))
+    R.check(f"{tag} Deployment/{FULLNAME} is replaced with Recreate (one writer of SQLite and the index)",
+            dep["spec"].get("strategy") == {"type": "Recreate"}, str(dep["spec"].get("strategy")))
+
+    images = set()
+    containers = list(check_pod(tag, dep, by_kind, external, images))
+    if not R.check(f"{tag} Deployment/{FULLNAME} has one container", len(containers) == 1, str(len(containers))):
+        return
+    c, cname, env, ports = containers[0]
+    R.check(f"{tag} {cname} runs `hx up`", c.get("args") == EMBEDDED_COMMAND, str(c.get("args")))
+    want_ports = {"grpc": FLEET["grpc_port"], "metrics": FLEET["metrics_port"], "http": FLEET["gateway_port"]}
+    R.check(f"{tag} {cname} ports are fleet.json's", ports == want_ports, str(ports))
+    for probe, path in (("startupProbe", "/livez"), ("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
+        get = (c.get(probe) or {}).get("httpGet") or {}
+        R.check(f"{tag} {cname} {probe} asks GET {path} on {FLEET['metrics_port']}",
+                get.get("path") == path and ports.get(get.get("port"), get.get("port")) == FLEET["metrics_port"], str(get))
+    for key, want in EMBEDDED_ENV.items():
+        R.check(f"{tag} {cname} {key} follows fleet.json", env.get(key) == want, f"{env.get(key)!r} != {want!r}")
+    present = sorted(EMBEDDED_ABSENT & set(env))
+    R.check(f"{tag} {cname} has none of the fleet's stores, endpoints or HELIX_MIGRATE (SQLite, in-process bus, "
+            "embedded index, migrations at start)", not present, str(present))
+    R.check(f"{tag} {cname} OTEL_SERVICE_NAME", env.get("OTEL_SERVICE_NAME") == "helix", str(env.get("OTEL_SERVICE_NAME")))
+    allowed = set(EMBEDDED_ENV) | EMBEDDED_EXTRA_ENV | {e["name"] for e in embedded.get("extraEnv", [])}
+    R.check(f"{tag} {cname} has no variables beyond its role", set(env) <= allowed, f"unexpected: {sorted(set(env) - allowed)}")
+    R.check(f"{tag} {cname} gets every provider key", set(SECRET_KEYS) <= set(env),
+            f"missing {sorted(set(SECRET_KEYS) - set(env))}")
+    admin = env.get("HELIX_ADMIN_KEY")
+    secret_name = values.get("existingSecret") or FULLNAME
+    R.check(f"{tag} {cname} HELIX_ADMIN_KEY comes from Secret {secret_name}",
+            admin == ("secret", secret_name, "HELIX_ADMIN_KEY"), str(admin))
+    if not values.get("existingSecret"):
+        secret = by_kind.get("Secret", {}).get(FULLNAME)
+        key = base64.b64decode((secret or {}).get("data", {}).get("HELIX_ADMIN_KEY", "")).decode()
+        want = values.get("adminKey")
+        R.check(f"{tag} Secret/{FULLNAME} holds the admin key ({'adminKey' if want else 'generated: hx_ + 64 hex'})",
+                key == want if want else re.fullmatch(r"hx_[0-9a-f]{64}", key) is not None)
+
+    # /data: the chart's claim, or persistence.existingClaim
+    pod = dep["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    data_mount = next((m for m in c.get("volumeMounts", []) if m["mountPath"] == "/data"), {})
+    claim = (volumes.get(data_mount.get("name")) or {}).get("persistentVolumeClaim", {}).get("claimName")
+    existing = persistence.get("existingClaim")
+    pvcs = by_kind.get("PersistentVolumeClaim", {})
+    if existing:
+        R.check(f"{tag} /data is the existing claim {existing}", claim == existing, str(claim))
+        R.check(f"{tag} renders no PersistentVolumeClaim with existingClaim", not pvcs, str(list(pvcs)))
+    else:
+        pvc = pvcs.get(f"{FULLNAME}-data")
+        R.check(f"{tag} /data is the chart's claim {FULLNAME}-data", claim == f"{FULLNAME}-data" and pvc is not None,
+                f"{claim}, rendered: {list(pvcs)}")
+        if pvc is not None:
+            keep = persistence.get("keep", True)
+            R.check(f"{tag} PersistentVolumeClaim kept on uninstall iff persistence.keep",
+                    (pvc["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep") == keep)
+            if "size" in persistence:
+                R.check(f"{tag} PersistentVolumeClaim size is persistence.size",
+                        pvc["spec"]["resources"]["requests"]["storage"] == persistence["size"])
+            if persistence.get("storageClass"):
+                R.check(f"{tag} PersistentVolumeClaim storage class is persistence.storageClass",
+                        pvc["spec"].get("storageClassName") == persistence["storageClass"])
+
+    # the fleet's gateway Service name, serving the pod's REST, gRPC and metrics ports
+    services = by_kind.get("Service", {})
+    R.check(f"{tag} one Service, {FULLNAME}-gateway", list(services) == [f"{FULLNAME}-gateway"], str(list(services)))
+    svc = services.get(f"{FULLNAME}-gateway")
+    if svc is not None:
+        R.check(f"{tag} Service/{FULLNAME}-gateway selects the pod",
+                selects(svc["spec"]["selector"], dep["spec"]["template"]["metadata"]["labels"]))
+        got = {p["name"]: p["port"] for p in svc["spec"]["ports"]}
+        R.check(f"{tag} Service/{FULLNAME}-gateway ports", got == want_ports, str(got))
+        for p in svc["spec"]["ports"]:
+            R.check(f"{tag} Service/{FULLNAME}-gateway port {p['name']} targets a container port", p["targetPort"] in ports)
+        want_type = ((values.get("gateway") or {}).get("service") or {}).get("type", "ClusterIP")
+        R.check(f"{tag} Service/{FULLNAME}-gateway type is gateway.service.type", svc["spec"]["type"] == want_type)
+
+    R.check(f"{tag} one image", len(images) == 1, str(images))
+    check_fleet_token(tag, by_kind, workloads, values, external)
+    check_network_policy(tag, by_kind, workloads, values)
+    check_ingress(tag, by_kind, values)
+    check_servicemonitor(tag, by_kind, spec, [f"{FULLNAME}-gateway"])
 
 
 def container_env(c: dict, configmaps: dict) -> dict:
@@ -545,15 +688,47 @@ def check_network_policy(tag: str, by_kind: dict, workloads: list[dict], values:
             opened <= {FLEET["grpc_port"], FLEET["metrics_port"], FLEET["gateway_port"]}, str(opened))
 
 
+# The bases the gating checks start from: each shape as the chart's own value sets give it.
+GATING_BASES = {"embedded": "embedded", "fleet": "fleet"}
+
+
+def gating_bases():
+    for shape, set_name in GATING_BASES.items():
+        yield shape, value_set(set_name, VALUE_SETS[set_name])
+
+
 def check_network_policy_gating() -> None:
-    """Rendered by default; networkPolicy.enabled=false leaves it out."""
-    base = yaml.safe_load((CHART / "ci" / "default-values.yaml").read_text())
+    """Rendered by default; networkPolicy.enabled=false leaves it out (both shapes)."""
     with helm.Chart.load(CHART) as chart:
-        for enabled in (True, False):
-            values = {**copy.deepcopy(base), "networkPolicy": {"enabled": enabled}}
-            docs = manifests(render(chart, values, KUBE_VERSIONS[-1], []))
-            got = any(d["kind"] == "NetworkPolicy" for d in docs)
-            R.check(f"NetworkPolicy gating: enabled={enabled} -> {'rendered' if enabled else 'absent'}", got == enabled)
+        for shape, base in gating_bases():
+            for enabled in (True, False):
+                values = {**copy.deepcopy(base), "networkPolicy": {"enabled": enabled}}
+                docs = manifests(render(chart, values, KUBE_VERSIONS[-1], []))
+                got = any(d["kind"] == "NetworkPolicy" for d in docs)
+                R.check(f"NetworkPolicy gating [{shape}]: enabled={enabled} -> {'rendered' if enabled else 'absent'}",
+                        got == enabled)
+
+
+def check_embedded_claim_gating() -> None:
+    """The embedded pod's claim: the chart's (kept on uninstall unless keep=false), or
+    persistence.existingClaim and none rendered."""
+    cases = [
+        ("default", {}, f"{FULLNAME}-data", True),
+        ("keep=false", {"keep": False}, f"{FULLNAME}-data", False),
+        ("existingClaim", {"existingClaim": "helix-data-restored"}, "helix-data-restored", None),
+    ]
+    with helm.Chart.load(CHART) as chart:
+        for name, persistence, claim, keep in cases:
+            docs = manifests(render(chart, {"embedded": {"persistence": persistence}}, KUBE_VERSIONS[-1], []))
+            pvcs = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+            dep = next((d for d in docs if d["kind"] == "Deployment"), None)
+            volumes = dep["spec"]["template"]["spec"]["volumes"] if dep else []
+            used = next((v.get("persistentVolumeClaim", {}).get("claimName") for v in volumes if v["name"] == "data"), None)
+            rendered = [p["metadata"]["name"] for p in pvcs]
+            kept = [p["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep" for p in pvcs]
+            want = [] if keep is None else [claim]
+            R.check(f"embedded claim gating: {name} -> /data on {claim}, claims rendered {want}, kept {keep}",
+                    used == claim and rendered == want and (keep is None or kept == [keep]), f"{used}, {rendered}, {kept}")
 
 
 def check_pdbs_hpas(tag: str, by_kind: dict, workloads: list[dict], values: dict) -> None:
@@ -589,7 +764,7 @@ def check_ingress(tag: str, by_kind: dict, values: dict) -> None:
                         and backend["name"] == f"{FULLNAME}-gateway", str(backend))
 
 
-def check_servicemonitor(tag: str, by_kind: dict, spec: dict) -> None:
+def check_servicemonitor(tag: str, by_kind: dict, spec: dict, want: list[str]) -> None:
     monitors = by_kind.get("ServiceMonitor", {})
     has_api = bool(set(spec["api_versions"]) & set(MONITORING_API))
     if not has_api:
@@ -604,16 +779,14 @@ def check_servicemonitor(tag: str, by_kind: dict, spec: dict) -> None:
                and all(e["operator"] != "DoesNotExist" or e["key"] not in s["metadata"].get("labels", {})
                        for e in sel.get("matchExpressions", []))]
     names = sorted(s["metadata"]["name"] for s in matched)
-    want = sorted(f"{FULLNAME}-{s}" for s in FLEET["services"])
-    R.check(f"{tag} ServiceMonitor selects each service's Service once", names == want, str(names))
+    R.check(f"{tag} ServiceMonitor selects each service's Service once", names == sorted(want), str(names))
     for ep in sm["spec"]["endpoints"]:
         R.check(f"{tag} ServiceMonitor scrapes {ep.get('path')} on port {ep.get('port')}",
                 ep.get("path") == "/metrics" and all(ep["port"] in {p["name"] for p in s["spec"]["ports"]} for s in matched))
 
 
 def check_servicemonitor_gating() -> None:
-    """Rendered only when enabled and the cluster has the CRD, or when forced."""
-    base = yaml.safe_load((CHART / "ci" / "default-values.yaml").read_text())
+    """Rendered only when enabled and the cluster has the CRD, or when forced (both shapes)."""
     cases = [
         ("enabled, no CRD", {"serviceMonitor": {"enabled": True}}, [], False),
         ("enabled, CRD present", {"serviceMonitor": {"enabled": True}}, MONITORING_API[1:], True),
@@ -622,11 +795,12 @@ def check_servicemonitor_gating() -> None:
         ("disabled, CRD present", {"serviceMonitor": {"enabled": False}}, MONITORING_API, False),
     ]
     with helm.Chart.load(CHART) as chart:
-        for name, extra, apis, want in cases:
-            values = {**copy.deepcopy(base), **extra}
-            docs = manifests(render(chart, values, KUBE_VERSIONS[-1], apis))
-            got = any(d["kind"] == "ServiceMonitor" for d in docs)
-            R.check(f"ServiceMonitor gating: {name} -> {'rendered' if want else 'absent'}", got == want)
+        for shape, base in gating_bases():
+            for name, extra, apis, want in cases:
+                values = {**copy.deepcopy(base), **extra}
+                docs = manifests(render(chart, values, KUBE_VERSIONS[-1], apis))
+                got = any(d["kind"] == "ServiceMonitor" for d in docs)
+                R.check(f"ServiceMonitor gating [{shape}]: {name} -> {'rendered' if want else 'absent'}", got == want)
 
 
 @contextlib.contextmanager
@@ -647,12 +821,21 @@ def check_values_schema() -> tuple[int, int]:
     schema = json.loads((CHART / "values.schema.json").read_text())
     jsonschema.Draft7Validator.check_schema(schema)
     validator = jsonschema.Draft7Validator(schema)
+    R.check("the chart's default mode is embedded (no values: the one-pod install)", CHART_MODE == "embedded", CHART_MODE)
     with helm.Chart.load(CHART) as chart:
-        for path in sorted((CHART / "ci").glob("*-values.yaml")):
-            values = yaml.safe_load(path.read_text()) or {}
+        sets = [("no values at all", {})] + [
+            (f"ci/{path.name}", yaml.safe_load(path.read_text()) or {}) for path in sorted((CHART / "ci").glob("*-values.yaml"))]
+        for name, values in sets:
             merged = chart.merge_values(values)
             errors = [f"{e.json_path}: {e.message}" for e in validator.iter_errors(merged)]
-            R.check(f"values.schema.json accepts ci/{path.name} (jsonschema)", not errors, "; ".join(errors))
+            R.check(f"values.schema.json accepts {name} (jsonschema)", not errors, "; ".join(errors))
+            helm_msg = None
+            with quiet_stderr():
+                try:
+                    chart.validate_schema(merged)
+                except helm.HelmError as e:
+                    helm_msg = str(e)
+            R.check(f"values.schema.json accepts {name} (Helm)", helm_msg is None, helm_msg or "")
         bad = sorted((CHART / "ci" / "invalid").glob("*.yaml"))
         rejected = 0
         for path in bad:
@@ -914,6 +1097,7 @@ def main() -> int:
     rows = [check_helm_value_set(name, spec, sm_schema) for name, spec in VALUE_SETS.items()]
     check_servicemonitor_gating()
     check_network_policy_gating()
+    check_embedded_claim_gating()
     check_chart_lists()
     rejected, bad = check_values_schema()
     compose = check_compose()
@@ -921,13 +1105,14 @@ def main() -> int:
     skeleton = check_skeleton()
 
     print()
-    print(f"  {'value set':<18} {'manifests':>9} {'lint':>5} {'schema errors':>14}  kinds "
+    print(f"  {'value set':<18} {'mode':<9} {'manifests':>9} {'lint':>5} {'schema errors':>14}  kinds "
           f"(per Kubernetes version; lint findings and schema errors over all {len(KUBE_VERSIONS)})")
     for r in rows:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(r["kinds"].items()))
-        print(f"  {r['set']:<18} {r['manifests']:>9} {r['lint']:>5} {r['schema_errors']:>14}  {kinds}")
+        print(f"  {r['set']:<18} {r['mode']:<9} {r['manifests']:>9} {r['lint']:>5} {r['schema_errors']:>14}  {kinds}")
+    print("  (embedded: no values at all, `helm install helix helm/helix`)")
     print(f"  values.schema.json: {rejected}/{bad} invalid values files rejected by Helm and jsonschema; "
-          f"{len(list((CHART / 'ci').glob('*-values.yaml')))} value sets accepted")
+          f"no values and {len(list((CHART / 'ci').glob('*-values.yaml')))} value sets accepted")
     print(f"  docker-compose.yml: {compose['services']} services, schema errors = {compose['schema_errors']} "
           f"({compose['schema']}); commands and environment follow deploy/fleet.json")
     print(f"  Dockerfile dependency skeleton: {skeleton}")

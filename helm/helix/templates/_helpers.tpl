@@ -117,6 +117,16 @@ variable), localIndex (keeps an index on disk: a StatefulSet with a volume per r
 {{- end }}
 {{- end }}
 
+{{/* true when the chart renders the fleet (mode fleet), else the embedded pod */}}
+{{- define "helix.fleet" -}}
+{{- if eq .Values.mode "fleet" }}true{{ end }}
+{{- end }}
+
+{{/* The embedded pod's volume claim: persistence.existingClaim, or the chart's */}}
+{{- define "helix.embeddedClaimName" -}}
+{{- default (printf "%s-data" (include "helix.fullname" .)) .Values.embedded.persistence.existingClaim }}
+{{- end }}
+
 {{/* The Secret with the admin and provider keys: the chart's, or existingSecret */}}
 {{- define "helix.secretName" -}}
 {{- default (include "helix.fullname" .) .Values.existingSecret }}
@@ -175,6 +185,30 @@ HELIX_LOG: {{ .Values.log.level | quote }}
 HELIX_{{ $svc.env }}_URL: {{ printf "http://%s:%s" (include "helix.componentName" (dict "root" $ "svc" $svc)) (include "helix.grpcPort" $) | quote }}
 {{- end }}
 HELIX_MIGRATE: {{ ternary "false" "true" .Values.migrations.enabled | quote }}
+{{- include "helix.settingsEnv" . }}
+{{- end }}
+
+{{/*
+The environment of the embedded pod (mode embedded): `hx up` runs every service in one
+process, so there are no endpoints to name; no HELIX_DATABASE_URL, HELIX_NATS_URL or
+HELIX_QDRANT_URL, so SQLite, the in-process bus and the embedded vector index in
+HELIX_HOME (the volume claim) are used; no HELIX_MIGRATE, so each service migrates its
+own schema at start. The listeners bind every interface for the probes and the Service;
+gRPC demands the fleet token, as in the fleet.
+*/}}
+{{- define "helix.embeddedEnv" -}}
+HELIX_HOME: /data
+HELIX_GRPC_ADDR: {{ printf "0.0.0.0:%s" (include "helix.grpcPort" .) | quote }}
+HELIX_METRICS_ADDR: {{ printf "0.0.0.0:%s" (include "helix.metricsPort" .) | quote }}
+HELIX_GATEWAY_ADDR: {{ printf "0.0.0.0:%s" (include "helix.gatewayPort" .) | quote }}
+HELIX_GRPC_TOKEN_FILE: {{ printf "%s/grpc.token" (include "helix.grpcTokenDir" .) | quote }}
+HELIX_LOG_FORMAT: {{ .Values.log.format | quote }}
+HELIX_LOG: {{ .Values.log.level | quote }}
+{{- include "helix.settingsEnv" . }}
+{{- end }}
+
+{{/* The Helix settings both shapes share (config, otel): empty values are left out */}}
+{{- define "helix.settingsEnv" -}}
 {{- with .Values.config }}
 {{- if .env }}
 HELIX_ENV: {{ .env | quote }}
