@@ -34,6 +34,8 @@ pub struct HelixConfig {
     pub jobs: JobsConfig,
     pub llm: LlmConfig,
     pub outbound: OutboundConfig,
+    /// The credential vault: where it is and what opens it (`[vault]`).
+    pub vault: helix_vault::VaultConfig,
     /// Where each service's gRPC API is reached. Services running in this process
     /// override these with their own bound address.
     pub endpoints: Endpoints,
@@ -377,6 +379,7 @@ impl Default for HelixConfig {
             jobs: JobsConfig::default(),
             llm: LlmConfig::default(),
             outbound: OutboundConfig::default(),
+            vault: helix_vault::VaultConfig::default(),
             endpoints: Endpoints::default(),
         }
     }
@@ -466,6 +469,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("HELIX_GRPC_TOKEN_FILE", "grpc.token_file"),
     ("HELIX_OUTBOUND_ALLOW_PRIVATE", "outbound.allow_private_networks"),
     ("HELIX_OUTBOUND_ALLOW", "outbound.allowed_hosts (comma-separated host or host:port)"),
+    ("HELIX_VAULT_PATH", "vault.path"),
+    ("HELIX_VAULT_KEY_FILE", "vault.key_file"),
+    ("HELIX_VAULT_PASSPHRASE", "vault.passphrase"),
+    ("HELIX_VAULT_ALLOW_REVEAL", "vault.allow_reveal"),
     ("HELIX_MODEL_DIR", "search.model_dir"),
     ("HELIX_RRF_K", "search.rrf_k"),
     ("HELIX_MIN_SIMILARITY", "search.min_similarity"),
@@ -563,6 +570,16 @@ impl HelixConfig {
                 }
                 "HELIX_OUTBOUND_ALLOW_PRIVATE" => self.outbound.allow_private_networks = parse(name, &value)?,
                 "HELIX_OUTBOUND_ALLOW" => self.outbound.allowed_hosts = list(&value),
+                "HELIX_VAULT_PATH" => {
+                    self.vault.path = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty())
+                }
+                "HELIX_VAULT_KEY_FILE" => {
+                    self.vault.key_file = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty())
+                }
+                "HELIX_VAULT_PASSPHRASE" => {
+                    self.vault.passphrase = (!value.is_empty()).then(|| helix_vault::SecretString::from(value))
+                }
+                "HELIX_VAULT_ALLOW_REVEAL" => self.vault.allow_reveal = parse(name, &value)?,
                 "HELIX_MODEL_DIR" => {
                     self.search.model_dir = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty())
                 }
