@@ -151,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
     for (backend, label) in [(Backend::Embedded, "sqlite"), (Backend::Fleet, "postgres")] {
         let env = TestEnv::new(backend).await?;
         let bus = env.bus().await?;
-        let ctx = ServiceContext::new(env.config.clone(), bus);
+        let ctx = ServiceContext::new(env.config.clone(), bus, helix_runtime::open_credentials(&env.config)?);
         let store = helix_storage::open(&ctx).await?;
         let node = env.start(&Role::ALL).await?;
         let gateway = node.gateway_url().expect("gateway runs");

@@ -365,9 +365,18 @@ async fn reindex(args: ReindexArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn health(remote: Remote) -> anyhow::Result<ExitCode> {
-    let (status, text) = client(&remote)?.send(Method::GET, "/health", &[], None).await?;
-    let health: Value = serde_json::from_str(&text).with_context(|| format!("unexpected answer: {text}"))?;
+    let gateway = client(&remote)?;
+    let (status, text) = gateway.send(Method::GET, "/health", &[], None).await?;
+    let mut health: Value = serde_json::from_str(&text).with_context(|| format!("unexpected answer: {text}"))?;
+    // where each credential comes from, when the key may see it (admin); never a value
+    let credentials = match gateway.send(Method::GET, "/api/v1/secrets/status", &[], None).await {
+        Ok((status, text)) if status.is_success() => serde_json::from_str::<Value>(&text).ok(),
+        _ => None,
+    };
     if remote.json {
+        if let (Some(credentials), Some(object)) = (credentials, health.as_object_mut()) {
+            object.insert("credentials".to_owned(), credentials);
+        }
         println!("{}", serde_json::to_string_pretty(&health)?);
     } else {
         println!("{}", health["status"].as_str().unwrap_or("unknown"));
@@ -376,6 +385,32 @@ async fn health(remote: Remote) -> anyhow::Result<ExitCode> {
                 println!("  {name:<14} {}", verdict.as_str().unwrap_or("?"));
             }
         }
+        if let Some(credentials) = credentials {
+            print_credentials(&credentials);
+        }
     }
     Ok(if status.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The credentials that are set, each with where it comes from and who reads it, then
+/// how many known ones are not; the vault's file and key source. Never a value.
+fn print_credentials(status: &Value) {
+    let vault = &status["vault"];
+    let file = vault["path"].as_str().unwrap_or("?");
+    let state = if vault["exists"] == true { "" } else { ", not created yet" };
+    println!("credentials (vault {file}{state}; key: {})", vault["key_source"].as_str().unwrap_or("?"));
+    let secrets = status["secrets"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let (set, unset): (Vec<&Value>, Vec<&Value>) = secrets.iter().partition(|s| s["set"] == true);
+    for secret in &set {
+        let name = secret["name"].as_str().unwrap_or("?");
+        let origin = secret["origin"].as_str().unwrap_or("?");
+        let used_by = secret["used_by"].as_str().unwrap_or("stored in the vault");
+        println!("  {name:<28} {origin:<12} {used_by}");
+    }
+    if set.is_empty() {
+        println!("  none set: `hx keychain set NAME` stores one in the vault");
+    }
+    if !unset.is_empty() {
+        println!("  ({} other known credentials unset)", unset.len());
+    }
 }

@@ -105,17 +105,19 @@ pub struct Node {
 }
 
 impl Node {
-    /// Binds the listeners, starts `roles` and serves them in the background.
+    /// Binds the listeners, starts `roles` and serves them in the background. The
+    /// credential vault is opened once here, for every service of the process.
     pub async fn start(mut config: HelixConfig, roles: &[Role]) -> helix_runtime::Result<Node> {
         // before any service writes into it: keys, tokens, databases and indexes live here
         helix_runtime::db::secure_home(&config.home)?;
+        let credentials = helix_runtime::open_credentials(&config)?;
         let mut roles = roles.to_vec();
         roles.sort();
         roles.dedup();
         // `hx up` runs every service here: its peers are in process, and a token made in
         // its home serves the workers of this machine. `hx serve` has peers elsewhere.
         let fleet_addr = (roles.len() < Role::ALL.len()).then_some(config.grpc.addr);
-        let token = grpc::fleet_token(&config, fleet_addr)?;
+        let token = grpc::fleet_token(&config, fleet_addr, &credentials)?;
         config.grpc.token = Some(token.clone());
         let max_connections = config.grpc.max_connections;
         let grpc_listener = TcpListener::bind(config.grpc.addr).await?;
@@ -135,7 +137,7 @@ impl Node {
         let link = grpc::LocalLink::default();
 
         let bus = helix_events::connect(&config.events, "hx").await?;
-        let mut ctx = ServiceContext::new(config, bus);
+        let mut ctx = ServiceContext::new(config, bus, credentials);
         ctx.local = Some(link.clone());
         let mut routes = RoutesBuilder::default();
         let mut http = None;

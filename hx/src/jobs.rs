@@ -153,7 +153,8 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let config = HelixConfig::load()?;
     let _telemetry = helix_telemetry::init(&config.log, "helix-worker");
     anyhow::ensure!(args.heartbeat_secs < args.lease_secs, "--heartbeat-secs must be shorter than --lease-secs");
-    let token = helix_runtime::grpc::fleet_token(&config, None)?;
+    let credentials = helix_runtime::open_credentials(&config)?;
+    let token = helix_runtime::grpc::fleet_token(&config, None, &credentials)?;
     let url = args.jobs_url.unwrap_or(config.endpoints.jobs);
     let handlers = worker::builtin(&args.kinds, &config.outbound).map_err(anyhow::Error::msg)?;
     let metrics = helix_runtime::metrics::Metrics::new();

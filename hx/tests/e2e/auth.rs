@@ -43,6 +43,13 @@ fn key_format_and_scope_grants() {
         (&["workflows:run"], Scope::WorkflowsWrite, false),
         (&["llm:call"], Scope::LlmRead, true),
         (&["llm:read"], Scope::LlmCall, false),
+        // secrets:read is never implied: only a key that names it carries it
+        (&["admin"], Scope::SecretsRead, false),
+        (&["read"], Scope::SecretsRead, false),
+        (&["write"], Scope::SecretsRead, false),
+        (&["secrets:read"], Scope::SecretsRead, true),
+        (&["secrets:read"], Scope::Admin, false),
+        (&["admin", "secrets:read"], Scope::SecretsRead, true),
     ];
     for (names, scope, allowed) in cases {
         assert_eq!(Grants::parse(names).unwrap().allows(*scope), *allowed, "{names:?} → {scope}");
@@ -50,6 +57,10 @@ fn key_format_and_scope_grants() {
     assert!(Grants::parse(&["nodes:delete"]).unwrap_err().contains("unknown scope"));
     assert!(Grants::parse(&["admin"]).unwrap().covers(&Grants::parse(&["write"]).unwrap()));
     assert!(!Grants::parse(&["read"]).unwrap().covers(&Grants::parse(&["nodes:write"]).unwrap()));
+    // an admin may hand out secrets:read (the server's allow_reveal is the boundary,
+    // docs/decisions/0010); nobody else may
+    assert!(Grants::parse(&["admin"]).unwrap().covers(&Grants::parse(&["admin", "secrets:read"]).unwrap()));
+    assert!(!Grants::parse(&["write"]).unwrap().covers(&Grants::parse(&["secrets:read"]).unwrap()));
     let mut seen = std::collections::HashSet::new();
     for (method, path, _) in scopes::ROUTES {
         assert!(seen.insert((method, path)), "{method} {path} is in the scope table twice");
@@ -136,7 +147,10 @@ async fn auth_matrix(backend: Backend) -> anyhow::Result<()> {
             failures.push(format!("{method} {path}: in the OpenAPI document but not in the scope table"));
             continue;
         };
-        let concrete = path.replace("{id}", &uuid::Uuid::now_v7().to_string()).replace("{name}", "matrix-probe");
+        let concrete = path
+            .replace("{id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{name}", "matrix-probe")
+            .replace("{key}", "MATRIX_PROBE");
         let (wrong, right_key, other) = match access {
             Access::Public => (None, None, None),
             Access::Authenticated => (None, Some(nodes_reader.clone()), Some(limited[&Scope::NodesRead].clone())),
@@ -498,13 +512,22 @@ async fn revocation_reaches_another_replica_within_a_second() -> anyhow::Result<
     Ok(())
 }
 
-/// A Helix process at its most verbose, handed canary secrets every way a client can:
-/// none of them appears in anything it wrote.
+/// A Helix process at its most verbose, handed canary secrets every way a client can —
+/// and credentials in its vault, used for a provider call, written and revealed through
+/// `/api/v1/secrets`: none of them appears in anything it wrote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_any_log() -> anyhow::Result<()> {
     let env = TestEnv::new(Backend::Embedded).await?;
     let admin = generate_key();
     let provider = format!("sk-canary{}", uuid::Uuid::now_v7().simple());
+    // in the vault only: a provider key the router sends, and a name of the operator's
+    let vaulted_provider = format!("sk-ant-vaultcanary{}", uuid::Uuid::now_v7().simple());
+    let vaulted_other = format!("vaultcanary{}", uuid::Uuid::now_v7().simple());
+    let vault = helix_vault::Vault::open(&env.home(), &Default::default())?;
+    vault.set("ANTHROPIC_API_KEY", vaulted_provider.as_str().into())?;
+    vault.set("TEAM_TOKEN", vaulted_other.as_str().into())?;
+    drop(vault);
+    let put_through_api = format!("putcanary{}", uuid::Uuid::now_v7().simple());
     let out = env.home().join("hx.out");
     let err = env.home().join("hx.err");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hx"))
@@ -514,6 +537,9 @@ async fn no_secret_in_any_log() -> anyhow::Result<()> {
         .env("HELIX_LOG", "debug")
         .env("OPENAI_API_KEY", &provider)
         .env("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+        .env("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")
+        .env("HELIX_VAULT_ALLOW_REVEAL", "true")
+        .env_remove("ANTHROPIC_API_KEY")
         .env("HELIX_GRPC_ADDR", "127.0.0.1:0")
         .env("HELIX_GATEWAY_ADDR", "127.0.0.1:0")
         .stdout(std::fs::File::create(&out)?)
@@ -549,6 +575,37 @@ async fn no_secret_in_any_log() -> anyhow::Result<()> {
         .json(&json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
         .send()
         .await?;
+    // the vault's provider key is sent (to a port where nothing listens)
+    call(Method::POST, "/v1/chat/completions", &created)
+        .json(&json!({"model": "anthropic/claude-haiku-4-5", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await?;
+    // the vault through the API: a write, a list, and reveals by a key allowed them
+    let (status, _) = read(
+        call(Method::PUT, "/api/v1/secrets/WRITTEN_TOKEN", &created)
+            .json(&json!({"value": put_through_api}))
+            .send()
+            .await?,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, issued) = read(
+        call(Method::POST, "/api/v1/keys", &admin)
+            .json(&json!({"name": "r", "scopes": ["admin", "secrets:read"]}))
+            .send()
+            .await?,
+    )
+    .await;
+    assert_eq!(status, 201, "{issued}");
+    let revealer = issued["secret"].as_str().unwrap().to_owned();
+    for (name, value) in
+        [("ANTHROPIC_API_KEY", &vaulted_provider), ("TEAM_TOKEN", &vaulted_other), ("WRITTEN_TOKEN", &put_through_api)]
+    {
+        let path = format!("/api/v1/secrets/{name}?reveal=true");
+        let (status, revealed) = read(call(Method::GET, &path, &revealer).send().await?).await;
+        assert_eq!((status, revealed["value"].as_str()), (200, Some(value.as_str())), "{revealed}");
+    }
+    call(Method::GET, "/api/v1/secrets/status", &created).send().await?;
     let mut wrong = created.clone().into_bytes();
     wrong[4] = if wrong[4] == b'a' { b'b' } else { b'a' };
     call(Method::GET, "/api/v1/nodes", std::str::from_utf8(&wrong)?).send().await?;
@@ -573,6 +630,10 @@ async fn no_secret_in_any_log() -> anyhow::Result<()> {
         ("paired token", &token),
         ("provider key", &provider),
         ("fleet token", &fleet_token),
+        ("vault's provider key", &vaulted_provider),
+        ("vault's other secret", &vaulted_other),
+        ("secret written through the API", &put_through_api),
+        ("key allowed to reveal", &revealer),
     ];
     for (what, secret) in canaries {
         assert!(!logs.contains(secret), "the {what} appears in the logs");

@@ -19,6 +19,7 @@ mod observability;
 mod scheduler;
 mod schema;
 mod search;
+mod secrets;
 mod support;
 mod workflows;
 

@@ -17,6 +17,7 @@ pub mod outbox;
 use std::sync::Arc;
 
 use helix_events::EventBus;
+pub use helix_vault::Credentials;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -41,6 +42,8 @@ pub enum Error {
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
     Service(#[from] helix_core::Error),
+    #[error("the credential vault cannot be opened, so this process does not start: {0}")]
+    Vault(String),
 }
 
 /// Everything a service needs from the process it runs in. Background work a service
@@ -58,11 +61,14 @@ pub struct ServiceContext {
     pub metrics: Arc<metrics::Metrics>,
     /// What `/readyz` checks.
     pub readiness: admin::Readiness,
+    /// Every credential a service reads: the environment first, then the vault opened
+    /// once for the process ([`open_credentials`]).
+    pub credentials: Credentials,
 }
 
 impl ServiceContext {
     /// A context whose bus is observed (metrics, spans) and checked by `/readyz`.
-    pub fn new(config: HelixConfig, bus: Arc<dyn EventBus>) -> Self {
+    pub fn new(config: HelixConfig, bus: Arc<dyn EventBus>, credentials: Credentials) -> Self {
         let metrics = metrics::Metrics::new();
         let bus = metrics::ObservedBus::wrap(bus, metrics.clone());
         let readiness = admin::Readiness::default();
@@ -79,6 +85,7 @@ impl ServiceContext {
             local: None,
             metrics,
             readiness,
+            credentials,
         }
     }
 
@@ -97,6 +104,31 @@ impl ServiceContext {
     }
 }
 
+/// The credentials of this process: the environment, then the vault of `config.home` and
+/// `config.vault`, opened once here and shared by every service of the process. A
+/// missing vault file is an empty vault; one that exists but cannot be opened (no key,
+/// a wrong key or passphrase, a damaged file) is an error that names the file and what
+/// to set.
+pub fn open_credentials(config: &HelixConfig) -> Result<Credentials> {
+    use helix_vault::{BlobError, VaultError};
+    let vault = helix_vault::Vault::open(&config.home, &config.vault).map_err(|error| {
+        let hint = match &error {
+            VaultError::Sealed { source: BlobError::UnsupportedVersion(_), .. } => "",
+            VaultError::Sealed { source: BlobError::WrongKeyOrAltered, .. } => {
+                ". Set HELIX_VAULT_KEY_FILE or HELIX_VAULT_PASSPHRASE to what it was sealed with; if the file is \
+                 damaged, restore it or move it away (HELIX_VAULT_PATH names another) to start with an empty vault"
+            }
+            VaultError::Sealed { .. } | VaultError::Payload { .. } | VaultError::Io { .. } => {
+                ". Restore the file, or move it away (HELIX_VAULT_PATH names another) to start with an empty vault"
+            }
+            _ => "",
+        };
+        Error::Vault(format!("{error}{hint}"))
+    })?;
+    tracing::debug!(vault = %vault.path().display(), key = %vault.key_source(), exists = vault.exists(), "credential vault open");
+    Ok(Credentials::new(Some(Arc::new(vault))))
+}
+
 /// Runs one service alone in this process: its own bus connection, its gRPC server on
 /// `config.grpc.addr` (demanding the fleet token, see [`grpc::fleet_token`]), until
 /// `shutdown` is cancelled. `hx up` composes services itself; this is the entry each
@@ -111,13 +143,14 @@ where
     F: FnOnce(ServiceContext) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::service::Routes>>,
 {
-    let token = grpc::fleet_token(&config, Some(config.grpc.addr))?;
+    let credentials = open_credentials(&config)?;
+    let token = grpc::fleet_token(&config, Some(config.grpc.addr), &credentials)?;
     config.grpc.token = Some(token.clone());
     let max_connections = config.grpc.max_connections;
     let bus = helix_events::connect(&config.events, grpc_service).await?;
     let listener = tokio::net::TcpListener::bind(config.grpc.addr).await?;
     let admin_listener = tokio::net::TcpListener::bind(config.metrics.addr).await?;
-    let ctx = ServiceContext::new(config, bus);
+    let ctx = ServiceContext::new(config, bus, credentials);
     let routes = start(ctx.clone()).await?;
     admin::spawn(&ctx, admin_listener);
     tracing::info!(service = grpc_service, addr = %listener.local_addr()?, "serving grpc");

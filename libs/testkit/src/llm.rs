@@ -13,7 +13,9 @@
 //! without its end marker, malformed JSON.
 //!
 //! Each request takes the next scripted [`Behaviour`], or the default one; every
-//! request received is kept for assertions (a budget refusal must leave none).
+//! request received is kept for assertions (a budget refusal must leave none). Once told
+//! the key it expects ([`FakeLlm::require_key`]), it refuses any other as the provider
+//! does: the status and error body of a wrong key on each wire.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -24,6 +26,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use helix_runtime::HelixConfig;
@@ -87,6 +90,8 @@ struct Shared {
     script: Mutex<VecDeque<Behaviour>>,
     default: Mutex<Behaviour>,
     received: Mutex<Vec<Received>>,
+    /// the only key accepted, once set; any other is refused as the provider would
+    required_key: Mutex<Option<String>>,
 }
 
 pub struct FakeLlm {
@@ -102,6 +107,7 @@ impl FakeLlm {
             script: Mutex::new(VecDeque::new()),
             default: Mutex::new(Behaviour::reply("Hello from the fake")),
             received: Mutex::new(Vec::new()),
+            required_key: Mutex::new(None),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(openai))
@@ -113,6 +119,7 @@ impl FakeLlm {
             .route("/v2/chat", post(cohere))
             .route("/v2/embed", post(cohere_embed))
             .route("/model/{model}/{action}", post(bedrock))
+            .layer(axum::middleware::from_fn_with_state(shared.clone(), check_key))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -137,6 +144,13 @@ impl FakeLlm {
     /// What requests do once the script is used up.
     pub fn set_default(&self, behaviour: Behaviour) {
         *self.shared.default.lock().unwrap() = behaviour;
+    }
+
+    /// Accepts only `key` from now on (Ollama's wire, which has no keys, excepted): a
+    /// request with another key, or none, is recorded and refused with the wire's
+    /// wrong-key answer.
+    pub fn require_key(&self, key: impl Into<String>) {
+        *self.shared.required_key.lock().unwrap() = Some(key.into());
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -207,9 +221,10 @@ pub fn quick_retries(config: &mut HelixConfig) {
     config.llm.stream_idle_timeout_ms = 2_000;
 }
 
-fn next(shared: &Shared, wire: Wire, path: &str, headers: &HeaderMap, body: &Bytes) -> (Behaviour, Value) {
-    let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let key = headers
+/// The key a request carries: `Authorization: Bearer`, `x-api-key`, `x-goog-api-key`,
+/// or the access key id of a SigV4 `Authorization`.
+fn presented_key(headers: &HeaderMap) -> Option<String> {
+    headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
@@ -219,7 +234,74 @@ fn next(shared: &Shared, wire: Wire, path: &str, headers: &HeaderMap, body: &Byt
             let signed = headers.get("authorization")?.to_str().ok()?.strip_prefix("AWS4-HMAC-SHA256 Credential=")?;
             signed.split('/').next()
         })
-        .map(str::to_owned);
+        .map(str::to_owned)
+}
+
+/// The wire of a route of the fake.
+fn wire_of(path: &str) -> Wire {
+    match path {
+        "/v1/messages" => Wire::Anthropic,
+        p if p.starts_with("/v1beta/") => Wire::Gemini,
+        p if p.starts_with("/api/") => Wire::Ollama,
+        p if p.starts_with("/v2/") => Wire::Cohere,
+        p if p.starts_with("/model/") => Wire::Bedrock,
+        _ => Wire::OpenAi,
+    }
+}
+
+/// Refuses a request without the required key (when one is set) as the provider does,
+/// after recording it.
+async fn check_key(State(shared): State<Arc<Shared>>, request: axum::extract::Request, next: Next) -> Response {
+    let required = shared.required_key.lock().unwrap().clone();
+    let path = request.uri().path().to_owned();
+    let wire = wire_of(&path);
+    let key = presented_key(request.headers());
+    match required {
+        Some(required) if wire != Wire::Ollama && key.as_deref() != Some(required.as_str()) => {
+            let body = axum::body::to_bytes(request.into_body(), usize::MAX).await.unwrap_or_default();
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            shared.received.lock().unwrap().push(Received { wire, path, key, body });
+            wrong_key(wire)
+        }
+        _ => next.run(request).await,
+    }
+}
+
+/// What each provider answers a wrong or missing key with (never echoing the key).
+fn wrong_key(wire: Wire) -> Response {
+    let (status, body) = match wire {
+        Wire::OpenAi => (
+            StatusCode::UNAUTHORIZED,
+            json!({"error": {"message": "Incorrect API key provided. You can find your API key at \
+                https://platform.openai.com/account/api-keys.", "type": "invalid_request_error", "param": null,
+                "code": "invalid_api_key"}}),
+        ),
+        Wire::Anthropic => (
+            StatusCode::UNAUTHORIZED,
+            json!({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}),
+        ),
+        Wire::Gemini => (
+            StatusCode::BAD_REQUEST,
+            json!({"error": {"code": 400, "message": "API key not valid. Please pass a valid API key.",
+                "status": "INVALID_ARGUMENT", "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID", "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"}}]}}),
+        ),
+        Wire::Cohere => (StatusCode::UNAUTHORIZED, json!({"id": "fake-error", "message": "invalid api token"})),
+        Wire::Bedrock => {
+            let body = json!({"message": "The security token included in the request is invalid."});
+            let mut response = (StatusCode::FORBIDDEN, axum::Json(body)).into_response();
+            response.headers_mut().insert("x-amzn-errortype", "UnrecognizedClientException".parse().unwrap());
+            return response;
+        }
+        Wire::Ollama => (StatusCode::UNAUTHORIZED, json!({"error": "unauthorized"})),
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+fn next(shared: &Shared, wire: Wire, path: &str, headers: &HeaderMap, body: &Bytes) -> (Behaviour, Value) {
+    let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let key = presented_key(headers);
     shared.received.lock().unwrap().push(Received { wire, path: path.to_owned(), key, body: body.clone() });
     let scripted = shared.script.lock().unwrap().pop_front();
     (scripted.unwrap_or_else(|| shared.default.lock().unwrap().clone()), body)

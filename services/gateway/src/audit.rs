@@ -1,8 +1,10 @@
 //! The audit log: who changed what, and who was refused. Every mutating call (POST, PUT,
-//! PATCH, DELETE) and every 401/403 on any route becomes one row of `audit_log`: time,
-//! key id, action (method + route template), resource, status, client address, user
-//! agent, request id. Never a secret: no credential header, no query string (it may hold
-//! codes), no body — only the route template and the path parameter naming the resource.
+//! PATCH, DELETE), every read of the credentials (`/api/v1/secrets*`) and every 401/403
+//! on any route becomes one row of `audit_log`: time, key id, action (method + route
+//! template), resource, status, client address, user agent, request id. Never a secret:
+//! no credential header, no query string (it may hold codes), no body — only the route
+//! template, the path parameter naming the resource, and what a handler adds to the
+//! action with [`AuditDetail`] (a reveal of a credential: `?reveal=true`).
 //!
 //! Recording is off the request path: [`record`] hands an entry to a bounded queue and
 //! one writer task commits what has gathered — every 100 ms or 500 entries — as one
@@ -120,7 +122,15 @@ impl AuditLog {
     }
 }
 
-/// Records the request when it mutates or was refused. Sits outside the key check, so
+/// Words a handler adds to its call's recorded action, after `?` (a response extension):
+/// a fixed text of the handler's, never anything of the request.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditDetail(pub &'static str);
+
+/// Routes whose reads are recorded too: the credentials.
+const READS_RECORDED: &str = "/api/v1/secrets";
+
+/// Records the request when it mutates, reads credentials, or was refused. Sits outside the key check, so
 /// it sees that check's 401 and 403 answers, and reads the caller's key id from the
 /// response (`auth::ApiKeyId`), which the key check puts there once it knows the key.
 pub async fn record(State(log): State<AuditLog>, request: Request, next: Next) -> Response {
@@ -140,10 +150,11 @@ pub async fn record(State(log): State<AuditLog>, request: Request, next: Next) -
     let status = response.status();
     let mutating =
         method == Method::POST || method == Method::PUT || method == Method::PATCH || method == Method::DELETE;
-    if !(mutating || status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN) {
+    let template = template.as_ref().map_or("", MatchedPath::as_str);
+    let recorded_read = template.starts_with(READS_RECORDED);
+    if !(mutating || recorded_read || status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN) {
         return response;
     }
-    let template = template.as_ref().map_or("", MatchedPath::as_str);
     let resource_type = resource_type(template);
     let resource_id = params.as_ref().and_then(|p| p.iter().next().map(|(_, value)| value.to_owned())).or_else(|| {
         // a creation names what it created in Location, when the handler says so
@@ -155,7 +166,10 @@ pub async fn record(State(log): State<AuditLog>, request: Request, next: Next) -
         id,
         at,
         actor: response.extensions().get::<ApiKeyId>().map_or_else(|| "anonymous".to_owned(), |k| k.0.clone()),
-        action: format!("{method} {template}"),
+        action: match response.extensions().get::<AuditDetail>() {
+            Some(AuditDetail(detail)) => format!("{method} {template}?{detail}"),
+            None => format!("{method} {template}"),
+        },
         resource_type,
         resource_id: resource_id.map(|id| bounded(id.as_bytes())),
         status: status.as_u16(),

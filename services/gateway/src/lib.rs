@@ -21,6 +21,7 @@ mod scheduler;
 mod scheduler_tasks;
 pub mod scopes;
 mod search;
+mod secrets;
 mod tower_log;
 mod workflows;
 
@@ -86,6 +87,8 @@ pub struct AppState {
     services: Vec<(&'static str, &'static str, GrpcChannel)>,
     tower: Arc<tower_log::TowerLog>,
     started_at: chrono::DateTime<chrono::Utc>,
+    /// the process's credentials, for `/api/v1/secrets`
+    secrets: secrets::Secrets,
 }
 
 impl AppState {
@@ -189,6 +192,7 @@ pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<Gateway> {
         services,
         tower,
         started_at: chrono::Utc::now(),
+        secrets: secrets::Secrets::new(config, ctx.credentials.clone()),
     };
     let http = router(state, &config.gateway, ctx.metrics.clone());
     Ok(Gateway { http, grpc: GatewayServiceServer::new(GatewayApi) })
@@ -290,6 +294,9 @@ pub fn router(state: AppState, config: &GatewayConfig, metrics: Arc<Metrics>) ->
         .route("/api/board", get(tower_log::board))
         .route("/tower", get(tower_log::tower))
         .route("/api/v1/audit/query", get(audit::query))
+        .route("/api/v1/secrets", get(secrets::list))
+        .route("/api/v1/secrets/status", get(secrets::status))
+        .route("/api/v1/secrets/{key}", get(secrets::get).put(secrets::put).delete(secrets::delete))
         .route_layer(axum::middleware::from_fn_with_state(state.keys.clone(), auth::require_key));
     let routes = Router::new()
         .route("/health", get(health::health))
@@ -345,12 +352,13 @@ pub async fn serve(config: HelixConfig, shutdown: CancellationToken) -> helix_ru
         scheduler_tasks::add, scheduler_tasks::get, scheduler_tasks::ready, scheduler_tasks::run,
         scheduler_tasks::complete, scheduler_tasks::fail, scheduler_tasks::waves, scheduler_tasks::stats,
         audit::query,
+        secrets::list, secrets::status, secrets::get, secrets::put, secrets::delete,
         openapi_json,
     ),
     // the data of server-sent events, which no operation names as its body
     components(schemas(search::ReindexProgress, workflows::ProgressBody)),
     modifiers(&BearerAuth, &SharedResponses, &RouteAliases),
-    tags((name = "keys", description = "API keys and device pairing"), (name = "audit", description = "who did what, and every refused credential"), (name = "nodes", description = "knowledge nodes"), (name = "health"), (name = "search"), (name = "graph"), (name = "jobs", description = "the durable job queue"), (name = "llm", description = "OpenAI- and Anthropic-compatible LLM calls, budget"), (name = "workflows", description = "the workflow engine: definitions, executions, progress"), (name = "scheduler", description = "named task graphs and templates: preview and run with the workflow engine; free-standing tasks driven by hand"), (name = "observability"), (name = "meta"))
+    tags((name = "keys", description = "API keys and device pairing"), (name = "audit", description = "who did what, and every refused credential"), (name = "secrets", description = "the credentials Helix reads: where each comes from, the vault"), (name = "nodes", description = "knowledge nodes"), (name = "health"), (name = "search"), (name = "graph"), (name = "jobs", description = "the durable job queue"), (name = "llm", description = "OpenAI- and Anthropic-compatible LLM calls, budget"), (name = "workflows", description = "the workflow engine: definitions, executions, progress"), (name = "scheduler", description = "named task graphs and templates: preview and run with the workflow engine; free-standing tasks driven by hand"), (name = "observability"), (name = "meta"))
 )]
 pub struct ApiDoc;
 

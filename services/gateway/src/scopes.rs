@@ -7,7 +7,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// What a key may do. `admin` grants everything; within an area `write` implies `read`.
+/// What a key may do. `admin` grants everything but `secrets:read`; within an area
+/// `write` implies `read`. `secrets:read` (credential values from
+/// `GET /api/v1/secrets/{key}`) is never implied, not by `admin` nor by the shorthands
+/// `read` and `write`: a key carries it only when it names it (docs/decisions/0010).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Scope {
     #[serde(rename = "nodes:read")]
@@ -38,10 +41,31 @@ pub enum Scope {
     WorkflowsRun,
     #[serde(rename = "admin")]
     Admin,
+    #[serde(rename = "secrets:read")]
+    SecretsRead,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 14] = [
+    pub const ALL: [Scope; 15] = [
+        Scope::NodesRead,
+        Scope::NodesWrite,
+        Scope::SearchRead,
+        Scope::SearchWrite,
+        Scope::GraphRead,
+        Scope::GraphWrite,
+        Scope::LlmRead,
+        Scope::LlmCall,
+        Scope::JobsRead,
+        Scope::JobsWrite,
+        Scope::WorkflowsRead,
+        Scope::WorkflowsWrite,
+        Scope::WorkflowsRun,
+        Scope::Admin,
+        Scope::SecretsRead,
+    ];
+
+    /// What `admin` grants: every scope but [`Scope::SecretsRead`].
+    const ADMIN_GRANTS: [Scope; 14] = [
         Scope::NodesRead,
         Scope::NodesWrite,
         Scope::SearchRead,
@@ -74,6 +98,7 @@ impl Scope {
             Scope::WorkflowsWrite => "workflows:write",
             Scope::WorkflowsRun => "workflows:run",
             Scope::Admin => "admin",
+            Scope::SecretsRead => "secrets:read",
         }
     }
 
@@ -90,7 +115,7 @@ impl Scope {
             Scope::LlmCall => &[Scope::LlmRead],
             Scope::JobsWrite => &[Scope::JobsRead],
             Scope::WorkflowsWrite | Scope::WorkflowsRun => &[Scope::WorkflowsRead],
-            Scope::Admin => &Scope::ALL,
+            Scope::Admin => &Scope::ADMIN_GRANTS,
             _ => &[],
         }
     }
@@ -121,14 +146,17 @@ pub struct Grants {
 
 impl Grants {
     /// Parses scope names: each of [`Scope`], or the shorthands `read` (every `:read`)
-    /// and `write` (every scope but admin).
+    /// and `write` (every scope but admin); neither shorthand includes `secrets:read`.
     pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<Self, String> {
         let mut grants = Grants::default();
         for name in names {
             let name = name.as_ref().trim();
             let scopes: Vec<Scope> = match name {
-                "read" => Scope::ALL.into_iter().filter(|s| s.as_str().ends_with(":read")).collect(),
-                "write" => Scope::ALL.into_iter().filter(|s| *s != Scope::Admin).collect(),
+                "read" => Scope::ALL
+                    .into_iter()
+                    .filter(|s| s.as_str().ends_with(":read") && *s != Scope::SecretsRead)
+                    .collect(),
+                "write" => Scope::ALL.into_iter().filter(|s| !matches!(s, Scope::Admin | Scope::SecretsRead)).collect(),
                 other => vec![other.parse()?],
             };
             for scope in scopes {
@@ -166,9 +194,14 @@ impl Grants {
         self.allows(Scope::Admin)
     }
 
-    /// Whether every scope of `other` is granted here (a key may only hand out what it has).
+    /// Whether every scope of `other` is granted here (a key may only hand out what it
+    /// has). An admin key may also hand out `secrets:read`, which it does not hold
+    /// itself: how an operator gets the one key that reveals values. The scope is
+    /// friction against using an everyday admin key for it; the server's
+    /// `vault.allow_reveal` is the boundary (docs/decisions/0010).
     pub fn covers(&self, other: &Grants) -> bool {
-        other.bits & !self.bits == 0
+        let grantable = if self.is_admin() { self.bits | Scope::SecretsRead.bit() } else { self.bits };
+        other.bits & !grantable == 0
     }
 }
 
@@ -199,6 +232,13 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST", "/api/v1/pair/initiate", Scoped(Admin)),
     ("POST", "/api/v1/pair/confirm", Public),
     ("GET", "/api/v1/audit/query", Scoped(Admin)),
+    // credentials: names, origins and times; a value only with `secrets:read` as well
+    // and `vault.allow_reveal` on the server (secrets.rs)
+    ("GET", "/api/v1/secrets", Scoped(Admin)),
+    ("GET", "/api/v1/secrets/status", Scoped(Admin)),
+    ("GET", "/api/v1/secrets/{key}", Scoped(Admin)),
+    ("PUT", "/api/v1/secrets/{key}", Scoped(Admin)),
+    ("DELETE", "/api/v1/secrets/{key}", Scoped(Admin)),
     // nodes
     ("POST", "/api/v1/nodes", Scoped(NodesWrite)),
     ("GET", "/api/v1/nodes", Scoped(NodesRead)),

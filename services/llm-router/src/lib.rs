@@ -59,11 +59,13 @@ pub async fn migrate(config: &HelixConfig) -> helix_runtime::Result<()> {
     Database::connect(config, SERVICE).await?.migrate(&SQLITE, &POSTGRES).await
 }
 
-/// Builds the router: providers from the configuration and this process's
-/// environment, the pricing table, the budget in this service's database.
+/// Builds the router: providers from the configuration, their keys from this process's
+/// credentials (the environment, then the vault), the pricing table, the budget in this
+/// service's database.
 pub async fn open(ctx: &ServiceContext) -> helix_runtime::Result<Arc<Router>> {
     let config = &ctx.config.llm;
-    let providers = providers::build(config, &|name| std::env::var(name).ok()).map_err(Error::Config)?;
+    let lookup = providers::lookup(config, &ctx.credentials, |name| std::env::var(name).ok());
+    let providers = providers::build(config, &lookup).map_err(Error::Config)?;
     let pricing = match &config.pricing_file {
         Some(path) => {
             let text = std::fs::read_to_string(path)

@@ -4,7 +4,8 @@
 //!
 //! The base URL is, by precedence: `[llm.providers.<name>] base_url`, the SDK's
 //! variable, the default. The key: `api_key`, the variable named by `api_key_env`,
-//! the provider's own variable.
+//! the provider's own variable — each variable from the environment, then the vault
+//! ([`lookup`]); a base URL never from the vault.
 
 use std::collections::BTreeMap;
 
@@ -308,6 +309,35 @@ pub fn build(config: &LlmConfig, env: &dyn Fn(&str) -> Option<String>) -> Result
     Ok(providers)
 }
 
+/// The variables that hold keys: every provider's `key_env`, Bedrock's secret and
+/// session token, and the names `api_key_env` settings give.
+pub fn key_names(config: &LlmConfig) -> Vec<String> {
+    let mut names: Vec<String> = KNOWN.iter().flat_map(|k| k.key_env).map(|n| (*n).to_owned()).collect();
+    names.extend(BEDROCK_SECRETS.iter().map(|n| (*n).to_owned()));
+    names.extend(config.providers.values().filter_map(|p| p.api_key_env.clone()));
+    names
+}
+
+/// Variables Bedrock reads besides its `key_env`.
+const BEDROCK_SECRETS: [&str; 3] = ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_BEARER_TOKEN_BEDROCK"];
+
+/// What [`build`] reads its variables through: a key ([`key_names`]) from `credentials`
+/// (the environment, then the vault), anything else — base URLs, hosts, regions,
+/// account ids — from `env` alone. Where a key is sent is never the vault's to say: a
+/// base URL stored there would have the router hand the real key to whoever chose it.
+pub fn lookup(
+    config: &LlmConfig,
+    credentials: &helix_vault::Credentials,
+    env: impl Fn(&str) -> Option<String>,
+) -> impl Fn(&str) -> Option<String> {
+    let keys = key_names(config);
+    let credentials = credentials.clone();
+    move |name| match keys.iter().any(|k| k == name) {
+        true => credentials.get(name).map(|v| secrecy::ExposeSecret::expose_secret(&v).to_owned()),
+        false => env(name),
+    }
+}
+
 fn key(overrides: &LlmProviderConfig, defaults: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Option<Secret> {
     if let Some(key) = &overrides.api_key {
         return Some(key.clone());
@@ -416,6 +446,54 @@ mod tests {
         assert!(signed.configured && !format!("{signed:?}").contains("s3cret"));
         let id_alone = bedrock(&[("AWS_ACCESS_KEY_ID", "AKID")]);
         assert!(!id_alone.configured && id_alone.aws.is_none(), "a key id without its secret signs nothing");
+    }
+
+    /// Every variable that holds a provider key is one `helix_vault::KNOWN` lists: the
+    /// status route, `hx health` and `hx setup` know every key the router reads.
+    #[test]
+    fn every_key_variable_is_a_known_credential() {
+        let known: Vec<&str> = helix_vault::KNOWN.iter().map(|k| k.name).collect();
+        for name in key_names(&LlmConfig::default()) {
+            assert!(known.contains(&name.as_str()), "{name} is read by the router but missing from helix_vault::KNOWN");
+        }
+    }
+
+    /// Keys from the environment first, then the vault; where they are sent from the
+    /// environment alone (a base URL in the vault is not read).
+    #[test]
+    fn keys_from_the_environment_then_the_vault_urls_never_from_the_vault() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = helix_vault::Vault::open(dir.path(), &Default::default()).unwrap();
+        for (name, value) in [
+            ("OPENAI_API_KEY", "sk-vault-openai"),
+            ("ANTHROPIC_API_KEY", "sk-vault-anthropic"),
+            ("OPENAI_BASE_URL", "http://attacker.example/v1"),
+            ("AWS_ACCESS_KEY_ID", "AKIDVAULT"),
+            ("AWS_SECRET_ACCESS_KEY", "vault-secret"),
+        ] {
+            vault.set(name, value.into()).unwrap();
+        }
+        let env = env_of(&[("ANTHROPIC_API_KEY", "sk-env-anthropic"), ("AWS_REGION", "eu-west-1")]);
+        let credentials = helix_vault::Credentials::with_env(
+            Some(std::sync::Arc::new(vault)),
+            env_of(&[("ANTHROPIC_API_KEY", "sk-env-anthropic")]),
+        );
+        let config = LlmConfig::default();
+        let providers = build(&config, &lookup(&config, &credentials, env)).unwrap();
+        let provider = |name: &str| providers.iter().find(|p| p.name == name).unwrap();
+        let openai = provider("openai");
+        assert_eq!(openai.api_key.as_ref().map(Secret::expose), Some("sk-vault-openai"), "the vault's key");
+        assert!(openai.configured);
+        assert_eq!(openai.base_url, "https://api.openai.com/v1", "a base URL in the vault is not read");
+        assert_eq!(
+            provider("anthropic").api_key.as_ref().map(Secret::expose),
+            Some("sk-env-anthropic"),
+            "the environment wins"
+        );
+        let bedrock = provider("bedrock");
+        let aws = bedrock.aws.as_ref().expect("SigV4 from the vault's id and secret");
+        assert_eq!((aws.access_key_id.as_str(), aws.region.as_str()), ("AKIDVAULT", "eu-west-1"));
+        assert!(!provider("mistral").configured);
     }
 
     #[test]
