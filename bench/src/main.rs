@@ -22,6 +22,7 @@ mod jobs;
 mod llm;
 mod search;
 mod security;
+mod vault;
 
 /// mimalloc: request handling allocates many small buffers; glibc malloc was a tenth
 /// of the gateway path's CPU in `make bench`.
@@ -39,7 +40,7 @@ struct Args {
     /// which benchmark: foundation, search (bench/src/search.rs), search-indexing (its indexing
     /// part alone, for profiling), graph (bench/src/graph.rs), llm (bench/src/llm.rs), llm-steady
     /// (its steady 1,000 calls/s alone, for profiling), jobs (bench/src/jobs.rs) or jobs-steady
-    /// (its steady 1,000 jobs/s alone) or security (bench/src/security.rs)
+    /// (its steady 1,000 jobs/s alone), security (bench/src/security.rs) or vault (bench/src/vault.rs)
     #[arg(long, default_value = "foundation")]
     suite: String,
 }
@@ -141,6 +142,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.suite == "security" {
         return security::run(&args.out).await;
+    }
+    if args.suite == "vault" {
+        return vault::run(&args.out).await;
     }
     if args.suite == "jobs" || args.suite == "jobs-steady" {
         return jobs::run(&args.out, args.suite == "jobs-steady").await;

@@ -125,6 +125,7 @@ pub const KNOWN: &[KnownCredential] = &[
     known("AWS_SECRET_ACCESS_KEY", "llm-router: Amazon Bedrock"),
     known("AWS_SESSION_TOKEN", "llm-router: Amazon Bedrock"),
     known("AWS_BEARER_TOKEN_BEDROCK", "llm-router: Amazon Bedrock"),
+    known("QDRANT_API_KEY", "search: Qdrant cluster"),
     known("HELIX_GRPC_TOKEN", "every service: the fleet's gRPC token"),
     known("GITHUB_TOKEN", "sources: GitHub repositories"),
     known("SLACK_BOT_TOKEN", "notifications: Slack adapter"),

@@ -126,11 +126,14 @@ pub fn vectors_path(home: &Path) -> PathBuf {
 }
 
 /// Qdrant when `HELIX_QDRANT_URL` is set, else this replica's embedded store.
-fn vector_backend(config: &HelixConfig) -> VectorBackend {
+/// Its API key: the environment, then the vault.
+fn vector_backend(config: &HelixConfig, credentials: &helix_vault::Credentials) -> VectorBackend {
     match &config.qdrant_url {
         Some(url) => VectorBackend::Qdrant(QdrantSettings {
             url: url.clone(),
-            api_key: std::env::var(QDRANT_API_KEY_ENV).ok().filter(|key| !key.is_empty()),
+            api_key: credentials
+                .get(QDRANT_API_KEY_ENV)
+                .map(|key| helix_vault::ExposeSecret::expose_secret(&key).to_owned()),
             collection: config.search.qdrant_collection.clone(),
         }),
         None => VectorBackend::Embedded(vectors_path(&config.home)),
@@ -162,7 +165,7 @@ pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<SearchServiceS
     let info = embedder.info();
     let settings = IndexSettings {
         path: index_path(&ctx.config.home),
-        vectors: vector_backend(&ctx.config),
+        vectors: vector_backend(&ctx.config, &ctx.credentials),
         embedder,
         rrf_k: ctx.config.search.rrf_k,
         min_similarity: ctx.config.search.min_similarity,
