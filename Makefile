@@ -62,14 +62,17 @@ model:
 
 ## Python tools for deploy-check (deploy/requirements.txt), the official LLM clients
 ## the e2e tests drive (hx/tests/e2e/clients/requirements.txt) and schemathesis
-## (hx/tests/e2e/fuzz/requirements.txt), pinned, in .venv
+## (hx/tests/e2e/fuzz/requirements.txt) and pexpect, which types at `hx setup`'s prompts
+## (hx/tests/e2e/pty/requirements.txt), pinned, in .venv
 venv: .venv/.installed
 
-.venv/.installed: deploy/requirements.txt hx/tests/e2e/clients/requirements.txt hx/tests/e2e/fuzz/requirements.txt
+.venv/.installed: deploy/requirements.txt hx/tests/e2e/clients/requirements.txt hx/tests/e2e/fuzz/requirements.txt \
+		hx/tests/e2e/pty/requirements.txt
 	python3 -m venv .venv
 	.venv/bin/pip install --quiet --disable-pip-version-check --no-input -r deploy/requirements.txt
 	.venv/bin/pip install --quiet --disable-pip-version-check --no-input -r hx/tests/e2e/clients/requirements.txt
 	.venv/bin/pip install --quiet --disable-pip-version-check --no-input -r hx/tests/e2e/fuzz/requirements.txt
+	.venv/bin/pip install --quiet --disable-pip-version-check --no-input -r hx/tests/e2e/pty/requirements.txt
 	touch $@
 
 ## The container image every service runs from (needs a Docker engine)

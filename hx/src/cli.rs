@@ -54,6 +54,10 @@ pub enum Command {
     Pair(crate::pair::PairArgs),
     /// Run every service's database migrations, then exit (once per release)
     Migrate,
+    /// This machine's credential vault: init, set, get, list, rm, rotate
+    Keychain(crate::keychain::KeychainArgs),
+    /// Configure Helix by answering questions (or `--quick`), then start or check it
+    Setup(crate::setup::SetupArgs),
     /// Exit 0 when this machine's Helix process is ready (container health checks)
     Probe {
         /// default: /readyz on HELIX_METRICS_ADDR's port
@@ -147,6 +151,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pair(args) => crate::pair::run(args).await,
         Command::Migrate => migrate().await,
         Command::Probe { url } => probe(url).await,
+        Command::Keychain(args) => crate::keychain::run(args).await,
+        Command::Setup(args) => crate::setup::run(args).await,
     }
 }
 

@@ -8,5 +8,7 @@ pub mod client;
 pub mod fleet;
 pub mod graph;
 pub mod jobs;
+pub mod keychain;
 pub mod pair;
+pub mod setup;
 pub mod workflow;

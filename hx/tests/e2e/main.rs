@@ -13,6 +13,7 @@ mod gateway;
 mod graph;
 mod grpc;
 mod jobs;
+mod keychain;
 mod llm;
 mod nodes;
 mod observability;
@@ -20,6 +21,7 @@ mod scheduler;
 mod schema;
 mod search;
 mod secrets;
+mod setup;
 mod support;
 mod workflows;
 
