@@ -244,8 +244,11 @@ pub async fn run(out: &str) -> anyhow::Result<()> {
         let mut load_ms = Vec::new();
         let mut opened = None;
         for _ in 0..LOADS {
-            let ctx =
-                ServiceContext::new(env.config.clone(), env.bus().await?, helix_runtime::open_credentials(&env.config)?);
+            let ctx = ServiceContext::new(
+                env.config.clone(),
+                env.bus().await?,
+                helix_runtime::open_credentials(&env.config)?,
+            );
             let started = Instant::now();
             let store = helix_graph::open(&ctx).await?;
             load_ms.push(started.elapsed().as_secs_f64() * 1e3);
