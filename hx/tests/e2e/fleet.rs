@@ -46,22 +46,25 @@ struct Fleet {
     token_file: std::path::PathBuf,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// `n` distinct free ports: all their listeners are held until every port is chosen, so
+/// the kernel cannot hand one out twice.
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
 impl Fleet {
     fn new(env: TestEnv) -> anyhow::Result<Self> {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/fleet.json");
         let wiring: Wiring = serde_json::from_str(&std::fs::read_to_string(path)?)?;
-        let ports = wiring
-            .services
-            .keys()
-            .map(|name| (name.clone(), Ports { grpc: free_port(), metrics: free_port() }))
-            .collect();
+        let mut free = free_ports(wiring.services.len() * 2 + 1).into_iter();
+        let mut next = || free.next().expect("one port per listener");
+        let ports =
+            wiring.services.keys().map(|name| (name.clone(), Ports { grpc: next(), metrics: next() })).collect();
+        let gateway_port = next();
         let token_file = env.home().join("grpc-token-secret");
         std::fs::write(&token_file, env.config.grpc.token.as_ref().expect("the test kit sets one").expose())?;
-        Ok(Self { env, wiring, ports, gateway_port: free_port(), children: BTreeMap::new(), token_file })
+        Ok(Self { env, wiring, ports, gateway_port, children: BTreeMap::new(), token_file })
     }
 
     /// The deployment's environment for `service`, pointed at this machine.
