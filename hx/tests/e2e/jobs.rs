@@ -653,15 +653,23 @@ async fn killed_worker_processes_lose_no_job(backend: Backend) -> anyhow::Result
         anyhow::ensure!(Instant::now() < deadline, "not every job completed: {now:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // the killed workers' jobs ran again, within 30 s of the kill
+    // the killed workers' jobs ran again, within 30 s of the kill; except a job whose
+    // completion the victim sent just before it died (listed running a moment after the
+    // kill, completed at its first attempt by the request in flight)
     let mut client = jobs.clone();
+    let mut ran_again = 0;
     for (id, killed_at) in &held {
         let job = client.get_job(pb::GetJobRequest { id: id.clone() }).await?.into_inner();
         assert_eq!(job.state, "completed");
+        if job.attempt == 1 && secs(&job.finished_at) - killed_at < 1.0 {
+            continue;
+        }
         assert!(job.attempt >= 2 && job.retries >= 1, "{job:?}");
         let restarted = secs(&job.started_at) - killed_at;
         assert!(restarted < 30.0, "job {id} ran again {restarted:.1} s after its worker died");
+        ran_again += 1;
     }
+    assert!(ran_again > 0, "none of the {} jobs the killed workers held ran again", held.len());
     // none lost, none completed twice: one completion event per job
     let seen = collect(&mut events, JOBS).await?;
     eprintln!("{backend:?}: all completion events by {:?}", t0.elapsed());
