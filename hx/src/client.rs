@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -29,9 +29,12 @@ impl GatewayClient {
         body: Option<&Value>,
     ) -> anyhow::Result<T> {
         let (status, text) = self.send(method, path, query, body).await?;
-        check(status, &text)?;
+        self.check(status, &text)?;
         // an empty answer (204) reads as JSON null
         let text = if text.is_empty() { "null" } else { text.as_str() };
+        if serde_json::from_str::<Value>(text).is_err() {
+            return Err(self.not_helix(status));
+        }
         serde_json::from_str(text).with_context(|| format!("the gateway answered {path} with unexpected JSON"))
     }
 
@@ -39,7 +42,7 @@ impl GatewayClient {
     /// answer becomes an error as in [`GatewayClient::call`].
     pub async fn text(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<String> {
         let (status, text) = self.send(Method::GET, path, query, None).await?;
-        check(status, &text)?;
+        self.check(status, &text)?;
         Ok(text)
     }
 
@@ -59,7 +62,7 @@ impl GatewayClient {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.with_context(|| format!("cannot reach the gateway at {}", self.base))?;
+        let response = request.send().await.map_err(|e| self.unreachable(&e))?;
         let status = response.status();
         Ok((status, response.text().await?))
     }
@@ -78,11 +81,10 @@ impl GatewayClient {
         if let Some(key) = &self.key {
             request = request.bearer_auth(key);
         }
-        let mut response =
-            request.send().await.with_context(|| format!("cannot reach the gateway at {}", self.base))?;
+        let mut response = request.send().await.map_err(|e| self.unreachable(&e))?;
         let status = response.status();
         if !status.is_success() {
-            return check(status, &response.text().await?);
+            return self.check(status, &response.text().await?);
         }
         let mut pending = String::new();
         while let Some(chunk) = response.chunk().await? {
@@ -107,18 +109,66 @@ impl GatewayClient {
     }
 }
 
-/// An error answer as an error quoting the server's code and message.
-fn check(status: StatusCode, text: &str) -> anyhow::Result<()> {
-    if status.is_success() {
-        return Ok(());
+impl GatewayClient {
+    /// A request that got no answer, as what to do about it: nothing listens (start
+    /// Helix, or point at it), no answer in time, or the transport's own reason.
+    fn unreachable(&self, error: &reqwest::Error) -> anyhow::Error {
+        let base = &self.base;
+        let refused = std::iter::successors(std::error::Error::source(error), |e| e.source())
+            .filter_map(|e| e.downcast_ref::<std::io::Error>())
+            .any(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
+        if refused {
+            anyhow!(
+                "cannot reach the gateway at {base}: nothing answers there. Start Helix with `hx up` (or `make run`), \
+                 or point --server/HELIX_SERVER at the gateway"
+            )
+        } else if error.is_timeout() {
+            anyhow!(
+                "cannot reach the gateway at {base}: no answer in time. Check that Helix runs there (`hx health`), \
+                 or point --server/HELIX_SERVER at the gateway"
+            )
+        } else {
+            let cause = std::iter::successors(Some(error as &dyn std::error::Error), |e| e.source())
+                .last()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            anyhow!(
+                "cannot reach the gateway at {base}: {cause}. Start Helix with `hx up` (or `make run`), or point \
+                 --server/HELIX_SERVER at the gateway"
+            )
+        }
     }
-    let detail: Value = serde_json::from_str(text).unwrap_or(Value::Null);
-    let code = detail["error"]["code"].as_str().unwrap_or("http_error");
-    let message = detail["error"]["message"].as_str().unwrap_or(text);
-    if status == StatusCode::UNAUTHORIZED {
-        bail!(
-            "{message} ({code}); set HELIX_API_KEY or --api-key, or run on the gateway's machine (HELIX_HOME/admin.key)"
-        );
+
+    /// An answer that is not one a Helix gateway gives (not JSON, or an error without
+    /// Helix's error body): the server URL points elsewhere.
+    fn not_helix(&self, status: StatusCode) -> anyhow::Error {
+        anyhow!(
+            "{} answered (HTTP {}), but not as a Helix gateway does: --server/HELIX_SERVER should name the Helix \
+             gateway (`hx up` serves it on http://127.0.0.1:9470, HELIX_GATEWAY_ADDR moves it)",
+            self.base,
+            status.as_u16()
+        )
     }
-    bail!("{message} ({code}, HTTP {})", status.as_u16())
+
+    /// An error answer as an error quoting the server's code and message; a refused or
+    /// missing key says where a key comes from.
+    fn check(&self, status: StatusCode, text: &str) -> anyhow::Result<()> {
+        if status.is_success() {
+            return Ok(());
+        }
+        let detail: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        let (Some(code), Some(message)) = (detail["error"]["code"].as_str(), detail["error"]["message"].as_str())
+        else {
+            return Err(self.not_helix(status));
+        };
+        if status == StatusCode::UNAUTHORIZED {
+            let how = "set HELIX_API_KEY or pass --api-key; on the gateway's machine `hx` reads the admin key from \
+                       HELIX_HOME/admin.key, and `hx pair` issues a key for another device";
+            return Err(match self.key {
+                None => anyhow!("no API key: the gateway at {} needs one ({code}). To send one, {how}", self.base),
+                Some(_) => anyhow!("the gateway refused the key: {message} ({code}). To send another, {how}"),
+            });
+        }
+        Err(anyhow!("{message} ({code}, HTTP {})", status.as_u16()))
+    }
 }

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use helix_proto::service_names;
-use helix_runtime::{HelixConfig, ServiceContext, admin, grpc};
+use helix_runtime::{HelixConfig, Listener, ServiceContext, admin, grpc};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -120,14 +120,14 @@ impl Node {
         let token = grpc::fleet_token(&config, fleet_addr, &credentials)?;
         config.grpc.token = Some(token.clone());
         let max_connections = config.grpc.max_connections;
-        let grpc_listener = TcpListener::bind(config.grpc.addr).await?;
+        let grpc_listener = helix_runtime::listen(Listener::Grpc, config.grpc.addr).await?;
         let grpc_addr = grpc_listener.local_addr()?;
         let gateway_listener = match roles.contains(&Role::Gateway) {
-            true => Some(TcpListener::bind(config.gateway.addr).await?),
+            true => Some(helix_runtime::listen(Listener::Gateway, config.gateway.addr).await?),
             false => None,
         };
         let gateway_addr = gateway_listener.as_ref().map(TcpListener::local_addr).transpose()?;
-        let admin_listener = TcpListener::bind(config.metrics.addr).await?;
+        let admin_listener = helix_runtime::listen(Listener::Metrics, config.metrics.addr).await?;
         let metrics_addr = admin_listener.local_addr()?;
 
         // Local peers are reached through the in-process link, not the network.

@@ -61,11 +61,17 @@ pub async fn from_config_with_env(
             Arc::new(model)
         } else if config.model_dir.is_some() {
             return Err(EmbedError::Config(format!(
-                "model_dir {} has no {WEIGHTS} (run `make model`, or unset model_dir)",
+                "model_dir {} has no {WEIGHTS} (`hx model fetch` puts the model under HELIX_HOME/models, \
+                 `make model` under models/ of a checkout; or unset model_dir)",
                 dir.display()
             )));
         } else {
-            tracing::warn!(looked_in = %dir.display(), "no semantic model: using lexical hashing embedder");
+            tracing::warn!(
+                looked_in = %dir.display(),
+                "no semantic model, so search embeds with lexical hashing (words, not meaning). To get the model: \
+                 `hx model fetch` (into HELIX_HOME/models, found there at the next start), or `make model` in a \
+                 checkout and HELIX_MODEL_DIR=models/all-minilm-l6-v2"
+            );
             Arc::new(LexicalHashEmbedder::default())
         }
     };

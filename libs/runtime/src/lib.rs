@@ -44,6 +44,75 @@ pub enum Error {
     Service(#[from] helix_core::Error),
     #[error("the credential vault cannot be opened, so this process does not start: {0}")]
     Vault(String),
+    /// A listener could not be opened: which one, where, why, and the variable that moves it.
+    #[error("{}", listen_message(*listener, *addr, io))]
+    Listen { listener: Listener, addr: std::net::SocketAddr, io: std::io::Error },
+}
+
+/// The TCP listeners a Helix process opens, each moved by its own variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// the REST API (`hx up`, `hx serve gateway`)
+    Gateway,
+    /// every service's gRPC
+    Grpc,
+    /// `/metrics`, `/livez`, `/readyz`
+    Metrics,
+}
+
+impl Listener {
+    /// What a user calls it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Gateway => "REST gateway",
+            Self::Grpc => "gRPC listener",
+            Self::Metrics => "metrics/admin listener (/metrics, /livez, /readyz)",
+        }
+    }
+
+    /// The environment variable that sets its address.
+    pub fn variable(self) -> &'static str {
+        match self {
+            Self::Gateway => "HELIX_GATEWAY_ADDR",
+            Self::Grpc => "HELIX_GRPC_ADDR",
+            Self::Metrics => "HELIX_METRICS_ADDR",
+        }
+    }
+
+    /// Its key in the configuration file.
+    pub fn config_key(self) -> &'static str {
+        match self {
+            Self::Gateway => "gateway.addr",
+            Self::Grpc => "grpc.addr",
+            Self::Metrics => "metrics.addr",
+        }
+    }
+}
+
+/// Opens `listener` on `addr`; a failure names the listener, the address, why, and the
+/// variable that moves it (a second `hx up` on the same machine, a port another program
+/// holds).
+pub async fn listen(listener: Listener, addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|io| Error::Listen { listener, addr, io })
+}
+
+fn listen_message(listener: Listener, addr: std::net::SocketAddr, io: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let why = match io.kind() {
+        ErrorKind::AddrInUse => "the address is in use (another Helix, or another program, listens there)".to_owned(),
+        ErrorKind::PermissionDenied => "not allowed (ports below 1024 need privileges)".to_owned(),
+        ErrorKind::AddrNotAvailable => "this machine has no such address".to_owned(),
+        _ => io.to_string(),
+    };
+    let mut free = addr;
+    free.set_port(if addr.port() == 0 || addr.port() == u16::MAX { 0 } else { addr.port() + 1 });
+    format!(
+        "the {} cannot listen on {addr}: {why}. Set {variable} ({key} in the config file) to a free address, \
+         e.g. {variable}={free}",
+        listener.describe(),
+        variable = listener.variable(),
+        key = listener.config_key(),
+    )
 }
 
 /// Everything a service needs from the process it runs in. Background work a service
@@ -148,8 +217,8 @@ where
     config.grpc.token = Some(token.clone());
     let max_connections = config.grpc.max_connections;
     let bus = helix_events::connect(&config.events, grpc_service).await?;
-    let listener = tokio::net::TcpListener::bind(config.grpc.addr).await?;
-    let admin_listener = tokio::net::TcpListener::bind(config.metrics.addr).await?;
+    let listener = listen(Listener::Grpc, config.grpc.addr).await?;
+    let admin_listener = listen(Listener::Metrics, config.metrics.addr).await?;
     let ctx = ServiceContext::new(config, bus, credentials);
     let routes = start(ctx.clone()).await?;
     admin::spawn(&ctx, admin_listener);

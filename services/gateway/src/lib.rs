@@ -44,7 +44,6 @@ use helix_runtime::grpc::GrpcChannel;
 use helix_runtime::metrics::Metrics;
 use helix_runtime::{HelixConfig, ServiceContext};
 use sqlx::migrate::Migrator;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
@@ -311,7 +310,7 @@ pub fn router(state: AppState, config: &GatewayConfig, metrics: Arc<Metrics>) ->
 
 /// Runs the gateway alone in this process: REST on `gateway.addr`, gRPC on `grpc.addr`.
 pub async fn serve(config: HelixConfig, shutdown: CancellationToken) -> helix_runtime::Result<()> {
-    let http_listener = TcpListener::bind(config.gateway.addr).await?;
+    let http_listener = helix_runtime::listen(helix_runtime::Listener::Gateway, config.gateway.addr).await?;
     let rest = shutdown.clone();
     helix_runtime::serve_alone(config, shutdown, GRPC_SERVICE, |ctx| async move {
         let gateway = start(&ctx).await?;
