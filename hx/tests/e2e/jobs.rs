@@ -403,7 +403,7 @@ async fn builtin_worker_over_rest(backend: Backend) -> anyhow::Result<()> {
         (post(json!({"kind": "echo", "payload": [1]})), 422, "invalid_body"),
         (post(json!({"kind": "echo", "max_attempts": 0})), 400, "invalid_max_attempts"),
         (post(json!({"kind": "echo", "delay_secs": 1, "run_at": "2030-01-01T00:00:00Z"})), 400, "invalid_run_at"),
-        (post(json!({"kind": "echo", "surprise": 1})), 422, "invalid_body"),
+        (post(json!({"kind": "echo", "surprise": 1})), 422, "unknown_field"),
         (helix.api(Method::GET, "/api/v1/jobs/nope"), 400, "invalid_id"),
         (helix.api(Method::GET, &format!("/api/v1/jobs/{}", uuid::Uuid::now_v7())), 404, "not_found"),
         (helix.api(Method::GET, "/api/v1/jobs?state=nope"), 400, "invalid_state"),

@@ -1237,7 +1237,7 @@ async fn rate_limits_refuse_before_the_provider(backend: Backend) -> anyhow::Res
 
     for (input, expected) in [
         (json!({"provider": "nobody", "requests_per_minute": 1}), (404, "not_found")),
-        (json!({"provider": "openai", "per_minute": 1}), (422, "invalid_body")),
+        (json!({"provider": "openai", "per_minute": 1}), (422, "unknown_field")),
         (json!({"provider": "openai", "burst": 5}), (400, "invalid_rate_limit")),
     ] {
         let (status, body) = read(helix.api(Method::PUT, "/api/v1/rate-limits").json(&input).send().await?).await;

@@ -17,6 +17,7 @@ mod keychain;
 mod llm;
 mod nodes;
 mod observability;
+mod request_shapes;
 mod scheduler;
 mod schema;
 mod search;

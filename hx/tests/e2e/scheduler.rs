@@ -105,7 +105,7 @@ async fn tasks_are_driven_through_their_lifecycle(backend: Backend) -> anyhow::R
                 "completed": 3, "failed": 1, "cancelled": 2})),
             Call(M::GET, "/api/v1/scheduler/tasks/nope", Value::Null, 404, error("not_found")),
             Call(M::POST, "/api/v1/scheduler/tasks/nope/complete", Value::Null, 404, error("not_found")),
-            Call(M::POST, "/api/v1/scheduler/tasks/rank/complete", json!({"outcome": 1}), 422, error("invalid_body")),
+            Call(M::POST, "/api/v1/scheduler/tasks/rank/complete", json!({"outcome": 1}), 422, error("unknown_field")),
         ],
     )
     .await?;

@@ -172,7 +172,7 @@ async fn secrets_routes_reveal_rules_and_audit(backend: Backend) -> anyhow::Resu
             Method::PUT,
             "/api/v1/secrets/A",
             Some(json!({"value": "v", "note": "x"})),
-            Refused(422, "invalid_body"),
+            Refused(422, "unknown_field"),
         ),
         (admin, Method::DELETE, "/api/v1/secrets/NEVER_STORED", None, Refused(404, "secret_not_in_vault")),
         (admin, Method::DELETE, "/api/v1/secrets/-x", None, Refused(400, "invalid_secret_name")),

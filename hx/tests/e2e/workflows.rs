@@ -227,7 +227,7 @@ async fn refuses_bad_definitions_and_runs_the_examples(backend: Backend) -> anyh
             "invalid_format",
             "yaml",
         ),
-        (helix.api(Method::POST, "/api/v1/workflows").json(&json!({"nope": 1})), 422, "invalid_body", ""),
+        (helix.api(Method::POST, "/api/v1/workflows").json(&json!({"nope": 1})), 422, "unknown_field", "`nope`"),
         (helix.api(Method::GET, "/api/v1/workflows/nope"), 400, "invalid_id", "nope"),
         (helix.api(Method::GET, &format!("/api/v1/workflows/{}", uuid::Uuid::now_v7())), 404, "not_found", ""),
         (helix.api(Method::POST, &format!("/api/v1/workflows/{}/execute", uuid::Uuid::now_v7())), 404, "not_found", ""),

@@ -23,6 +23,7 @@ use crate::auth::Caller;
 use crate::error::{ApiResult, ErrorBody, Json, Path, Query};
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct EdgeInput {
     pub source_id: String,
     pub target_id: String,
@@ -415,6 +416,7 @@ pub async fn export(
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TraverseInput {
     /// the roots of the walk
     pub start_ids: Vec<String>,
@@ -460,6 +462,7 @@ pub async fn traverse(
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NodeLabelInput {
     pub id: String,
     pub namespace: Option<String>,
@@ -468,6 +471,7 @@ pub struct NodeLabelInput {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NodeLabelsInput {
     pub nodes: Vec<NodeLabelInput>,
 }

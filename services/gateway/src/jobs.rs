@@ -360,8 +360,7 @@ pub async fn stats(State(state): State<AppState>, Query(params): Query<StatsPara
 
 #[utoipa::path(post, path = "/api/v1/jobs/purge", tag = "jobs", request_body = PurgeInput,
     responses((status = 200, body = Purged), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn purge(State(state): State<AppState>, input: Option<Json<PurgeInput>>) -> ApiResult<Json<Purged>> {
-    let input = input.map(|Json(i)| i).unwrap_or_default();
+pub async fn purge(State(state): State<AppState>, Json(input): Json<PurgeInput>) -> ApiResult<Json<Purged>> {
     let request = pb::PurgeJobsRequest {
         states: input.states,
         finished_before: input.finished_before.map(timestamp),
@@ -385,9 +384,9 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
 pub async fn retry(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    input: Option<Json<RetryInput>>,
+    Json(input): Json<RetryInput>,
 ) -> ApiResult<Json<JobBody>> {
-    let reset_retries = input.map(|Json(i)| i.reset_retries).unwrap_or(false);
+    let reset_retries = input.reset_retries;
     let job = state.jobs().retry_job(pb::RetryJobRequest { id, reset_retries }).await?.into_inner();
     Ok(Json(job_body(job)))
 }
@@ -400,9 +399,9 @@ pub async fn retry(
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    input: Option<Json<JobCancelInput>>,
+    Json(input): Json<JobCancelInput>,
 ) -> ApiResult<Json<JobBody>> {
-    let reason = input.and_then(|Json(i)| i.reason).unwrap_or_default();
+    let reason = input.reason.unwrap_or_default();
     let job = state.jobs().cancel_job(pb::CancelJobRequest { id, reason }).await?.into_inner();
     Ok(Json(job_body(job)))
 }

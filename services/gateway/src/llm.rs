@@ -118,13 +118,20 @@ fn parse<T: DeserializeOwned>(dialect: Dialect, headers: &HeaderMap, body: &Byte
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json") || v.contains("+json"));
-    if !json {
+    // the original system's routes read bodies by the rule of our own (`error::Json`);
+    // the OpenAI- and Anthropic-compatible ones as those APIs do: unknown fields pass
+    let ours = matches!(dialect, Dialect::Helix);
+    let empty_of_ours = ours && body.iter().all(u8::is_ascii_whitespace);
+    if !(json || empty_of_ours) {
         let error = Error::new(
             ErrorKind::UnsupportedMediaType,
             "unsupported_media_type",
             "the body must be JSON with Content-Type: application/json",
         );
         return Err(LlmError::new(dialect, error));
+    }
+    if ours {
+        return crate::error::decode(body).map_err(|e| LlmError::new(dialect, e));
     }
     serde_json::from_slice(body).map_err(|e| {
         let error = if e.is_syntax() || e.is_eof() {
@@ -905,6 +912,7 @@ pub async fn embeddings(
 // ---------------------------------------------------------------- the original system's routes
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct GenerateInput {
     prompt: Option<String>,
     #[serde(default)]

@@ -17,6 +17,7 @@ use crate::error::{ApiResult, ErrorBody, Json, Path, Query};
 
 /// A node as clients send it. Only `content` is required.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NodeInput {
     /// default `default`; 1-128 characters of A-Z a-z 0-9 . _ : / -
     pub namespace: Option<String>,
@@ -34,13 +35,40 @@ pub struct NodeInput {
     pub importance: Option<f64>,
 }
 
-/// A full replacement of a node's fields, accepted only at the node's current `version`.
+/// A full replacement of a node's fields, accepted only at the node's current `version`:
+/// the fields of a [`NodeInput`] and `version` (spelled out: serde refuses unknown fields
+/// only in a struct that flattens none).
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NodeUpdate {
     /// the version this update was based on; a stale one is answered 409
     pub version: i64,
-    #[serde(flatten)]
-    pub node: NodeInput,
+    pub namespace: Option<String>,
+    pub kind: Option<String>,
+    pub title: Option<String>,
+    pub content: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub metadata: Option<Map<String, Value>>,
+    pub source: Option<String>,
+    pub importance: Option<f64>,
+}
+
+impl NodeUpdate {
+    /// The version it is based on, and the node's new fields.
+    fn split(self) -> (i64, NodeInput) {
+        let node = NodeInput {
+            namespace: self.namespace,
+            kind: self.kind,
+            title: self.title,
+            content: self.content,
+            tags: self.tags,
+            metadata: self.metadata,
+            source: self.source,
+            importance: self.importance,
+        };
+        (self.version, node)
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -68,6 +96,7 @@ pub struct NodeList {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct BulkNodesInput {
     pub nodes: Vec<NodeInput>,
 }
@@ -153,8 +182,9 @@ pub async fn update(
 ) -> ApiResult<Json<NodeBody>> {
     check_id(&id)?;
     check_visible(&state, &caller, &id).await?;
-    let node = in_own_namespace(&caller, input.node)?;
-    let request = pb::UpdateNodeRequest { id, expected_version: input.version, node: Some(draft(node)) };
+    let (expected_version, node) = input.split();
+    let node = in_own_namespace(&caller, node)?;
+    let request = pb::UpdateNodeRequest { id, expected_version, node: Some(draft(node)) };
     let node = state.storage().update_node(request).await?.into_inner();
     Ok(Json(node_body(node)?))
 }

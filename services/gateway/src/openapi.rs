@@ -23,7 +23,13 @@ const SHARED: [(&str, &str, &str, &[&str]); 9] = [
     ("Forbidden", "403", "the key lacks the scope this route needs, or the namespace is not its own", &[]),
     ("PayloadTooLarge", "413", "the body is larger than `gateway.max_body_bytes`", &[]),
     ("UnsupportedMediaType", "415", "a body that is not `Content-Type: application/json`", &[]),
-    ("Unprocessable", "422", "JSON of the wrong shape: a missing field, a value of the wrong type", &[]),
+    (
+        "Unprocessable",
+        "422",
+        "JSON of the wrong shape: `unknown_field` for a field the route does not take (named, and checked \
+         first), `invalid_body` for a missing field or a value of the wrong type",
+        &[],
+    ),
     (
         "TooManyRequests",
         "429",

@@ -124,14 +124,8 @@ fn normalise(code: &str) -> String {
 pub async fn initiate(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    input: Option<Json<PairInitiate>>,
+    Json(input): Json<PairInitiate>,
 ) -> ApiResult<(StatusCode, Json<PairCode>)> {
-    let input = input.map(|Json(i)| i).unwrap_or(PairInitiate {
-        scopes: None,
-        namespaces: None,
-        ttl_secs: None,
-        device_name: None,
-    });
     let scopes = input.scopes.unwrap_or_else(|| vec!["write".to_owned()]);
     let grants = check_scopes(&scopes, &caller)?;
     let namespaces = check_namespaces(input.namespaces, &caller)?;

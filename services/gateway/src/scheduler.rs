@@ -1,10 +1,14 @@
 //! `/api/v1/scheduler/workflows...` and `/api/scheduler/workflows...`: named task graphs
 //! (dependencies, priorities, estimates, quality gates) that the orchestrator previews
 //! (waves, critical path) and runs with the workflow engine; their executions are read,
-//! cancelled and streamed through the routes of `workflows`.
+//! cancelled and streamed through the routes of `workflows`. The original system's
+//! field names are taken where they mean the same: a task's `depends_on` (its
+//! `dependencies`), a workflow's `budget` (`budget_usd`); its `deadline` is ours too.
+//! What the limits do: the orchestrator's `scheduler` module.
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
 use helix_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -12,9 +16,10 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::{ApiResult, ErrorBody, Json, Path};
-use crate::workflows::{ExecuteInput, ExecutionBody, execution_body, json_or_null};
+use crate::workflows::{ExecuteInput, ExecutionBody, execution_body, json_or_null, time};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct GateBody {
     pub name: String,
     /// min_score (on the output's `score`), output_schema (a JSON Schema subset) or llm_review
@@ -27,11 +32,14 @@ pub struct GateBody {
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TaskBody {
     pub task_id: String,
     #[serde(default)]
     pub description: String,
-    #[serde(default)]
+    /// the tasks that must complete first; the original system's `depends_on` is taken
+    /// as this
+    #[serde(default, alias = "depends_on")]
     pub dependencies: Vec<String>,
     /// higher first among the tasks of a wave
     #[serde(default)]
@@ -41,6 +49,9 @@ pub struct TaskBody {
     #[serde(default)]
     pub assignee: String,
     pub estimated_duration_secs: Option<u32>,
+    /// what the task is expected to cost, USD: the preview sums it against the budget
+    #[serde(default)]
+    pub estimated_cost_usd: Option<f64>,
     #[serde(default)]
     pub max_retries: u32,
     #[serde(default)]
@@ -60,6 +71,13 @@ pub struct SchedulerInput {
     /// replace a workflow of the same name instead of 409
     #[serde(default)]
     pub replace: bool,
+    /// when each run must have ended: at it, unfinished tasks stop and the run fails
+    /// naming them; a run started later fails at once
+    pub deadline: Option<DateTime<Utc>>,
+    /// USD each run may spend on LLM calls (the original's `budget`): each call is capped
+    /// at what is left; once spent, no further task starts and the run fails
+    #[serde(alias = "budget")]
+    pub budget_usd: Option<f64>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -67,6 +85,8 @@ pub struct SchedulerBody {
     pub name: String,
     pub description: String,
     pub tasks: Vec<TaskBody>,
+    pub deadline: Option<DateTime<Utc>>,
+    pub budget_usd: Option<f64>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -88,6 +108,12 @@ pub struct PreviewBody {
     /// the chain of dependencies with the largest estimated duration
     pub critical_path: Vec<String>,
     pub estimated_duration_secs: u32,
+    /// the tasks' `estimated_cost_usd` summed
+    pub estimated_cost_usd: f64,
+    /// the critical path, started now, ends by the deadline (true without one)
+    pub fits_deadline: bool,
+    /// the estimated cost is within the budget (true without one)
+    pub fits_budget: bool,
     pub warnings: Vec<String>,
 }
 
@@ -99,7 +125,7 @@ pub(crate) fn task_pb(t: TaskBody) -> pb::SchedulerTaskSpec {
         priority: t.priority,
         assignee: t.assignee,
         estimated_duration_secs: t.estimated_duration_secs,
-        estimated_cost_usd: None,
+        estimated_cost_usd: t.estimated_cost_usd,
         max_retries: t.max_retries,
         quality_gates: t
             .quality_gates
@@ -135,12 +161,19 @@ pub(crate) fn task_body(t: pb::SchedulerTaskSpec) -> TaskBody {
         priority: t.priority,
         assignee: t.assignee,
         estimated_duration_secs: t.estimated_duration_secs,
+        estimated_cost_usd: t.estimated_cost_usd,
         max_retries: t.max_retries,
     }
 }
 
 fn body(w: pb::SchedulerWorkflow) -> SchedulerBody {
-    SchedulerBody { name: w.name, description: w.description, tasks: w.tasks.into_iter().map(task_body).collect() }
+    SchedulerBody {
+        name: w.name,
+        description: w.description,
+        tasks: w.tasks.into_iter().map(task_body).collect(),
+        deadline: time(w.deadline),
+        budget_usd: w.budget_usd,
+    }
 }
 
 /// Stores a named task graph; a cycle or an unknown dependency is 400, a taken name 409.
@@ -156,6 +189,10 @@ pub async fn create(
         description: input.description,
         tasks: input.tasks.into_iter().map(task_pb).collect(),
         replace: input.replace,
+        deadline: input
+            .deadline
+            .map(|t| helix_proto::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }),
+        budget_usd: input.budget_usd,
         ..Default::default()
     };
     let saved = state.orchestrator().create_scheduler_workflow(request).await?.into_inner();
@@ -202,6 +239,9 @@ fn preview_body(p: pb::SchedulerPreview) -> PreviewBody {
         waves: p.waves.into_iter().map(wave_body).collect(),
         critical_path: p.critical_path,
         estimated_duration_secs: p.estimated_duration_secs,
+        estimated_cost_usd: p.estimated_cost_usd,
+        fits_deadline: p.fits_deadline,
+        fits_budget: p.fits_budget,
         warnings: p.warnings,
     }
 }
@@ -212,9 +252,8 @@ fn preview_body(p: pb::SchedulerPreview) -> PreviewBody {
 pub async fn run(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    input: Option<Json<ExecuteInput>>,
+    Json(input): Json<ExecuteInput>,
 ) -> ApiResult<(StatusCode, Json<ExecutionBody>)> {
-    let input = input.map(|Json(i)| i).unwrap_or_default();
     let request = pb::RunSchedulerWorkflowRequest {
         name,
         variables_json: input.variables.map(|v| Value::Object(v).to_string()).unwrap_or_default(),
@@ -304,9 +343,8 @@ pub async fn templates(State(state): State<AppState>) -> ApiResult<Json<Template
 pub async fn preview_template(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    input: Option<Json<TemplatePreviewInput>>,
+    Json(input): Json<TemplatePreviewInput>,
 ) -> ApiResult<Json<PreviewBody>> {
-    let input = input.map(|Json(i)| i).unwrap_or_default();
     let request = pb::PreviewSchedulerTemplateRequest {
         name,
         parameters_json: Value::Object(input.parameters).to_string(),
@@ -326,9 +364,8 @@ pub async fn preview_template(
 pub async fn instantiate(
     State(state): State<AppState>,
     Path(template): Path<String>,
-    input: Option<Json<InstantiateInput>>,
+    Json(input): Json<InstantiateInput>,
 ) -> ApiResult<(StatusCode, Json<SchedulerBody>)> {
-    let input = input.map(|Json(i)| i).unwrap_or_default();
     let request = pb::CreateSchedulerWorkflowRequest {
         name: input.name,
         template,

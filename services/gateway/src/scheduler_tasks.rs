@@ -178,9 +178,9 @@ pub async fn ready(State(state): State<AppState>, Query(params): Query<ReadyPara
 pub async fn run(
     State(state): State<AppState>,
     Path(task_id): Path<String>,
-    input: Option<Json<RunInput>>,
+    Json(input): Json<RunInput>,
 ) -> ApiResult<Json<TaskStateBody>> {
-    let worker = input.map(|Json(i)| i.worker).unwrap_or_default();
+    let worker = input.worker;
     let task =
         state.orchestrator().run_scheduler_task(pb::RunSchedulerTaskRequest { task_id, worker }).await?.into_inner();
     Ok(Json(task_state_body(task)))
@@ -193,9 +193,9 @@ pub async fn run(
 pub async fn complete(
     State(state): State<AppState>,
     Path(task_id): Path<String>,
-    input: Option<Json<CompleteInput>>,
+    Json(input): Json<CompleteInput>,
 ) -> ApiResult<Json<CompleteBody>> {
-    let output = input.and_then(|Json(i)| i.output);
+    let output = input.output;
     let request = pb::CompleteSchedulerTaskRequest {
         task_id,
         output_json: output.map(|o| o.to_string()).unwrap_or_default(),
@@ -212,9 +212,9 @@ pub async fn complete(
 pub async fn fail(
     State(state): State<AppState>,
     Path(task_id): Path<String>,
-    input: Option<Json<FailInput>>,
+    Json(input): Json<FailInput>,
 ) -> ApiResult<Json<FailBody>> {
-    let error = input.map(|Json(i)| i.error).unwrap_or_default();
+    let error = input.error;
     let request = pb::FailSchedulerTaskRequest { task_id, error, permanent: true };
     let done = state.orchestrator().fail_scheduler_task(request).await?.into_inner();
     Ok(Json(FailBody {

@@ -18,6 +18,7 @@ use helix_core::Error;
 const SNIPPET_CHARS: usize = 200;
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SearchInput {
     pub query: String,
     /// `fulltext`, `semantic` or `hybrid` (the default)
@@ -244,6 +245,7 @@ pub async fn similar(
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ReindexInput {
     /// only this namespace; unset rebuilds every one
     pub namespace: Option<String>,
@@ -274,9 +276,8 @@ pub struct ReindexProgress {
     security(("bearer" = [])))]
 pub async fn reindex(
     State(state): State<AppState>,
-    input: Option<Json<ReindexInput>>,
+    Json(input): Json<ReindexInput>,
 ) -> ApiResult<Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>>> {
-    let input = input.map(|Json(input)| input).unwrap_or_default();
     let request = pb::ReindexRequest { namespace: input.namespace, re_embed: input.re_embed };
     let updates = state.search().reindex(request).await?.into_inner();
     let events = updates.map(|update| {
@@ -327,6 +328,7 @@ fn result(hit: pb::SearchHit) -> Result<SearchResult, Error> {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DocumentInput {
     /// a UUID: the node's id
     pub id: String,
@@ -349,6 +351,7 @@ pub struct DocumentInput {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct IndexInput {
     pub documents: Vec<DocumentInput>,
     /// answer once the documents are searchable (default true)

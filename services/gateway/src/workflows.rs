@@ -327,9 +327,8 @@ pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Ap
 pub async fn execute(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    input: Option<Json<ExecuteInput>>,
+    Json(input): Json<ExecuteInput>,
 ) -> ApiResult<(StatusCode, Json<ExecutionBody>)> {
-    let input = input.map(|Json(i)| i).unwrap_or_default();
     let request = pb::ExecuteWorkflowRequest {
         id,
         variables_json: input.variables.map(|v| Value::Object(v).to_string()).unwrap_or_default(),
@@ -374,9 +373,9 @@ pub async fn get_execution(State(state): State<AppState>, Path(id): Path<String>
 pub async fn cancel_execution(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    input: Option<Json<ExecutionCancelInput>>,
+    Json(input): Json<ExecutionCancelInput>,
 ) -> ApiResult<Json<ExecutionBody>> {
-    let reason = input.and_then(|Json(i)| i.reason).unwrap_or_default();
+    let reason = input.reason.unwrap_or_default();
     let request = pb::CancelExecutionRequest { id, reason };
     Ok(Json(execution_body(state.orchestrator().cancel_execution(request).await?.into_inner())))
 }

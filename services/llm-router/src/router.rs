@@ -393,17 +393,19 @@ impl Router {
             (call.max_cost_micros.is_none_or(|max| worst <= max)).then_some(worst)
         };
         let key = Some(call.api_key_id.as_str());
-        let mut refusal = budget::Refusal::Global;
+        // None: no budget refused a reservation, the call's own cap (max_cost_usd) did
+        let mut refusal = None;
         if let Some(worst) = fits(&price) {
             match self.budget.reserve(worst, key).await? {
                 Ok(reservation) => return Ok(Admitted { target, price, reservation: Some(reservation) }),
-                Err(why) => refusal = why,
+                Err(why) => refusal = Some(why),
             }
         }
-        let refuse = |refusal: budget::Refusal, what: &str| {
+        let refuse = |refusal: Option<budget::Refusal>, what: &str| {
             let whose = match refusal {
-                budget::Refusal::Global => "the daily LLM budget",
-                budget::Refusal::Key => "this API key's daily LLM budget",
+                Some(budget::Refusal::Global) => "the daily LLM budget",
+                Some(budget::Refusal::Key) => "this API key's daily LLM budget",
+                None => "the call's cost cap (max_cost_usd)",
             };
             budget::exceeded(format!(
                 "{whose} cannot cover this call ({}/{}{what}); nothing was sent to the provider",
@@ -422,7 +424,7 @@ impl Router {
             let reservation = match self.budget.reserve(worst, key).await? {
                 Ok(reservation) => reservation,
                 Err(why) => {
-                    refusal = why;
+                    refusal = Some(why);
                     continue;
                 }
             };

@@ -11,7 +11,8 @@
 //! - `job` `{kind, payload?, queue?, max_attempts?}` → the job's result once it completed;
 //!   enqueued with a key of (execution, step, iteration), so a resumed step waits for
 //!   the job enqueued before rather than enqueueing another
-//! - `llm.generate` `{prompt, system?, model?, max_tokens?}` → `{"content", "model", "provider", "usage"}`
+//! - `llm.generate` `{prompt, system?, model?, max_tokens?}` → `{"content", "model", "provider", "usage"}`;
+//!   in a run with a budget, capped at what the run has left (`engine::Spend`)
 //! - `notify` `{channel?, message}` → recorded in the execution's progress log (the
 //!   notifications service is not built yet, so nothing is delivered)
 //! - `workflow` `{workflow_id, variables?}` → the sub-execution's results (keyed like `job`)
@@ -28,8 +29,9 @@ use helix_runtime::outbound::{self, OutboundError};
 use serde_json::{Map, Value, json};
 
 use crate::definition::Gate;
-use crate::engine::Engine;
+use crate::engine::{Engine, Spend};
 use crate::expr;
+use crate::scheduler::usd;
 
 /// Where an action runs: for idempotency keys and logs.
 pub struct Site<'a> {
@@ -68,7 +70,7 @@ pub async fn run(engine: &Arc<Engine>, action: &str, config: Map<String, Value>,
         "store" => store(engine, &config).await,
         "search" => search(engine, &config).await,
         "job" => job(engine, &config, site).await,
-        "llm.generate" => generate(engine, &config).await,
+        "llm.generate" => generate(engine, &config, engine.spend(site.execution_id).as_deref()).await,
         "notify" => {
             let message = required(&config, "message")?.to_owned();
             let channel = str_of(&config, "channel").unwrap_or("log").to_owned();
@@ -183,17 +185,36 @@ async fn job(engine: &Engine, config: &Map<String, Value>, site: &Site<'_>) -> O
     }
 }
 
-async fn generate(engine: &Engine, config: &Map<String, Value>) -> Outcome {
+/// One LLM call; with a run's `spend`, capped at what it has left and counted.
+async fn generate(engine: &Engine, config: &Map<String, Value>, spend: Option<&Spend>) -> Outcome {
     let request = pb::GenerateRequest {
         prompt: required(config, "prompt")?.to_owned(),
         system: str_of(config, "system").unwrap_or_default().to_owned(),
         model: str_of(config, "model").unwrap_or_default().to_owned(),
         max_tokens: config.get("max_tokens").and_then(Value::as_u64).map(|n| n as u32),
+        max_cost_usd: spend.map(Spend::left),
         ..Default::default()
     };
     let mut client = LlmRouterServiceClient::new(engine.channels.llm.clone());
-    let answer = client.generate(request).await.map_err(status)?.into_inner();
+    let answer = match client.generate(request).await {
+        Ok(answer) => answer.into_inner(),
+        Err(e) => {
+            let error = helix_core::Error::from(e);
+            return Err(match spend {
+                Some(spend) if error.kind() == helix_core::ErrorKind::BudgetExceeded => format!(
+                    "the run's budget of {} ({} left) cannot cover this LLM call ({})",
+                    usd(spend.budget),
+                    usd(spend.left()),
+                    error.message()
+                ),
+                _ => error.message().to_owned(),
+            });
+        }
+    };
     let usage = answer.usage.unwrap_or_default();
+    if let Some(spend) = spend {
+        spend.add(usage.cost_usd);
+    }
     Ok(json!({
         "content": answer.content, "model": answer.model, "provider": answer.provider,
         "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens, "cost_usd": usage.cost_usd},
@@ -220,6 +241,7 @@ pub async fn check_gate(
     gate: &Gate,
     output: &Value,
     criteria: Option<&str>,
+    spend: Option<&Spend>,
 ) -> Result<Verdict, String> {
     Ok(match gate {
         Gate::JsonSchema { field: path, schema } => match schema_errors(field(output, path), schema, "$") {
@@ -259,7 +281,7 @@ pub async fn check_gate(
             config.insert("prompt".into(), Value::String(prompt));
             config.insert("model".into(), Value::String(model.clone()));
             config.insert("max_tokens".into(), json!(16));
-            let answer = generate(engine, &config).await?;
+            let answer = generate(engine, &config, spend).await?;
             let text = answer["content"].as_str().unwrap_or_default().trim().to_owned();
             let score: f64 = text
                 .split(|c: char| !(c.is_ascii_digit() || c == '.'))

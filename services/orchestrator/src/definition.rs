@@ -13,6 +13,10 @@
 //! config = { title = "note on {{loop.item}}" }
 //! gate = { kind = "regex", field = "0.title", pattern = "^note" }
 //! ```
+//!
+//! Two limits apply to each run when set (scheduler workflows set them from their
+//! `deadline` and `budget`): `deadline`, an RFC 3339 time as a string, and `budget_usd`,
+//! what its LLM calls may cost. See [`Definition`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -41,6 +45,15 @@ pub struct Definition {
     #[serde(default)]
     pub tags: Vec<String>,
     pub steps: Vec<Step>,
+    /// when every run must have ended (RFC 3339): at it, running steps stop and the run
+    /// fails naming the steps left unfinished; a run started later fails at once
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<chrono::DateTime<chrono::Utc>>,
+    /// USD each run may spend on LLM calls (`llm.generate` steps, `llm_judge` gates): each
+    /// call is capped at what is left, so the router downgrades or refuses it as the
+    /// budget action says; once it is spent, no further step starts and the run fails
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,6 +176,9 @@ pub fn parse(format: &str, text: &str) -> Result<(String, Definition)> {
 pub fn validate(def: &Definition) -> Result<Vec<Vec<String>>> {
     if def.name.trim().is_empty() || def.name.len() > 200 {
         return Err(Error::invalid("invalid_name", "name must be 1 to 200 characters"));
+    }
+    if def.budget_usd.is_some_and(|b| !(b.is_finite() && b >= 0.0)) {
+        return Err(Error::invalid("invalid_budget", "budget_usd must be a number of at least 0"));
     }
     if def.steps.is_empty() || def.steps.len() > MAX_STEPS {
         return Err(Error::invalid("invalid_steps", format!("a workflow has 1 to {MAX_STEPS} steps")));

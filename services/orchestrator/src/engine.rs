@@ -10,6 +10,12 @@
 //! Cancel sets `cancel_requested`; the owner learns of it at once (same process) or at
 //! its next lease renewal (another replica, within [`RENEW_EVERY`]), stops its running
 //! steps through their cancellation token and ends the execution `cancelled`.
+//!
+//! A plan's limits (`deadline`, `budget_usd`, see [`Definition`]) are kept by the run:
+//! at the deadline it stops its running steps and fails naming the steps unfinished;
+//! with a budget, each LLM call is capped at what is left ([`Spend`]) and, once it is
+//! spent, no further step starts and the run fails. A resumed run counts the spend
+//! recorded in its finished `llm.generate` steps' outputs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -43,6 +49,85 @@ pub struct Channels {
     pub llm: GrpcChannel,
 }
 
+/// What a run with a budget has spent on LLM calls, USD.
+pub struct Spend {
+    pub budget: f64,
+    spent: Mutex<f64>,
+}
+
+impl Spend {
+    pub fn spent(&self) -> f64 {
+        *self.spent.lock().expect("spend lock")
+    }
+
+    /// What a further call may cost at most.
+    pub fn left(&self) -> f64 {
+        (self.budget - self.spent()).max(0.0)
+    }
+
+    pub fn add(&self, usd: f64) {
+        if usd.is_finite() && usd > 0.0 {
+            *self.spent.lock().expect("spend lock") += usd;
+        }
+    }
+
+    pub fn is_spent(&self) -> bool {
+        self.spent() >= self.budget
+    }
+}
+
+/// The spend recorded in the outputs of a plan's finished `llm.generate` steps (each
+/// iteration's, for loops).
+fn recorded_spend(execution: &ExecutionRecord) -> f64 {
+    let cost = |v: &Value| v["usage"]["cost_usd"].as_f64().unwrap_or(0.0);
+    execution
+        .steps
+        .iter()
+        .filter(|s| execution.plan.steps.iter().any(|p| p.id == s.step_id && p.action == "llm.generate"))
+        .filter_map(|s| s.output.as_ref())
+        .map(|output| match output {
+            Value::Array(items) => items.iter().map(cost).sum(),
+            one => cost(one),
+        })
+        .sum()
+}
+
+/// Why the run must stop starting steps, if a limit says so: the deadline passed with
+/// steps unfinished (then running steps stop too: `true`), or the budget is spent with
+/// steps not started.
+fn limit_reached(plan: &Definition, spend: Option<&Spend>, states: &HashMap<String, String>) -> Option<(String, bool)> {
+    let state = |id: &str| states.get(id).map_or("pending", String::as_str);
+    if let Some(deadline) = plan.deadline
+        && chrono::Utc::now() >= deadline
+    {
+        let unfinished: Vec<String> = plan
+            .steps
+            .iter()
+            .filter(|s| matches!(state(&s.id), "pending" | "running"))
+            .map(|s| format!("{} ({})", s.id, state(&s.id)))
+            .collect();
+        if !unfinished.is_empty() {
+            let at = deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            return Some((format!("the deadline {at} passed with steps unfinished: {}", unfinished.join(", ")), true));
+        }
+    }
+    if let Some(spend) = spend.filter(|s| s.is_spent()) {
+        let waiting: Vec<&str> =
+            plan.steps.iter().filter(|s| state(&s.id) == "pending").map(|s| s.id.as_str()).collect();
+        if !waiting.is_empty() {
+            let (budget, spent) = (crate::scheduler::usd(spend.budget), crate::scheduler::usd(spend.spent()));
+            return Some((
+                format!(
+                    "the budget of {budget} is spent ({spent} on LLM calls); steps not run: {}",
+                    waiting.join(", ")
+                ),
+                false,
+            ));
+        }
+    }
+    None
+}
+
 /// A run of this engine: stopped at shutdown, on a lost lease or a cancel.
 struct Run {
     stop: CancellationToken,
@@ -59,6 +144,8 @@ pub struct Engine {
     /// per execution: the last progress sequence, held while an entry is written so
     /// entries commit in sequence order
     seqs: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<u64>>>>,
+    /// per running execution with a budget: what it spent
+    spends: Mutex<HashMap<Uuid, Arc<Spend>>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -86,6 +173,7 @@ impl Engine {
                 .map_err(|e| helix_runtime::Error::Config(format!("http client: {e}")))?,
             runs: Mutex::new(HashMap::new()),
             seqs: Mutex::new(HashMap::new()),
+            spends: Mutex::new(HashMap::new()),
             tasks: ctx.tasks.clone(),
             shutdown: ctx.shutdown.clone(),
         }))
@@ -214,11 +302,17 @@ impl Engine {
                     }
                     engine.runs.lock().expect("runs lock").remove(&id);
                     engine.seqs.lock().expect("seqs lock").remove(&id);
+                    engine.spends.lock().expect("spends lock").remove(&id);
                 });
             }
             Ok(false) => {}
             Err(error) => tracing::warn!(%error, execution = %id, "claiming an execution failed"),
         }
+    }
+
+    /// What the execution may still spend, when its plan has a budget.
+    pub(crate) fn spend(&self, id: Uuid) -> Option<Arc<Spend>> {
+        self.spends.lock().expect("spends lock").get(&id).cloned()
     }
 
     async fn seq(&self, id: Uuid) -> Result<Arc<tokio::sync::Mutex<u64>>> {
@@ -278,6 +372,10 @@ impl Engine {
 
     async fn run(self: Arc<Self>, id: Uuid, stop: CancellationToken, cancelled: CancellationToken) -> Result<()> {
         let execution = Arc::new(self.store.get_execution(id).await?);
+        if let Some(budget) = execution.plan.budget_usd {
+            let spend = Spend { budget, spent: Mutex::new(recorded_spend(&execution)) };
+            self.spends.lock().expect("spends lock").insert(id, Arc::new(spend));
+        }
         {
             let seq = self.seq(id).await?;
             let mut seq = seq.lock().await;
@@ -339,7 +437,16 @@ impl Engine {
         let mut running: JoinSet<(String, std::result::Result<Option<Value>, String>)> = JoinSet::new();
         let steps_stop = stop.child_token();
         let mut failure = None;
+        let spend = self.spend(execution.id);
         loop {
+            if failure.is_none()
+                && let Some((why, stop_running)) = limit_reached(&execution.plan, spend.as_deref(), &states)
+            {
+                failure = Some(why);
+                if stop_running {
+                    steps_stop.cancel();
+                }
+            }
             if failure.is_none() && !stop.is_cancelled() {
                 for step in &execution.plan.steps {
                     let ready = states.get(&step.id).map(String::as_str) == Some("pending")
@@ -359,7 +466,19 @@ impl Engine {
                     });
                 }
             }
-            let Some(joined) = running.join_next().await else { break };
+            let ahead = execution.plan.deadline.filter(|d| failure.is_none() && *d > chrono::Utc::now());
+            let next = match ahead {
+                Some(deadline) => {
+                    let wait = (deadline - chrono::Utc::now()).to_std().unwrap_or_default();
+                    tokio::select! {
+                        next = running.join_next() => next,
+                        // the limit check at the top of the loop ends the run
+                        _ = tokio::time::sleep(wait) => continue,
+                    }
+                }
+                None => running.join_next().await,
+            };
+            let Some(joined) = next else { break };
             let (step_id, outcome) = match joined {
                 Ok(done) => done,
                 Err(error) => {
@@ -502,7 +621,8 @@ impl Engine {
                 _ => None,
             };
             let criteria = criteria.map(|c| c.as_str().map(str::to_owned).unwrap_or_else(|| c.to_string()));
-            let verdict = actions::check_gate(self, gate, &output, criteria.as_deref()).await?;
+            let spend = self.spend(execution.id);
+            let verdict = actions::check_gate(self, gate, &output, criteria.as_deref(), spend.as_deref()).await?;
             if !verdict.passed {
                 return Err(format!("quality gate failed: {}", verdict.detail));
             }

@@ -27,13 +27,17 @@ pub struct OrchestratorApi {
     tasks: TaskTracker,
 }
 
-/// The plan of a spec: waves by priority with their longest estimate, the critical path.
-fn preview_pb(spec: &SchedulerSpec, deadline: Option<helix_proto::Timestamp>) -> Result<pb::SchedulerPreview> {
-    let p = scheduler::preview(spec)?;
+/// The plan of a spec: waves by priority with their longest estimate, the critical path,
+/// against the spec's deadline and budget or those given for this preview.
+fn preview_pb(
+    spec: &SchedulerSpec,
+    deadline: Option<helix_proto::Timestamp>,
+    budget_usd: Option<f64>,
+) -> Result<pb::SchedulerPreview> {
+    let deadline = deadline.map(time).transpose()?.or(spec.deadline);
+    let p = scheduler::preview_with(spec, deadline, budget_usd.or(spec.budget_usd), Utc::now())?;
     let secs: HashMap<&str, u32> =
         spec.tasks.iter().map(|t| (t.task_id.as_str(), t.estimated_duration_secs.unwrap_or(0))).collect();
-    let fits_deadline =
-        deadline.is_none_or(|d| Utc::now().timestamp() + i64::from(p.estimated_duration_secs) <= d.seconds);
     Ok(pb::SchedulerPreview {
         tasks: spec.tasks.iter().map(task_pb).collect(),
         waves: p
@@ -48,9 +52,9 @@ fn preview_pb(spec: &SchedulerSpec, deadline: Option<helix_proto::Timestamp>) ->
             .collect(),
         critical_path: p.critical_path,
         estimated_duration_secs: p.estimated_duration_secs,
-        estimated_cost_usd: 0.0,
-        fits_deadline,
-        fits_budget: true,
+        estimated_cost_usd: p.estimated_cost_usd,
+        fits_deadline: p.fits_deadline,
+        fits_budget: p.fits_budget,
         warnings: p.warnings,
     })
 }
@@ -121,6 +125,12 @@ fn parse_id(what: &str, id: &str) -> Result<Uuid> {
 
 fn ts(t: DateTime<Utc>) -> helix_proto::Timestamp {
     helix_proto::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+}
+
+/// A wire time as a time; one out of range is refused.
+fn time(t: helix_proto::Timestamp) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+        .ok_or_else(|| Error::invalid("invalid_deadline", "the deadline is not a time"))
 }
 
 fn variables(text: &str) -> Result<Map<String, Value>> {
@@ -239,6 +249,12 @@ pub fn execution_pb(e: ExecutionRecord) -> pb::Execution {
 }
 
 fn spec_from_pb(name: String, description: String, tasks: Vec<pb::SchedulerTaskSpec>) -> Result<SchedulerSpec> {
+    if let Some(t) = tasks.iter().find(|t| t.estimated_cost_usd.is_some_and(|c| !(c.is_finite() && c >= 0.0))) {
+        return Err(Error::invalid(
+            "invalid_estimate",
+            format!("task `{}`: estimated_cost_usd must be a number of at least 0", t.task_id),
+        ));
+    }
     let tasks = tasks
         .into_iter()
         .map(|t| {
@@ -262,13 +278,14 @@ fn spec_from_pb(name: String, description: String, tasks: Vec<pb::SchedulerTaskS
                 priority: t.priority,
                 assignee: t.assignee,
                 estimated_duration_secs: t.estimated_duration_secs,
+                estimated_cost_usd: t.estimated_cost_usd,
                 max_retries: t.max_retries,
                 payload,
                 gates,
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(SchedulerSpec { name, description, tasks })
+    Ok(SchedulerSpec { name, description, tasks, deadline: None, budget_usd: None })
 }
 
 fn task_pb(t: &TaskSpec) -> pb::SchedulerTaskSpec {
@@ -279,7 +296,7 @@ fn task_pb(t: &TaskSpec) -> pb::SchedulerTaskSpec {
         priority: t.priority,
         assignee: t.assignee.clone(),
         estimated_duration_secs: t.estimated_duration_secs,
-        estimated_cost_usd: None,
+        estimated_cost_usd: t.estimated_cost_usd,
         max_retries: t.max_retries,
         quality_gates: t
             .gates
@@ -303,6 +320,8 @@ fn scheduler_pb(w: &WorkflowRecord) -> Result<pb::SchedulerWorkflow> {
         name: spec.name.clone(),
         description: spec.description.clone(),
         tasks: spec.tasks.iter().map(task_pb).collect(),
+        deadline: spec.deadline.map(ts),
+        budget_usd: spec.budget_usd,
         created_at: Some(ts(w.created_at)),
         updated_at: Some(ts(w.updated_at)),
         ..Default::default()
@@ -448,13 +467,15 @@ impl OrchestratorService for OrchestratorApi {
     ) -> Reply<pb::SchedulerWorkflow> {
         let r = request.into_inner();
         let result = async {
-            let spec = if r.template.is_empty() {
+            let mut spec = if r.template.is_empty() {
                 spec_from_pb(r.name, r.description, r.tasks)?
             } else {
                 let template = scheduler::template(&r.template)?;
                 let name = if r.name.is_empty() { template.name.to_owned() } else { r.name };
                 template.instantiate(name, &parameters(&r.template_parameters_json)?)?
             };
+            spec.deadline = r.deadline.map(time).transpose()?;
+            spec.budget_usd = r.budget_usd;
             let def = spec.definition()?;
             let text = serde_json::to_string(&spec).map_err(|_| Error::internal("serializing a spec failed"))?;
             let store = &self.engine.store;
@@ -513,7 +534,8 @@ impl OrchestratorService for OrchestratorApi {
         request: Request<pb::PreviewSchedulerWorkflowRequest>,
     ) -> Reply<pb::SchedulerPreview> {
         let r = request.into_inner();
-        let result = async { preview_pb(&spec_of(&self.scheduler_workflow(&r.name).await?)?, r.deadline) };
+        let result =
+            async { preview_pb(&spec_of(&self.scheduler_workflow(&r.name).await?)?, r.deadline, r.budget_usd) };
         reply(result.await)
     }
 
@@ -547,7 +569,7 @@ impl OrchestratorService for OrchestratorApi {
         let result = async {
             let template = scheduler::template(&r.name)?;
             let spec = template.instantiate(template.name.to_owned(), &parameters(&r.parameters_json)?)?;
-            preview_pb(&spec, r.deadline)
+            preview_pb(&spec, r.deadline, r.budget_usd)
         };
         reply(result.await)
     }

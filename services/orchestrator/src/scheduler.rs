@@ -6,9 +6,26 @@
 //! onto the engine's: `min_score` → threshold on the output's `score`, `output_schema` →
 //! json_schema, `llm_review` → llm_judge. They are stored in the workflows table with
 //! format `scheduler`, so one execution model serves both.
+//!
+//! The original system's limits, with the meaning they had there:
+//!
+//! - `deadline` (RFC 3339): the time by which a run must have ended. The preview says
+//!   whether the critical path, started now, ends by then (`fits_deadline`). A run still
+//!   going at the deadline stops its running tasks and fails with the reason, naming the
+//!   tasks left unfinished (they end `cancelled`); a run started after it fails at once.
+//! - `budget` (`budget_usd`, USD): in the original, budget is money spent on LLM calls —
+//!   its budget tracker caps spend per provider and per day and, when a cap is reached,
+//!   downgrades to a cheaper model or rejects the call (`HELIX_BUDGET_ACTION`). A
+//!   workflow's budget is that cap for one run: the preview sums the tasks'
+//!   `estimated_cost_usd` against it (`fits_budget`); in a run, each LLM call (an
+//!   `llm.generate` task, an `llm_review` gate) goes to the router with what is left as
+//!   its cap (`max_cost_usd`), so the router downgrades or refuses a call that could
+//!   overspend, as it does for the daily budget; once the run has spent its budget, no
+//!   further task starts and the run fails saying so. Tasks that call no LLM cost nothing.
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use helix_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -21,6 +38,12 @@ pub struct SchedulerSpec {
     #[serde(default)]
     pub description: String,
     pub tasks: Vec<TaskSpec>,
+    /// each run must end by then: see the module doc
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<DateTime<Utc>>,
+    /// USD each run may spend on LLM calls: see the module doc
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +59,9 @@ pub struct TaskSpec {
     pub assignee: String,
     #[serde(default)]
     pub estimated_duration_secs: Option<u32>,
+    /// what the task is expected to cost, USD: the preview sums it against the budget
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_cost_usd: Option<f64>,
     #[serde(default)]
     pub max_retries: u32,
     #[serde(default)]
@@ -64,6 +90,8 @@ impl SchedulerSpec {
             variables: Map::new(),
             tags: vec!["scheduler".into()],
             steps,
+            deadline: self.deadline,
+            budget_usd: self.budget_usd,
         };
         definition::validate(&def)?;
         Ok(def)
@@ -121,11 +149,15 @@ fn gate(task: &str, g: &GateSpec) -> Result<Gate> {
 }
 
 /// A preview: waves with their tasks by priority (highest first), the critical path
-/// (the chain of dependencies with the largest estimated duration) and its length.
+/// (the chain of dependencies with the largest estimated duration) and its length, the
+/// estimated cost (the tasks' estimates summed) and whether both fit the limits.
 pub struct Preview {
     pub waves: Vec<Vec<String>>,
     pub critical_path: Vec<String>,
     pub estimated_duration_secs: u32,
+    pub estimated_cost_usd: f64,
+    pub fits_deadline: bool,
+    pub fits_budget: bool,
     pub warnings: Vec<String>,
 }
 
@@ -135,8 +167,15 @@ pub struct Preview {
 pub fn waves_by_priority(tasks: &[TaskSpec]) -> Result<Vec<Vec<String>>> {
     let by_id: HashMap<&str, &TaskSpec> = tasks.iter().map(|t| (t.task_id.as_str(), t)).collect();
     let steps = tasks.iter().map(step).collect::<Result<Vec<_>>>()?;
-    let def =
-        Definition { name: String::new(), description: String::new(), variables: Map::new(), tags: Vec::new(), steps };
+    let def = Definition {
+        name: String::new(),
+        description: String::new(),
+        variables: Map::new(),
+        tags: Vec::new(),
+        steps,
+        deadline: None,
+        budget_usd: None,
+    };
     let mut waves = definition::waves(&def)?;
     for wave in &mut waves {
         wave.sort_by_key(|id| std::cmp::Reverse(by_id[id.as_str()].priority));
@@ -144,7 +183,17 @@ pub fn waves_by_priority(tasks: &[TaskSpec]) -> Result<Vec<Vec<String>>> {
     Ok(waves)
 }
 
+/// The plan of `spec` as if started now, against its deadline and budget (or these).
 pub fn preview(spec: &SchedulerSpec) -> Result<Preview> {
+    preview_with(spec, spec.deadline, spec.budget_usd, Utc::now())
+}
+
+pub fn preview_with(
+    spec: &SchedulerSpec,
+    deadline: Option<DateTime<Utc>>,
+    budget_usd: Option<f64>,
+    now: DateTime<Utc>,
+) -> Result<Preview> {
     spec.definition()?;
     let by_id: HashMap<&str, &TaskSpec> = spec.tasks.iter().map(|t| (t.task_id.as_str(), t)).collect();
     let waves = waves_by_priority(&spec.tasks)?;
@@ -166,13 +215,45 @@ pub fn preview(spec: &SchedulerSpec) -> Result<Preview> {
     }
     critical_path.reverse();
     let estimated_duration_secs = end.map_or(0, |id| best[id].0);
-    let warnings = spec
+    let mut warnings: Vec<String> = spec
         .tasks
         .iter()
         .filter(|t| t.estimated_duration_secs.is_none())
         .map(|t| format!("task `{}` has no estimated duration", t.task_id))
         .collect();
-    Ok(Preview { waves, critical_path, estimated_duration_secs, warnings })
+    // to a billionth of a dollar: 0.1 + 0.2 is 0.3, and fits a budget of 0.3
+    let estimated_cost_usd = (spec.tasks.iter().filter_map(|t| t.estimated_cost_usd).sum::<f64>() * 1e9).round() / 1e9;
+    let ends = now + chrono::Duration::seconds(i64::from(estimated_duration_secs));
+    let fits_deadline = deadline.is_none_or(|d| ends <= d);
+    let fits_budget = budget_usd.is_none_or(|b| estimated_cost_usd <= b);
+    if let Some(d) = deadline.filter(|_| !fits_deadline) {
+        warnings.push(format!(
+            "started now, the critical path ({estimated_duration_secs} s) ends after the deadline {}",
+            d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+    }
+    if let Some(b) = budget_usd.filter(|_| !fits_budget) {
+        warnings.push(format!("the tasks' estimated cost {} is over the budget {}", usd(estimated_cost_usd), usd(b)));
+    }
+    Ok(Preview {
+        waves,
+        critical_path,
+        estimated_duration_secs,
+        estimated_cost_usd,
+        fits_deadline,
+        fits_budget,
+        warnings,
+    })
+}
+
+/// Dollars as people read them: `$0.25`, `$0.00000405` (no float noise, no trailing 0s).
+pub fn usd(amount: f64) -> String {
+    // an empty float sum is -0.0
+    let amount = amount + 0.0;
+    let text = format!("{amount:.8}");
+    let text = text.trim_end_matches('0');
+    let text = text.strip_suffix('.').map_or_else(|| text.to_owned(), |t| format!("{t}.00"));
+    format!("${text}")
 }
 
 /// A built-in template: a task graph whose payloads and descriptions carry
@@ -204,6 +285,7 @@ fn template_task(id: &str, deps: &[&str], priority: i32, secs: u32, description:
         priority,
         assignee: String::new(),
         estimated_duration_secs: Some(secs),
+        estimated_cost_usd: None,
         max_retries: 0,
         payload: payload.as_object().cloned().unwrap_or_default(),
         gates: Vec::new(),
@@ -349,7 +431,13 @@ impl Template {
 
     /// A scheduler workflow named `name` made of the bound tasks.
     pub fn instantiate(&self, name: String, parameters: &Map<String, Value>) -> Result<SchedulerSpec> {
-        let spec = SchedulerSpec { name, description: self.description.to_owned(), tasks: self.bind(parameters)? };
+        let spec = SchedulerSpec {
+            name,
+            description: self.description.to_owned(),
+            tasks: self.bind(parameters)?,
+            deadline: None,
+            budget_usd: None,
+        };
         spec.definition()?;
         Ok(spec)
     }
@@ -397,6 +485,7 @@ mod tests {
             priority,
             assignee: String::new(),
             estimated_duration_secs: Some(secs),
+            estimated_cost_usd: None,
             max_retries: 0,
             payload: Map::new(),
             gates: Vec::new(),
@@ -408,6 +497,8 @@ mod tests {
         let spec = SchedulerSpec {
             name: "p".into(),
             description: String::new(),
+            deadline: None,
+            budget_usd: None,
             tasks: vec![
                 task("fetch", &[], 1, 10),
                 task("index", &[], 5, 2),
@@ -424,11 +515,49 @@ mod tests {
     }
 
     #[test]
+    fn preview_weighs_the_deadline_and_the_budget() {
+        let now: DateTime<Utc> = "2030-01-01T00:00:00Z".parse().unwrap();
+        let mut spec = SchedulerSpec {
+            name: "p".into(),
+            description: String::new(),
+            tasks: vec![task("a", &[], 0, 60), task("b", &["a"], 0, 60)],
+            deadline: None,
+            budget_usd: None,
+        };
+        spec.tasks[0].estimated_cost_usd = Some(0.1);
+        spec.tasks[1].estimated_cost_usd = Some(0.2);
+        let at = |secs: i64| Some(now + chrono::Duration::seconds(secs));
+        // (deadline, budget) → (fits_deadline, fits_budget, warnings)
+        let cases = [
+            ((None, None), (true, true, 0)),
+            ((at(120), Some(0.3)), (true, true, 0)),
+            ((at(119), Some(0.3)), (false, true, 1)),
+            ((at(120), Some(0.29)), (true, false, 1)),
+            ((at(-1), Some(0.0)), (false, false, 2)),
+        ];
+        for ((deadline, budget), expected) in cases {
+            let p = preview_with(&spec, deadline, budget, now).unwrap();
+            assert!((p.estimated_cost_usd - 0.3).abs() < 1e-9);
+            assert_eq!((p.fits_deadline, p.fits_budget, p.warnings.len()), expected, "{deadline:?} {budget:?}");
+        }
+    }
+
+    #[test]
+    fn dollars_read_as_dollars() {
+        let cases = [(0.0, "$0.00"), (-0.0, "$0.00"), (0.25, "$0.25"), (0.1 + 0.2, "$0.3"), (0.0000001, "$0.0000001"), (12.0, "$12.00")];
+        for (amount, text) in cases {
+            assert_eq!(usd(amount), text, "{amount}");
+        }
+    }
+
+    #[test]
     fn refuses_cycles_and_unknown_gates() {
         let mut spec = SchedulerSpec {
             name: "p".into(),
             description: String::new(),
             tasks: vec![task("a", &["b"], 0, 1), task("b", &["a"], 0, 1)],
+            deadline: None,
+            budget_usd: None,
         };
         assert_eq!(preview(&spec).err().map(|e| e.code().to_owned()).as_deref(), Some("workflow_cycle"));
         spec.tasks = vec![task("a", &[], 0, 1)];
