@@ -9,7 +9,7 @@ set -eu
 dest=${1:?usage: deploy/skeleton.sh DEST}
 mkdir -p "$dest"
 
-files() { find . \( -name target -o -name .git -o -name .venv \) -prune -o -type f "$@" -print; }
+files() { find . \( -name target -o -name .git -o -name .venv -o -path ./fuzz \) -prune -o -type f "$@" -print; }
 
 files \( -name Cargo.toml -o -name Cargo.lock -o -name build.rs -o -name 'rust-toolchain*' \) \
   | xargs cp --parents -t "$dest"
