@@ -58,6 +58,8 @@ pub enum Command {
     Keychain(crate::keychain::KeychainArgs),
     /// Configure Helix by answering questions (or `--quick`), then start or check it
     Setup(crate::setup::SetupArgs),
+    /// The sentence-embedding model: `hx model fetch` puts it in HELIX_HOME/models
+    Model(crate::model::ModelArgs),
     /// Exit 0 when this machine's Helix process is ready (container health checks)
     Probe {
         /// default: /readyz on HELIX_METRICS_ADDR's port
@@ -153,6 +155,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Probe { url } => probe(url).await,
         Command::Keychain(args) => crate::keychain::run(args).await,
         Command::Setup(args) => crate::setup::run(args).await,
+        Command::Model(args) => crate::model::run(args).await,
     }
 }
 

