@@ -368,12 +368,11 @@ impl Vault {
         name.push(".lock");
         let path = PathBuf::from(name);
         create_private_dir(&path)?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| VaultError::io(&path, e))?;
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(&path).map_err(|e| VaultError::io(&path, e))?;
         file.lock().map_err(|e| VaultError::io(&path, e))?;
         Ok(file)
     }

@@ -61,6 +61,7 @@ fn files_are_private() {
     assert_eq!(mode(&home), 0o700);
     assert_eq!(mode(&home.join("vault.hxb")), 0o600);
     assert_eq!(mode(&home.join("vault.key")), 0o600);
+    assert_eq!(mode(&home.join("vault.hxb.lock")), 0o600);
     assert_eq!(vault.key_source(), &KeySource::GeneratedFile(home.join("vault.key")));
 }
 
