@@ -64,23 +64,12 @@ impl Scope {
         Scope::SecretsRead,
     ];
 
-    /// What `admin` grants: every scope but [`Scope::SecretsRead`].
-    const ADMIN_GRANTS: [Scope; 14] = [
-        Scope::NodesRead,
-        Scope::NodesWrite,
-        Scope::SearchRead,
-        Scope::SearchWrite,
-        Scope::GraphRead,
-        Scope::GraphWrite,
-        Scope::LlmRead,
-        Scope::LlmCall,
-        Scope::JobsRead,
-        Scope::JobsWrite,
-        Scope::WorkflowsRead,
-        Scope::WorkflowsWrite,
-        Scope::WorkflowsRun,
-        Scope::Admin,
-    ];
+    /// What `admin` grants: every scope but [`Scope::SecretsRead`], which [`Scope::ALL`]
+    /// keeps last so that a scope added to it is granted to admins without a second list.
+    const ADMIN_GRANTS: &'static [Scope] = match Scope::ALL.split_last() {
+        Some((Scope::SecretsRead, granted)) => granted,
+        _ => panic!("Scope::ALL must end with SecretsRead, the one scope admin does not imply"),
+    };
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -115,7 +104,7 @@ impl Scope {
             Scope::LlmCall => &[Scope::LlmRead],
             Scope::JobsWrite => &[Scope::JobsRead],
             Scope::WorkflowsWrite | Scope::WorkflowsRun => &[Scope::WorkflowsRead],
-            Scope::Admin => &Scope::ADMIN_GRANTS,
+            Scope::Admin => Scope::ADMIN_GRANTS,
             _ => &[],
         }
     }
