@@ -8,7 +8,7 @@
 //!   all 350, indexed through the gateway with the real MiniLM model;
 //! - **indexing**: documents per second from the gateway's bulk create to the search
 //!   stats counting them all, against raw tantivy indexing of the same documents in the
-//!   same run, and against raw tantivy plus raw qdrant-edge (the two engines the
+//!   same run, and against raw tantivy plus the raw vector store (the two engines the
 //!   service writes; docs/decisions/0006); MiniLM's own throughput beside it;
 //! - **latency**: p50/p99 of searches of each mode on 100 000 nodes through the search
 //!   service's gRPC API (and hybrid through the gateway), query embedding excluded.
@@ -732,10 +732,10 @@ async fn indexing_and_latency(
     let baseline_cpu = cpu.split();
     let baseline_docs_per_s = first.len() as f64 / baseline;
     eprintln!("indexing: raw tantivy {baseline_docs_per_s:.0} docs/s");
-    let vectors = qdrant_edge_baseline(first).await?;
+    let vectors = vector_store_baseline(first).await?;
     let engines_docs_per_s = first.len() as f64 / (baseline + vectors.seconds);
     eprintln!(
-        "indexing: raw qdrant-edge {:.0} docs/s; both engines one after the other {engines_docs_per_s:.0} docs/s",
+        "indexing: raw vector store {:.0} docs/s; both engines one after the other {engines_docs_per_s:.0} docs/s",
         first.len() as f64 / vectors.seconds
     );
 
@@ -786,9 +786,9 @@ async fn indexing_and_latency(
         "profile_search_service_alone": alone,
         "baseline_raw_tantivy": { "seconds": baseline, "docs_per_s": baseline_docs_per_s, "cpu": baseline_cpu },
         "ratio": ratio,
-        "raw_qdrant_edge": {
+        "raw_vector_store": {
             "about": "the vectors of the same documents (lexical hashing, embedded before timing) upserted with their \
-    filter payloads into a fresh qdrant-edge store as the search service opens it (payload indexes included), in runs of \
+    filter payloads into a fresh embedded vector store (FlatVectors, its log synced per run) as the search service opens it, in runs of \
     512 as its writer does, in this process; no optimisation",
             "seconds": vectors.seconds,
             "docs_per_s": first.len() as f64 / vectors.seconds,
@@ -802,7 +802,7 @@ async fn indexing_and_latency(
         },
         "cpu_budget": cpu_budget(first.len(), baseline_docs_per_s, &baseline_cpu, &vectors, &alone, &pipeline_cpu),
         "baseline_raw_engines": {
-            "about": "raw tantivy then raw qdrant-edge, one after the other: what writing the same documents into the \
+            "about": "raw tantivy then the raw vector store, one after the other: what writing the same documents into the \
     two engines the service keeps costs without the service; the pipeline's overhead is measured against it",
             "seconds": baseline + vectors.seconds,
             "docs_per_s": engines_docs_per_s,
@@ -1031,22 +1031,22 @@ fn cpu_budget(
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let budget = cores / (INDEXING_GOAL * raw_docs_per_s) * 1e6;
     let tantivy = us(process(raw_cpu));
-    let qdrant = us(vectors.cpu_s);
+    let vector_upserts = us(vectors.cpu_s);
     let embedding = us(vectors.embedding_s);
     let sqlite = us(pipeline["cpu_s_by_thread"]["sqlx-sqlite-wor"].as_f64().unwrap_or_default());
-    let engines = tantivy + qdrant + embedding;
+    let engines = tantivy + vector_upserts + embedding;
     let (alone, pipeline) = (us(process(&alone["cpu"])), us(process(pipeline)));
     json!({
         "about": format!("CPU time per document (microseconds). At the goal the pipeline runs at {INDEXING_GOAL} x raw \
     tantivy's docs/s, so even with every core busy all the time it may spend at most cores / that rate per document. The \
-    parts the issue itself asks for are measured alone on the same documents: tantivy (the baseline), qdrant-edge's upserts, \
+    parts the issue itself asks for are measured alone on the same documents: tantivy (the baseline), the vector store's upserts, \
     the embedding, and SQLite's own thread in the pipeline (the durable write of nodes and their outbox events). What is \
     left of the budget after them is what HTTP, JSON, gRPC, the relay, the bus, the indexer and the graph's labels could \
     spend."),
         "cores": cores,
         "budget_at_goal_us": budget,
         "raw_tantivy_us": tantivy,
-        "raw_qdrant_edge_upserts_us": qdrant,
+        "raw_vector_upserts_us": vector_upserts,
         "lexical_embedding_us": embedding,
         "engines_and_embedder_us": engines,
         "sqlite_thread_in_pipeline_us": sqlite,
@@ -1067,8 +1067,8 @@ struct VectorBaseline {
 
 /// The documents' vectors written into a fresh embedded vector store, timed without
 /// the embedding (which is timed on its own, before).
-async fn qdrant_edge_baseline(docs: &[Synthetic]) -> anyhow::Result<VectorBaseline> {
-    use helix_search::{EdgeVectors, EmbedderMark, VectorOp, VectorPoint, VectorStore};
+async fn vector_store_baseline(docs: &[Synthetic]) -> anyhow::Result<VectorBaseline> {
+    use helix_search::{EmbedderMark, FlatVectors, VectorOp, VectorPoint, VectorStore};
     let items: Vec<(String, String)> = docs.iter().map(|d| (embedding_text(d), d.tag.clone())).collect();
     tokio::task::spawn_blocking(move || {
         let embedder = helix_embed::LexicalHashEmbedder::default();
@@ -1092,7 +1092,7 @@ async fn qdrant_edge_baseline(docs: &[Synthetic]) -> anyhow::Result<VectorBaseli
             .collect();
         let dir = tempfile::tempdir()?;
         let mark = EmbedderMark { name: embedder.info().name, dim: embedder.info().dim };
-        let (store, _) = EdgeVectors::open(dir.path(), &mark, true)?;
+        let (store, _) = FlatVectors::open(dir.path(), &mark, true)?;
         let cpu = cpu_seconds();
         let started = Instant::now();
         let mut ops = ops.into_iter().peekable();

@@ -80,12 +80,6 @@ pub fn init(config: &LogConfig, service_name: &str) -> TelemetryGuard {
         .and_then(|directive| EnvFilter::try_new(directive).ok())
         .or_else(|| EnvFilter::try_new(&config.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    // qdrant-edge warns on every use that the feature flags of the Qdrant server were
-    // never set: an embedded shard has none to set (its init is private)
-    let filter = match "qdrant_edge::common::flags=error".parse() {
-        Ok(quiet) => filter.add_directive(quiet),
-        Err(_) => filter,
-    };
     let json = match config.format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,

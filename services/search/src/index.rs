@@ -24,7 +24,7 @@ use helix_embed::Embedder;
 
 use crate::document::{Document, Fields, Indexed};
 use crate::query::{Mode, Operator, QueryBuilder, SearchQuery};
-use crate::vectors::{EdgeVectors, EmbedderMark, Neighbour, QdrantSettings, QdrantVectors, VectorFilter, VectorStore};
+use crate::vectors::{EmbedderMark, FlatVectors, Neighbour, QdrantSettings, QdrantVectors, VectorFilter, VectorStore};
 use crate::writer::{self, WriterHandle, index_error};
 
 /// Longest highlighted fragment of the content, in characters.
@@ -94,7 +94,7 @@ pub struct IndexSettings {
 
 /// Where a replica keeps its vectors.
 pub enum VectorBackend {
-    /// its own qdrant-edge shard in this directory
+    /// its own embedded vector store in this directory
     Embedded(PathBuf),
     /// a Qdrant deployment the replicas share
     Qdrant(QdrantSettings),
@@ -153,7 +153,7 @@ impl SearchIndex {
             && MmapDirectory::open(path).ok().is_some_and(|directory| Index::exists(&directory).unwrap_or(false));
         let (vectors, vectors_created): (Arc<dyn VectorStore>, bool) = match vectors {
             VectorBackend::Embedded(vectors_path) => {
-                let (store, created) = EdgeVectors::open(&vectors_path, &mark, !fulltext_exists)?;
+                let (store, created) = FlatVectors::open(&vectors_path, &mark, !fulltext_exists)?;
                 (Arc::new(store), created)
             }
             // shared with the other replicas: a new full-text index here is no reason

@@ -78,7 +78,7 @@ use index::{IndexSettings, Opened, SearchIndex, VectorBackend};
 use vectors::QdrantSettings;
 /// The embedded vector store on its own: the search benchmark measures its raw write
 /// cost beside raw tantivy's.
-pub use vectors::{EdgeVectors, EmbedderMark, VectorOp, VectorPoint, VectorStore};
+pub use vectors::{EmbedderMark, FlatVectors, VectorOp, VectorPoint, VectorStore};
 
 /// Where the Qdrant API key is read from, as Qdrant's own clients do.
 const QDRANT_API_KEY_ENV: &str = "QDRANT_API_KEY";
@@ -89,8 +89,8 @@ pub const GRPC_SERVICE: &str = helix_proto::service_names::SEARCH;
 const NODE_EVENTS: &str = "helix.node.*";
 /// How long one page of storage's listing may take during a reindex.
 const STORAGE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often the vector index is optimised (HNSW built, segments merged) while it
-/// changes.
+/// How often the vector index's upkeep runs (the embedded store folds its log into a
+/// snapshot once the log has grown).
 const OPTIMIZE_EVERY: Duration = Duration::from_secs(10);
 
 /// Where this replica's index lives under the data directory.

@@ -1,10 +1,10 @@
 //! A search request as the index runs it: the rules a request must follow, and the
 //! tantivy query it becomes.
 //!
-//! The query text is tantivy's query language, parsed leniently (a syntax error drops
-//! the broken part instead of failing the search): words, `"phrases"`, `word*`
-//! prefixes, `-excluded`, `OR`, `AND`, parentheses, `title:`/`content:`/`tags:`
-//! targets and `^boosts`. In mode fulltext words are joined with AND by default: a hit
+//! The query text is read by [`language`]: any text is a valid query, and operators
+//! (`"phrases"`, `word*` prefixes, `-excluded`, `OR`, `AND`, parentheses,
+//! `title:`/`content:`/`tags:` targets and `^boosts`) apply only where they cannot mean
+//! anything else; what is left are words. In mode fulltext words are joined with AND by default: a hit
 //! contains every word (in any of title, content and tags), as a keyword search
 //! should. The full-text side of hybrid joins them with OR by default, plain BM25, so
 //! a question or a sentence still finds what shares only some of its words; the
@@ -22,12 +22,14 @@ use std::ops::Bound;
 
 use chrono::{DateTime, Utc};
 use helix_core::{Error, Result};
-use tantivy::query::{BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
-use tantivy::query_grammar::{self, Delimiter, UserInputAst, UserInputLeaf, UserInputLiteral};
+use tantivy::query::{BooleanQuery, ConstScoreQuery, EmptyQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::query_grammar::{Delimiter, UserInputAst, UserInputLeaf, UserInputLiteral};
 use tantivy::schema::IndexRecordOption;
 use tantivy::{Index, Term};
 
 use crate::document::Fields;
+
+mod language;
 
 pub const TITLE_BOOST: f32 = 2.0;
 pub const TAGS_BOOST: f32 = 1.5;
@@ -205,10 +207,8 @@ impl QueryBuilder {
             Operator::And => &self.all,
             Operator::Or => &self.any,
         };
-        let (ast, errors) = query_grammar::parse_query_lenient(text);
-        if !errors.is_empty() {
-            tracing::debug!(?errors, "query text parsed leniently");
-        }
+        // text without a single word (a dash, an emoji) finds nothing by words
+        let Some(ast) = language::parse(text) else { return Box::new(EmptyQuery) };
         let (query, errors) = parser.build_query_from_user_input_ast_lenient(self.rewrite(ast));
         if !errors.is_empty() {
             tracing::debug!(?errors, "parts of the query text were dropped");
@@ -323,4 +323,93 @@ fn any_of(terms: impl Iterator<Item = Term>) -> Box<dyn Query> {
 /// A required clause that adds nothing to the score.
 fn filter(query: Box<dyn Query>) -> (Occur, Box<dyn Query>) {
     (Occur::Must, Box::new(ConstScoreQuery::new(query, 0.0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use tantivy::collector::TopDocs;
+    use tantivy::{Index, TantivyDocument};
+
+    use super::*;
+    use crate::document::Document;
+
+    fn index(docs: &[(&str, &str, &[&str])]) -> (Index, Fields) {
+        let (schema, fields) = Fields::schema();
+        let index = Index::create_in_ram(schema);
+        let mut writer = index.writer_with_num_threads(1, 15_000_000).unwrap();
+        for (i, (title, content, tags)) in docs.iter().enumerate() {
+            let doc = Document {
+                id: format!("{i}"),
+                namespace: "default".to_owned(),
+                kind: "note".to_owned(),
+                title: (*title).to_owned(),
+                content: (*content).to_owned(),
+                tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+                source: String::new(),
+                importance: 0.5,
+                metadata_json: "{}".to_owned(),
+                created_at: Utc::now(),
+                updated_at: Utc::now(),
+                version: 1,
+                embedding: None,
+            };
+            writer.add_document(fields.document_of(&doc)).unwrap();
+        }
+        writer.commit().unwrap();
+        (index, fields)
+    }
+
+    /// The titles a query finds, best first.
+    fn titles(index: &Index, fields: Fields, text: &str, operator: Operator) -> Vec<String> {
+        let builder = QueryBuilder::new(index, fields);
+        let search = SearchQuery::new(text.to_owned(), 10, "").unwrap();
+        let query = builder.filtered(builder.text(text, operator), &search);
+        let searcher = index.reader().unwrap().searcher();
+        let hits = searcher.search(&query, &TopDocs::with_limit(10).order_by_score()).unwrap();
+        hits.into_iter()
+            .map(|(_, address)| {
+                let doc: TantivyDocument = searcher.doc(address).unwrap();
+                fields.read(&doc).title
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pasted_and_typed_queries_find_what_a_person_expects() {
+        let (index, fields) = index(&[
+            ("Log — This is an activity log", "what happened today, entry by entry", &["journal"]),
+            ("Borrowing", "The borrow checker rules out data races at compile time", &["rust"]),
+            ("Garbage collection", "A garbage collector frees memory at run time", &["gc"]),
+            ("Cats and dogs", "Pets: cats, dogs and the e-mail from the vet at 12:30", &["pets"]),
+            ("Rock AND Roll", "music history 🎸", &["music"]),
+        ]);
+        let all = Operator::And;
+        let cases: [(&str, Operator, &[&str]); 18] = [
+            ("Log — This is an activity", all, &["Log — This is an activity log"]),
+            ("Log - This", all, &["Log — This is an activity log"]),
+            ("Log – This", all, &["Log — This is an activity log"]),
+            ("\"borrow checker", all, &["Borrowing"]),
+            ("(borrow checker", all, &["Borrowing"]),
+            ("data races]", all, &["Borrowing"]),
+            ("Pets: cats", all, &["Cats and dogs"]),
+            ("vet at 12:30", all, &["Cats and dogs"]),
+            ("e-mail", all, &["Cats and dogs"]),
+            ("Rock AND Roll", all, &["Rock AND Roll"]),
+            ("cats OR collector", all, &["Garbage collection", "Cats and dogs"]),
+            ("memory -garbage", all, &[]),
+            ("time -garbage", all, &["Borrowing"]),
+            ("time - garbage", all, &["Garbage collection"]),
+            ("🎸 music", all, &["Rock AND Roll"]),
+            ("🎸", all, &[]),
+            ("title:borrowing", all, &["Borrowing"]),
+            ("AND then music", Operator::Or, &["Rock AND Roll", "Cats and dogs"]),
+        ];
+        for (text, operator, expected) in cases {
+            let mut found = titles(&index, fields, text, operator);
+            let mut expected: Vec<String> = expected.iter().map(|t| (*t).to_owned()).collect();
+            found.sort();
+            expected.sort();
+            assert_eq!(found, expected, "{text:?}");
+        }
+    }
 }
