@@ -9,6 +9,7 @@
 //! similarity is a dot product), splits large inputs into batches itself and keeps
 //! CPU-bound work off the async executor.
 
+mod bert;
 mod error;
 mod lexical;
 mod minilm;

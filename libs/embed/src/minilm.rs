@@ -1,5 +1,6 @@
-//! all-MiniLM-L6-v2 in-process: candle's BERT on the CPU, then what sentence-transformers
-//! does for this model: mean of the token vectors under the attention mask, L2-normalised.
+//! all-MiniLM-L6-v2 in-process: a BERT encoder on candle's CPU tensors ([`bert`](crate::bert)),
+//! then what sentence-transformers does for this model: mean of the token vectors under
+//! the attention mask, L2-normalised.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,10 +8,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{Tokenizer, TruncationParams};
 use tokio::sync::Semaphore;
 
+use crate::bert::{Bert, Config, mean_pool};
 use crate::{EmbedError, Embedder, EmbedderInfo, EmbedderKind, Result, blocking, normalize};
 
 const NAME: &str = "all-MiniLM-L6-v2";
@@ -33,7 +34,7 @@ pub struct MiniLm {
 }
 
 struct Inner {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
     dim: usize,
 }
@@ -62,6 +63,7 @@ impl MiniLm {
 
         let config_text = std::fs::read_to_string(&config).map_err(|e| model_error(&config, &e))?;
         let config_value: Config = serde_json::from_str(&config_text).map_err(|e| model_error(&config, &e))?;
+        config_value.check().map_err(|e| model_error(&config, &e))?;
 
         let mut tokenizer_value = Tokenizer::from_file(&tokenizer).map_err(|e| model_error(&tokenizer, &e))?;
         // tokenizer.json pads every text to 128 and cuts there; we pad per batch ourselves
@@ -74,7 +76,7 @@ impl MiniLm {
         let bytes = std::fs::read(&weights).map_err(|e| model_error(&weights, &e))?;
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu)
             .map_err(|e| model_error(&weights, &e))?;
-        let model = BertModel::load(vb, &config_value).map_err(|e| model_error(&weights, &e))?;
+        let model = Bert::load(vb, &config_value).map_err(|e| model_error(&weights, &e))?;
 
         let inner = Inner { model, tokenizer: tokenizer_value, dim: config_value.hidden_size };
         Ok(Self { inner: Arc::new(inner), running: Arc::new(Semaphore::new(1)) })
@@ -134,16 +136,8 @@ impl Inner {
         let shape = (batch.len(), len);
         let ids = Tensor::from_vec(ids, shape, &Device::Cpu).map_err(model_error)?;
         let mask = Tensor::from_vec(mask, shape, &Device::Cpu).map_err(model_error)?;
-        let types = ids.zeros_like().map_err(model_error)?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask)).map_err(model_error)?; // (batch, len, dim)
-
-        let pooled = (|| {
-            let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (batch, len, 1)
-            let sum = hidden.broadcast_mul(&mask)?.sum(1)?; // (batch, dim)
-            let count = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?; // (batch, 1)
-            sum.broadcast_div(&count)?.to_vec2::<f32>()
-        })()
-        .map_err(model_error)?;
+        let hidden = self.model.forward(&ids, &mask).map_err(model_error)?; // (batch, len, dim)
+        let pooled = mean_pool(&hidden, &mask).and_then(|p| p.to_vec2::<f32>()).map_err(model_error)?;
         Ok(pooled
             .into_iter()
             .map(|mut v| {
