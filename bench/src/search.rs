@@ -1087,6 +1087,7 @@ async fn vector_store_baseline(docs: &[Synthetic]) -> anyhow::Result<VectorBasel
                     kind: "note".to_owned(),
                     tags: vec![tag],
                     updated_at: 1_764_000_000_000_000 + i as i64,
+                    version: 1,
                 })
             })
             .collect();

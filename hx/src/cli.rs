@@ -99,8 +99,19 @@ pub struct StoreArgs {
     pub source: Option<String>,
     #[arg(long)]
     pub importance: Option<f64>,
+    /// Answer once the note is searchable: `indexed` by words (so `hx recall` right
+    /// after finds it), `vectors` by meaning too, `none` at once
+    #[arg(long, value_enum, default_value_t = WaitFor::Indexed)]
+    pub wait_for: WaitFor,
     #[command(flatten)]
     pub remote: Remote,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WaitFor {
+    Indexed,
+    Vectors,
+    None,
 }
 
 #[derive(Debug, Args)]
@@ -258,7 +269,12 @@ async fn store(args: StoreArgs) -> anyhow::Result<ExitCode> {
     if let Some(importance) = args.importance {
         body["importance"] = json!(importance);
     }
-    let node: Value = client(&args.remote)?.call(Method::POST, "/api/v1/nodes", &[], Some(&body)).await?;
+    let wait_for = match args.wait_for {
+        WaitFor::Indexed => vec![("wait_for", "indexed".to_owned())],
+        WaitFor::Vectors => vec![("wait_for", "vectors".to_owned())],
+        WaitFor::None => vec![],
+    };
+    let node: Value = client(&args.remote)?.call(Method::POST, "/api/v1/nodes", &wait_for, Some(&body)).await?;
     if args.remote.json {
         println!("{}", serde_json::to_string_pretty(&node)?);
     } else {

@@ -12,6 +12,7 @@ use helix_events::{Envelope, EventBus, PublishAck, Subscription};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
@@ -89,6 +90,8 @@ pub struct Metrics {
     pub llm_router_overhead: Family<LlmOverheadLabels, Histogram, fn() -> Histogram>,
     /// calls the budget refused or downgraded
     pub llm_budget_actions: Family<LlmOverheadLabels, Counter>,
+    /// documents a search replica holds by words whose vectors are not written yet
+    pub search_vectors_pending: Gauge,
 }
 
 impl Metrics {
@@ -108,6 +111,7 @@ impl Metrics {
             llm_attempts: Family::default(),
             llm_router_overhead: Family::new_with_constructor(overhead_histogram),
             llm_budget_actions: Family::default(),
+            search_vectors_pending: Gauge::default(),
             registry,
         };
         let mut metrics = metrics;
@@ -134,6 +138,11 @@ impl Metrics {
             "llm_budget_actions",
             "LLM calls the budget rejected or downgraded (label call: reject, downgrade)",
             metrics.llm_budget_actions.clone(),
+        );
+        r.register(
+            "search_vectors_pending",
+            "documents searchable by words whose vectors are still being computed",
+            metrics.search_vectors_pending.clone(),
         );
         Arc::new(metrics)
     }

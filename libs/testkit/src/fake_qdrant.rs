@@ -25,6 +25,7 @@ use ::qdrant_client::qdrant::points_update_operation::Operation;
 use ::qdrant_client::qdrant::value::Kind;
 use ::qdrant_client::qdrant::vectors::VectorsOptions;
 use ::qdrant_client::qdrant::vectors_config::Config;
+use ::qdrant_client::qdrant::with_payload_selector::SelectorOptions;
 use ::qdrant_client::qdrant::*;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -389,11 +390,26 @@ impl Points for Fake {
     async fn get(&self, request: Request<GetPoints>) -> Answer<GetResponse> {
         let request = request.into_inner();
         let ids = request.ids.iter().map(id_text).collect::<Result<Vec<_>, _>>()?;
+        // as the server does: `true` sends every payload field, an include list those
+        let wanted = |key: &str| match request.with_payload.as_ref().and_then(|w| w.selector_options.as_ref()) {
+            Some(SelectorOptions::Enable(all)) => *all,
+            Some(SelectorOptions::Include(include)) => include.fields.iter().any(|f| f == key),
+            Some(SelectorOptions::Exclude(exclude)) => !exclude.fields.iter().any(|f| f == key),
+            None => false,
+        };
         let result = self.with(&request.collection_name, |collection| {
             Ok(ids
                 .iter()
-                .filter(|id| collection.points.contains_key(*id))
-                .map(|id| RetrievedPoint { id: Some(point_id(id)), ..Default::default() })
+                .filter_map(|id| {
+                    let point = collection.points.get(id)?;
+                    let payload = point
+                        .payload
+                        .iter()
+                        .filter(|(key, _)| wanted(key))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    Some(RetrievedPoint { id: Some(point_id(id)), payload, ..Default::default() })
+                })
                 .collect())
         })?;
         Ok(Response::new(GetResponse { result, ..Default::default() }))

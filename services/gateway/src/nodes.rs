@@ -108,6 +108,37 @@ pub struct BulkCreated {
     pub nodes: Vec<NodeBody>,
 }
 
+/// Read-your-writes (Elasticsearch's `refresh=wait_for`): the write answers once the
+/// search index shows it.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+pub struct WriteParams {
+    /// `indexed`: searchable by words (within about a commit, 200 ms); `vectors`: by
+    /// meaning too (after the embedding backlog). Without it the write answers at once
+    /// and search catches up. A 504 `index_timeout` after 10 s means the write is stored
+    /// but not searchable yet.
+    #[param(inline)]
+    pub wait_for: Option<WaitFor>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitFor {
+    Indexed,
+    Vectors,
+}
+
+/// Waits, when asked, until search shows the nodes at their versions.
+async fn wait_searchable(state: &AppState, params: &WriteParams, nodes: &[NodeBody]) -> Result<(), Error> {
+    let Some(wait_for) = params.wait_for else { return Ok(()) };
+    let request = pb::WaitIndexedRequest {
+        nodes: nodes.iter().map(|node| pb::NodeVersion { id: node.id.clone(), version: node.version }).collect(),
+        vectors: wait_for == WaitFor::Vectors,
+        timeout_ms: 0,
+    };
+    state.search().wait_indexed(request).await?;
+    Ok(())
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ListParams {
     pub namespace: Option<String>,
@@ -127,31 +158,36 @@ pub struct RecallParams {
     pub limit: Option<u32>,
 }
 
-#[utoipa::path(post, path = "/api/v1/nodes", tag = "nodes", request_body = NodeInput,
-    responses((status = 201, body = NodeBody), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)),
+#[utoipa::path(post, path = "/api/v1/nodes", tag = "nodes", request_body = NodeInput, params(WriteParams),
+    responses((status = 201, body = NodeBody), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 504, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    Query(params): Query<WriteParams>,
     Json(input): Json<NodeInput>,
 ) -> ApiResult<(StatusCode, Json<NodeBody>)> {
     let request = pb::CreateNodeRequest { node: Some(draft(in_own_namespace(&caller, input)?)) };
-    let node = state.storage().create_node(request).await?.into_inner();
-    Ok((StatusCode::CREATED, Json(node_body(node)?)))
+    let node = node_body(state.storage().create_node(request).await?.into_inner())?;
+    wait_searchable(&state, &params, std::slice::from_ref(&node)).await?;
+    Ok((StatusCode::CREATED, Json(node)))
 }
 
-#[utoipa::path(post, path = "/api/v1/nodes/bulk", tag = "nodes", request_body = BulkNodesInput,
-    responses((status = 201, body = BulkCreated), (status = 400, body = ErrorBody)),
+#[utoipa::path(post, path = "/api/v1/nodes/bulk", tag = "nodes", request_body = BulkNodesInput, params(WriteParams),
+    responses((status = 201, body = BulkCreated), (status = 400, body = ErrorBody), (status = 504, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn bulk_create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    Query(params): Query<WriteParams>,
     Json(input): Json<BulkNodesInput>,
 ) -> ApiResult<(StatusCode, Json<BulkCreated>)> {
     let nodes = input.nodes.into_iter().map(|n| in_own_namespace(&caller, n).map(draft));
     let request = pb::BulkCreateNodesRequest { nodes: nodes.collect::<Result<_, _>>()? };
     let nodes = state.storage().bulk_create_nodes(request).await?.into_inner().nodes;
     let nodes = nodes.into_iter().map(node_body).collect::<Result<Vec<_>, _>>()?;
+    wait_searchable(&state, &params, &nodes).await?;
     Ok((StatusCode::CREATED, Json(BulkCreated { ids: nodes.iter().map(|n| n.id.clone()).collect(), nodes })))
 }
 
@@ -171,13 +207,16 @@ pub async fn get(
     Ok(Json(node_body(node)?))
 }
 
-#[utoipa::path(put, path = "/api/v1/nodes/{id}", tag = "nodes", params(("id" = uuid::Uuid, Path)), request_body = NodeUpdate,
-    responses((status = 200, body = NodeBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+#[utoipa::path(put, path = "/api/v1/nodes/{id}", tag = "nodes", params(("id" = uuid::Uuid, Path), WriteParams),
+    request_body = NodeUpdate,
+    responses((status = 200, body = NodeBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 504, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn update(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    Query(params): Query<WriteParams>,
     Json(input): Json<NodeUpdate>,
 ) -> ApiResult<Json<NodeBody>> {
     check_id(&id)?;
@@ -185,8 +224,9 @@ pub async fn update(
     let (expected_version, node) = input.split();
     let node = in_own_namespace(&caller, node)?;
     let request = pb::UpdateNodeRequest { id, expected_version, node: Some(draft(node)) };
-    let node = state.storage().update_node(request).await?.into_inner();
-    Ok(Json(node_body(node)?))
+    let node = node_body(state.storage().update_node(request).await?.into_inner())?;
+    wait_searchable(&state, &params, std::slice::from_ref(&node)).await?;
+    Ok(Json(node))
 }
 
 #[utoipa::path(delete, path = "/api/v1/nodes/{id}", tag = "nodes", params(("id" = uuid::Uuid, Path)),

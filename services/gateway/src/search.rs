@@ -83,6 +83,9 @@ pub struct SearchResults {
     pub took_ms: u32,
     /// of took_ms, the time spent embedding the query
     pub embedding_ms: f64,
+    /// documents searchable by words whose vectors are not written yet: while it is not
+    /// 0, semantic and hybrid answers may miss them by meaning
+    pub vectors_pending: u64,
 }
 
 #[utoipa::path(post, path = "/api/v1/search", tag = "search", request_body = SearchInput,
@@ -154,6 +157,7 @@ async fn run(state: &AppState, caller: &Caller, input: SearchInput) -> ApiResult
         next_offset: response.next_cursor.parse().ok(),
         took_ms: response.took_ms,
         embedding_ms: response.embedding_ms,
+        vectors_pending: response.vectors_pending,
     }))
 }
 
@@ -241,6 +245,7 @@ pub async fn similar(
         next_offset: None,
         took_ms: response.took_ms,
         embedding_ms: response.embedding_ms,
+        vectors_pending: response.vectors_pending,
     }))
 }
 
@@ -444,6 +449,8 @@ pub struct NamespaceCount {
 pub struct SearchStatsBody {
     pub documents: u64,
     pub vectors: u64,
+    /// documents indexed by words whose vectors are still being computed
+    pub vectors_pending: u64,
     pub index_bytes: u64,
     pub embedder_model: String,
     pub embedding_dimensions: u32,
@@ -465,6 +472,7 @@ pub async fn stats(
     Ok(Json(SearchStatsBody {
         documents: stats.documents,
         vectors: stats.vectors,
+        vectors_pending: stats.vectors_pending,
         index_bytes: stats.index_bytes,
         embedder_model: stats.embedder_model,
         embedding_dimensions: stats.embedding_dimensions,

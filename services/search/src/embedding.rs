@@ -1,106 +1,254 @@
-//! The embedding stage in front of the writer: every change bound for the index passes
-//! through it in order, and the documents of a change get their vectors here, in
-//! batches, before the writer thread takes them.
+//! Vectors after words: the writer indexes a document's words at once and leaves its
+//! vector to this stage, so a burst of writes is searchable by words within a commit
+//! however slow the embedder is (MiniLM on a CPU embeds tens of documents a second).
 //!
-//! It is a task of its own so the writer keeps committing while the next batch is
-//! embedded (the embedder itself works off the executor: a local model on blocking
-//! threads, a remote one over HTTP). What waits when a batch begins is embedded
-//! together, up to [`MAX_BATCH`] documents: one event alone is embedded at once, a
-//! reindex or a burst of events fills whole batches.
+//! The writer puts a document's text in the [`Backlog`], newest version per node; the
+//! stage takes what waits, shortest texts first (a batch pads to its longest), embeds it
+//! off the executor and hands the vectors back to the writer, which keeps those whose
+//! document is still at that version. What the backlog holds when the process stops is
+//! found again at start: every live document whose vector lags is queued.
 //!
-//! A batch the embedder fails is answered with the error and never reaches the writer:
-//! an event is then redelivered, a push or a reindex page reports it.
+//! An embedder that fails (a remote endpoint down) loses nothing: the batch goes back in
+//! the backlog and is tried again after a growing pause, while words stay searchable.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
 
-use helix_core::{Error, Result};
 use helix_embed::Embedder;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::Notify;
+use uuid::Uuid;
 
-use crate::writer::{Command, Op};
+use crate::document::Document;
+use crate::writer::Command;
 
-/// Documents embedded in one call at most.
-pub const MAX_BATCH: usize = 64;
+/// Documents taken from the backlog at once: the embedder batches them itself (MiniLM
+/// 32 to a forward pass); sorting this many by length keeps the padding low.
+pub const MAX_BATCH: usize = 256;
+/// The pause after a failed batch, doubling up to the longest.
+const FIRST_PAUSE: Duration = Duration::from_millis(500);
+const LONGEST_PAUSE: Duration = Duration::from_secs(30);
 
-/// Runs until every handle is gone or a shutdown passed through.
-pub async fn run(mut commands: UnboundedReceiver<Command>, writer: Sender<Command>, embedder: Arc<dyn Embedder>) {
-    let mut batch: Vec<Command> = Vec::new();
-    while let Some(first) = commands.recv().await {
-        batch.push(first);
-        let mut documents = missing_vectors(&batch[0]);
-        while documents < MAX_BATCH {
-            match commands.try_recv() {
-                Ok(next) => {
-                    documents += missing_vectors(&next);
-                    batch.push(next);
-                }
-                Err(_) => break,
-            }
-        }
-        let result = if documents > 0 { embed(&mut batch, embedder.as_ref()).await } else { Ok(()) };
-        let mut stop = false;
-        for command in batch.drain(..) {
-            match (&result, command) {
-                (Err(error), Command::Apply { reply, ops, .. }) if ops.iter().any(needs_vector) => {
-                    let _ = reply.send(Err(error.clone()));
-                }
-                (_, command) => {
-                    stop |= matches!(command, Command::Shutdown);
-                    if writer.send(command).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-        if stop {
-            return;
+/// What the vector of one node version needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedRequest {
+    pub id: Uuid,
+    pub version: i64,
+    pub text: String,
+    pub namespace: String,
+    pub kind: String,
+    pub tags: Vec<String>,
+    /// UTC microseconds
+    pub updated_at: i64,
+}
+
+impl EmbedRequest {
+    pub fn of(id: Uuid, doc: &Document) -> Self {
+        Self {
+            id,
+            version: doc.version,
+            text: doc.embedding_text(),
+            namespace: doc.namespace.clone(),
+            kind: doc.kind.clone(),
+            tags: doc.tags.clone(),
+            updated_at: doc.updated_at.timestamp_micros(),
         }
     }
 }
 
-fn needs_vector(op: &Op) -> bool {
-    matches!(op, Op::Upsert(doc) if doc.embedding.is_none())
+/// The documents waiting for a vector, oldest request first, one version per node.
+#[derive(Default)]
+pub struct Backlog {
+    state: Mutex<State>,
+    wake: Notify,
+    closed: AtomicBool,
 }
 
-fn missing_vectors(command: &Command) -> usize {
-    match command {
-        Command::Apply { ops, .. } => ops.iter().filter(|op| needs_vector(op)).count(),
-        _ => 0,
+#[derive(Default)]
+struct State {
+    waiting: HashMap<Uuid, (u64, EmbedRequest)>,
+    /// arrival order: sequence number → id
+    order: BTreeMap<u64, Uuid>,
+    next: u64,
+    /// taken by the stage and not yet answered by the writer
+    in_flight: usize,
+    /// after vectors could not be written: no batch is taken before this
+    paused_until: Option<Instant>,
+    pause: Duration,
+}
+
+impl State {
+    fn insert(&mut self, request: EmbedRequest) {
+        if let Some(&(seq, ref old)) = self.waiting.get(&request.id) {
+            if old.version > request.version {
+                return;
+            }
+            self.order.remove(&seq);
+        }
+        let seq = self.next;
+        self.next += 1;
+        self.order.insert(seq, request.id);
+        self.waiting.insert(request.id, (seq, request));
     }
 }
 
-/// Embeds every document of the batch that has no vector, in calls of [`MAX_BATCH`].
-async fn embed(batch: &mut [Command], embedder: &dyn Embedder) -> Result<()> {
-    let mut slots: Vec<&mut Option<Vec<f32>>> = Vec::new();
-    let mut texts = Vec::new();
-    for command in batch.iter_mut() {
-        if let Command::Apply { ops, .. } = command {
-            for op in ops.iter_mut() {
-                if let Op::Upsert(doc) = op
-                    && doc.embedding.is_none()
-                {
-                    texts.push(doc.embedding_text());
-                    slots.push(&mut doc.embedding);
+impl Backlog {
+    /// Queues a node version's text; an older version of the node waiting is replaced.
+    pub fn push(&self, request: EmbedRequest) {
+        self.state.lock().expect("backlog lock").insert(request);
+        self.wake.notify_one();
+    }
+
+    /// The node is gone: its text need not be embedded.
+    pub fn remove(&self, id: Uuid) {
+        let mut state = self.state.lock().expect("backlog lock");
+        if let Some((seq, _)) = state.waiting.remove(&id) {
+            state.order.remove(&seq);
+        }
+    }
+
+    /// Documents whose vector is not searchable yet: waiting or being embedded.
+    pub fn pending(&self) -> u64 {
+        let state = self.state.lock().expect("backlog lock");
+        (state.waiting.len() + state.in_flight) as u64
+    }
+
+    /// Up to `max` of the oldest requests, now in flight.
+    fn take(&self, max: usize) -> Vec<EmbedRequest> {
+        let mut state = self.state.lock().expect("backlog lock");
+        let mut taken = Vec::with_capacity(max.min(state.waiting.len()));
+        while taken.len() < max {
+            let Some((_, id)) = state.order.pop_first() else { break };
+            if let Some((_, request)) = state.waiting.remove(&id) {
+                taken.push(request);
+            }
+        }
+        state.in_flight += taken.len();
+        taken
+    }
+
+    /// The writer has dealt with `count` taken requests.
+    pub fn finished(&self, count: usize) {
+        let mut state = self.state.lock().expect("backlog lock");
+        state.in_flight = state.in_flight.saturating_sub(count);
+        state.pause = FIRST_PAUSE;
+    }
+
+    /// Taken requests whose vectors could not be written (the vector store failed):
+    /// queued again, and the stage pauses before it takes more, longer each time.
+    pub fn put_back_failed(&self, requests: Vec<EmbedRequest>) {
+        {
+            let mut state = self.state.lock().expect("backlog lock");
+            let pause = state.pause.max(FIRST_PAUSE);
+            state.paused_until = Some(Instant::now() + pause);
+            state.pause = (pause * 2).min(LONGEST_PAUSE);
+        }
+        self.put_back(requests);
+    }
+
+    /// How long the stage must wait before it takes a batch.
+    fn paused(&self) -> Option<Duration> {
+        let state = self.state.lock().expect("backlog lock");
+        state.paused_until.and_then(|until| until.checked_duration_since(Instant::now()))
+    }
+
+    /// Taken requests that must be tried again; a newer version queued meanwhile wins.
+    pub fn put_back(&self, requests: Vec<EmbedRequest>) {
+        let mut state = self.state.lock().expect("backlog lock");
+        state.in_flight = state.in_flight.saturating_sub(requests.len());
+        for request in requests {
+            state.insert(request);
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Ends the stage (the writer stopped).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+}
+
+/// Embeds what the backlog holds until it is closed or the writer is gone.
+pub async fn run(backlog: std::sync::Arc<Backlog>, writer: Sender<Command>, embedder: std::sync::Arc<dyn Embedder>) {
+    let mut pause = FIRST_PAUSE;
+    while !backlog.closed.load(Ordering::SeqCst) {
+        if let Some(pause) = backlog.paused() {
+            tokio::time::sleep(pause).await;
+            continue;
+        }
+        let mut batch = backlog.take(MAX_BATCH);
+        if batch.is_empty() {
+            backlog.wake.notified().await;
+            continue;
+        }
+        batch.sort_by_key(|request| request.text.len());
+        let texts: Vec<String> = batch.iter().map(|request| request.text.clone()).collect();
+        match embedder.embed(&texts).await {
+            Ok(vectors) if vectors.len() == batch.len() => {
+                pause = FIRST_PAUSE;
+                let embedded = batch.into_iter().zip(vectors).collect();
+                if writer.send(Command::Vectors { embedded }).is_err() {
+                    return;
                 }
+            }
+            outcome => {
+                let error = match outcome {
+                    Err(error) => error.to_string(),
+                    Ok(vectors) => format!("the embedder answered {} vectors for {} texts", vectors.len(), texts.len()),
+                };
+                tracing::warn!(
+                    %error, documents = batch.len(), retry_in_ms = pause.as_millis() as u64,
+                    "embedding failed; the documents stay searchable by words and are tried again"
+                );
+                backlog.put_back(batch);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(LONGEST_PAUSE);
             }
         }
     }
-    let mut slots = slots.into_iter();
-    for chunk in texts.chunks(MAX_BATCH) {
-        let vectors = embedder.embed(chunk).await.map_err(|e| Error::unavailable(format!("embedding failed: {e}")))?;
-        if vectors.len() != chunk.len() {
-            return Err(Error::internal(format!(
-                "the embedder answered {} vectors for {} texts",
-                vectors.len(),
-                chunk.len()
-            )));
-        }
-        // vectors first: zip stops when its first side ends, and a slot taken from
-        // `slots` before that would be lost to the next chunk
-        for (vector, slot) in vectors.into_iter().zip(slots.by_ref()) {
-            *slot = Some(vector);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(n: u8, version: i64, text: &str) -> EmbedRequest {
+        EmbedRequest {
+            id: Uuid::from_bytes([n; 16]),
+            version,
+            text: text.to_owned(),
+            namespace: "default".to_owned(),
+            kind: "note".to_owned(),
+            tags: Vec::new(),
+            updated_at: 0,
         }
     }
-    Ok(())
+
+    fn versions(taken: &[EmbedRequest]) -> Vec<(u8, i64)> {
+        taken.iter().map(|r| (r.id.as_bytes()[0], r.version)).collect()
+    }
+
+    #[test]
+    fn the_backlog_keeps_the_newest_version_in_arrival_order_and_counts_what_is_in_flight() {
+        let backlog = Backlog::default();
+        backlog.push(request(1, 1, "a"));
+        backlog.push(request(2, 1, "b"));
+        backlog.push(request(1, 2, "a2"));
+        backlog.push(request(2, 0, "older: ignored"));
+        backlog.push(request(3, 1, "c"));
+        backlog.remove(Uuid::from_bytes([3; 16]));
+        assert_eq!(backlog.pending(), 2);
+        let taken = backlog.take(1);
+        assert_eq!(versions(&taken), vec![(2, 1)], "the oldest request first");
+        assert_eq!(backlog.pending(), 2, "in flight still counts");
+        backlog.push(request(2, 5, "b5"));
+        backlog.put_back(taken);
+        assert_eq!(versions(&backlog.take(10)), vec![(1, 2), (2, 5)], "a newer version queued meanwhile wins");
+        backlog.finished(2);
+        assert_eq!(backlog.pending(), 0);
+    }
 }

@@ -3,6 +3,7 @@
 //! [`SearchQuery`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use futures::StreamExt;
@@ -199,7 +200,37 @@ impl SearchService for SearchApi {
         };
         reply(result.await)
     }
+
+    async fn wait_indexed(&self, request: Request<pb::WaitIndexedRequest>) -> Reply<pb::WaitIndexedResponse> {
+        let request = request.into_inner();
+        let result = async {
+            let nodes = request
+                .nodes
+                .into_iter()
+                .map(|node| {
+                    let id = node.id.parse::<uuid::Uuid>().map_err(|_| {
+                        Error::invalid(
+                            "invalid_id",
+                            format!("{:?} is not a node id", node.id.chars().take(40).collect::<String>()),
+                        )
+                    })?;
+                    Ok((id, node.version))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let timeout = match request.timeout_ms {
+                0 => WAIT_DEFAULT,
+                ms => Duration::from_millis(u64::from(ms)).min(WAIT_LONGEST),
+            };
+            self.index.wait_indexed(nodes, request.vectors, timeout).await?;
+            Ok(pb::WaitIndexedResponse { vectors_pending: self.index.backlog.pending() })
+        };
+        reply(result.await)
+    }
 }
+
+/// How long WaitIndexed waits unless told.
+const WAIT_DEFAULT: Duration = Duration::from_secs(10);
+const WAIT_LONGEST: Duration = Duration::from_secs(60);
 
 fn search_query_from_pb(request: pb::SearchRequest) -> Result<SearchQuery> {
     let page = request.page.unwrap_or_default();
@@ -231,6 +262,7 @@ fn results_to_pb(results: SearchResults) -> pb::SearchResponse {
         mode: results.mode.name().to_owned(),
         took_ms: results.took_ms,
         embedding_ms: results.embedding_ms,
+        vectors_pending: results.vectors_pending,
     }
 }
 
@@ -339,6 +371,7 @@ pub fn document_from_node(node: pb::Node) -> Result<Document> {
 fn stats_to_pb(stats: Stats, embedder: helix_embed::EmbedderInfo) -> pb::SearchStats {
     pb::SearchStats {
         documents: stats.documents,
+        vectors_pending: stats.vectors_pending,
         index_bytes: stats.index_bytes,
         namespaces: stats
             .namespaces

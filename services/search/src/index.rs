@@ -8,11 +8,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use helix_core::{Error, Result};
-use tantivy::collector::{Count, TopDocs};
+use tantivy::collector::{Count, DocSetCollector, TopDocs};
 use tantivy::directory::MmapDirectory;
 use tantivy::query::{Query, TermQuery};
 use tantivy::schema::IndexRecordOption;
@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use helix_embed::Embedder;
 
 use crate::document::{Document, Fields, Indexed};
+use crate::embedding::{Backlog, EmbedRequest};
 use crate::query::{Mode, Operator, QueryBuilder, SearchQuery};
 use crate::vectors::{EmbedderMark, FlatVectors, Neighbour, QdrantSettings, QdrantVectors, VectorFilter, VectorStore};
 use crate::writer::{self, WriterHandle, index_error};
@@ -68,12 +69,16 @@ pub struct SearchResults {
     pub took_ms: u32,
     /// embedding the query text (0 when cached or not needed)
     pub embedding_ms: f64,
+    /// documents searchable by words whose vectors are not written yet
+    pub vectors_pending: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stats {
     pub documents: u64,
     pub vectors: u64,
+    /// documents searchable by words whose vectors are not written yet
+    pub vectors_pending: u64,
     pub index_bytes: u64,
     pub namespaces: Vec<(String, u64)>,
     pub last_commit: Option<DateTime<Utc>>,
@@ -117,6 +122,8 @@ pub struct SearchIndex {
     path: PathBuf,
     pub writer: WriterHandle,
     pub vectors: Arc<dyn VectorStore>,
+    /// documents waiting for their vectors
+    pub backlog: Arc<Backlog>,
     pub embedder: Arc<dyn Embedder>,
     rrf_k: f64,
     min_similarity: f64,
@@ -182,9 +189,10 @@ impl SearchIndex {
             .and_then(|payload| payload["committed_at_micros"].as_i64())
             .map(crate::document::micros_to_time);
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(index_error)?;
-        let (handle, to_stage, to_writer, writer) =
-            writer::writer(&index, reader.clone(), fields, last_commit, vectors.clone())?;
-        tasks.spawn(crate::embedding::run(to_stage, to_writer, embedder.clone()));
+        let backlog = Arc::new(Backlog::default());
+        let (handle, to_writer, writer) =
+            writer::writer(&index, reader.clone(), fields, last_commit, vectors.clone(), backlog.clone())?;
+        tasks.spawn(crate::embedding::run(backlog.clone(), to_writer, embedder.clone()));
         // A thread of its own rather than the runtime's blocking pool: a runtime that is
         // dropped without a shutdown (a panicking test) must not wait for it. Shutdown
         // still waits for it, through the task that awaits its end.
@@ -207,6 +215,7 @@ impl SearchIndex {
             path: path.to_owned(),
             writer: handle,
             vectors,
+            backlog,
             embedder,
             rrf_k,
             min_similarity,
@@ -246,6 +255,7 @@ impl SearchIndex {
         let mut results = self.blocking(move || index.search_now(&query, vector.as_deref().map(Vec::as_slice))).await?;
         results.embedding_ms = embedding_ms;
         results.took_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+        results.vectors_pending = self.backlog.pending();
         Ok(results)
     }
 
@@ -301,6 +311,7 @@ impl SearchIndex {
                     mode: Mode::Semantic,
                     took_ms: 0,
                     embedding_ms: 0.0,
+                    vectors_pending: 0,
                 })
             })
             .await?;
@@ -363,22 +374,133 @@ impl SearchIndex {
         Ok(Suggestions { completions, titles })
     }
 
-    /// The indexed version of each id that has a live document and a vector: what a
-    /// reindex need not embed again.
+    /// The indexed version of each id that has a live document and a vector of that
+    /// version: what a reindex need not embed again.
     pub async fn embedded_versions(self: &Arc<Self>, ids: Vec<String>) -> Result<HashMap<String, i64>> {
         let index = self.clone();
         self.blocking(move || {
             let searcher = index.reader.searcher();
-            let mut versions = HashMap::with_capacity(ids.len());
+            let mut live = Vec::with_capacity(ids.len());
             for id in ids {
                 if let Some(doc) = index.live_document(&searcher, &id)?
                     && let Ok(uuid) = id.parse::<uuid::Uuid>()
-                    && index.vectors.contains(uuid)?
                 {
-                    versions.insert(id, index.fields.read_version(&doc));
+                    live.push((id, uuid, index.fields.read_version(&doc)));
                 }
             }
-            Ok(versions)
+            let uuids: Vec<uuid::Uuid> = live.iter().map(|(_, uuid, _)| *uuid).collect();
+            let vectors = index.vectors.versions(&uuids)?;
+            Ok(live
+                .into_iter()
+                .zip(vectors)
+                .filter(|((.., version), vector)| *vector == Some(*version))
+                .map(|((id, _, version), _)| (id, version))
+                .collect())
+        })
+        .await
+    }
+
+    /// Waits until the committed index shows each node at its version or a later one
+    /// (deleted since counts), by words and with `vectors` by meaning too: read-your-
+    /// writes for the client that wrote them. Checked every few milliseconds; a
+    /// `Timeout` error after `timeout` says what is still missing.
+    pub async fn wait_indexed(
+        self: &Arc<Self>,
+        nodes: Vec<(uuid::Uuid, i64)>,
+        vectors: bool,
+        timeout: Duration,
+    ) -> Result<()> {
+        const POLL: Duration = Duration::from_millis(5);
+        let deadline = Instant::now() + timeout;
+        let mut waiting = nodes;
+        loop {
+            let index = self.clone();
+            let pending = std::mem::take(&mut waiting);
+            waiting = self.blocking(move || index.not_yet_indexed(pending, vectors)).await?;
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let side = if vectors { "searchable by words and meaning" } else { "searchable" };
+                return Err(Error::new(
+                    helix_core::ErrorKind::Timeout,
+                    "index_timeout",
+                    format!(
+                        "stored, but {} of the nodes (first {}) were not {side} within {} ms; {} documents wait for \
+                         vectors",
+                        waiting.len(),
+                        waiting[0].0,
+                        timeout.as_millis(),
+                        self.backlog.pending()
+                    ),
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Which of the nodes the committed index does not show at their version yet.
+    fn not_yet_indexed(&self, nodes: Vec<(uuid::Uuid, i64)>, vectors: bool) -> Result<Vec<(uuid::Uuid, i64)>> {
+        let searcher = self.reader.searcher();
+        let mut live_at = Vec::new();
+        let mut missing = Vec::new();
+        for (id, version) in nodes {
+            let query = TermQuery::new(self.fields.id_term(&id.to_string()), IndexRecordOption::Basic);
+            let top = searcher.search(&query, &TopDocs::with_limit(1).order_by_score()).map_err(index_error)?;
+            let indexed = match top.first() {
+                Some((_, address)) => Some(self.fields.indexed(&searcher.doc(*address).map_err(index_error)?)),
+                None => None,
+            };
+            match indexed {
+                Some(Indexed::Tombstone { version: deleted }) if deleted >= version => {}
+                Some(Indexed::Live { version: live }) if live >= version => {
+                    if vectors {
+                        live_at.push((id, version, live));
+                    }
+                }
+                _ => missing.push((id, version)),
+            }
+        }
+        if !live_at.is_empty() {
+            let ids: Vec<uuid::Uuid> = live_at.iter().map(|(id, ..)| *id).collect();
+            for ((id, version, live), vector) in live_at.into_iter().zip(self.vectors.versions(&ids)?) {
+                if vector.is_none_or(|vector| vector < live) {
+                    missing.push((id, version));
+                }
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Queues every live document whose vector is missing or of an older version: what
+    /// the backlog held when the process stopped, or all of them under a new embedder.
+    /// Answers how many.
+    pub async fn queue_lagging_vectors(self: &Arc<Self>) -> Result<u64> {
+        const PAGE: usize = 512;
+        let index = self.clone();
+        self.blocking(move || {
+            let searcher = index.reader.searcher();
+            let live = searcher.search(&index.queries.live(None), &DocSetCollector).map_err(index_error)?;
+            let mut queued = 0;
+            let addresses: Vec<_> = live.into_iter().collect();
+            for page in addresses.chunks(PAGE) {
+                let mut docs = Vec::with_capacity(page.len());
+                for address in page {
+                    let doc: TantivyDocument = searcher.doc(*address).map_err(index_error)?;
+                    let doc = index.fields.read(&doc);
+                    if let Ok(uuid) = doc.id.parse::<uuid::Uuid>() {
+                        docs.push((uuid, doc));
+                    }
+                }
+                let uuids: Vec<uuid::Uuid> = docs.iter().map(|(uuid, _)| *uuid).collect();
+                for ((uuid, doc), vector) in docs.into_iter().zip(index.vectors.versions(&uuids)?) {
+                    if vector != Some(doc.version) {
+                        index.backlog.push(EmbedRequest::of(uuid, &doc));
+                        queued += 1;
+                    }
+                }
+            }
+            Ok(queued)
         })
         .await
     }
@@ -478,6 +600,7 @@ impl SearchIndex {
             mode: if vector.is_some() { search.mode } else { Mode::Fulltext },
             took_ms: 0,
             embedding_ms: 0.0,
+            vectors_pending: 0,
         })
     }
 
@@ -616,6 +739,7 @@ impl SearchIndex {
         Ok(Stats {
             documents,
             vectors: self.vectors.count(),
+            vectors_pending: self.backlog.pending(),
             index_bytes: directory_bytes(&self.path),
             namespaces,
             last_commit: self.writer.status.last_commit(),

@@ -193,13 +193,24 @@ pub async fn start(ctx: &ServiceContext) -> helix_runtime::Result<SearchServiceS
     ctx.tasks.spawn(indexer::run(events, index.writer.clone(), group, ctx.shutdown.clone()));
 
     let storage = StorageServiceClient::new(ctx.channel(&ctx.config.endpoints.storage, STORAGE_TIMEOUT)?);
-    let api = SearchApi::new(index, storage, ctx.tasks.clone(), ctx.shutdown.clone());
-    if vectors_created && !created {
-        // documents indexed by words but not by meaning (a new embedder, or vectors that
-        // were lost): rebuild both from storage, in the background
-        tracing::info!("the vector index is new while the full-text index is not: reindexing from storage");
-        api.spawn_reindex(None, false)?;
-    }
+    let api = SearchApi::new(index.clone(), storage, ctx.tasks.clone(), ctx.shutdown.clone());
+    let (pending, gauge, shutdown) = (index.clone(), ctx.metrics.search_vectors_pending.clone(), ctx.shutdown.clone());
+    ctx.tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        while shutdown.run_until_cancelled(tick.tick()).await.is_some() {
+            gauge.set(i64::try_from(pending.backlog.pending()).unwrap_or(i64::MAX));
+        }
+    });
+    // documents indexed by words whose vectors lag (the backlog when the process
+    // stopped), or all of them when the vector store is new: embedded in the background
+    let lagging = index.clone();
+    ctx.tasks.spawn(async move {
+        match lagging.queue_lagging_vectors().await {
+            Ok(0) => {}
+            Ok(queued) => tracing::info!(queued, vectors_created, "documents queued for their vectors"),
+            Err(error) => tracing::warn!(%error, "finding documents whose vectors lag failed"),
+        }
+    });
     Ok(SearchServiceServer::new(api).max_decoding_message_size(64 * 1024 * 1024))
 }
 

@@ -28,11 +28,12 @@ pub use flat::FlatVectors;
 pub use qdrant::{QdrantSettings, QdrantVectors};
 
 /// The payload fields filters use in the cluster backend; each has a keyword index (or
-/// a float range index).
+/// a float range index). [`VERSION`] is read back, never filtered on.
 const NAMESPACE: &str = "namespace";
 const KIND: &str = "kind";
 const TAGS: &str = "tags";
 const UPDATED_AT: &str = "updated_at";
+const VERSION: &str = "version";
 
 /// A node's embedding with what filters need of it.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +45,9 @@ pub struct VectorPoint {
     pub tags: Vec<String>,
     /// UTC microseconds
     pub updated_at: i64,
+    /// the node version the vector was computed for: a vector may lag its document
+    /// (words are searchable first), and start-up embeds what lags
+    pub version: i64,
 }
 
 /// One change, applied in order with its neighbours.
@@ -91,8 +95,8 @@ pub trait VectorStore: Send + Sync + 'static {
     fn search(&self, query: &[f32], filter: &VectorFilter, limit: usize) -> Result<Vec<Neighbour>>;
     /// Vectors held (approximately, in the cluster backend).
     fn count(&self) -> u64;
-    /// Whether the id has a vector.
-    fn contains(&self, id: Uuid) -> Result<bool>;
+    /// The node version each id's vector was computed for; `None` where it has none.
+    fn versions(&self, ids: &[Uuid]) -> Result<Vec<Option<i64>>>;
     /// Background upkeep (folding the log into a snapshot, building indexes); true
     /// when it changed anything.
     fn optimize(&self) -> Result<bool>;

@@ -1,12 +1,15 @@
 //! The one writer of the index: a thread of its own (tantivy's writer blocks), fed
-//! through a channel by the event indexer, the index rpcs and reindexing, so their
-//! changes apply in the order they were sent. Every change passes the
-//! [`embedding`](crate::embedding) stage first, which gives documents their vectors.
+//! through a channel by the event indexer, the index rpcs, reindexing and the
+//! [`embedding`](crate::embedding) stage, so their changes apply in the order they were
+//! sent.
 //!
-//! The writer keeps both sides of the index in step: the vector of a document is
-//! written (or removed) before its full-text document commits — in runs while the batch
-//! fills, the rest just before the commit — and a search takes a vector hit only when
-//! its document is committed, so it sees both or neither.
+//! Words first, vectors after: a document without a vector is indexed by its words at
+//! once and its text queued in the [`Backlog`]; the stage sends the vector back as a
+//! change of its own, kept only if the document is still at that version. A document
+//! pushed with its vector, and every removal, writes the vector side with the words.
+//! Vector changes are written in order with the batch — in runs while it fills, the rest
+//! just before the commit — and a search takes a vector hit only when its document is
+//! committed.
 //!
 //! Changes are committed in small batches: the writer takes what is waiting, then
 //! commits, but not more often than every [`COMMIT_INTERVAL`]; after a commit the
@@ -32,6 +35,7 @@ use tantivy::{Index, IndexReader, IndexWriter, TantivyDocument, Term};
 use tokio::sync::oneshot;
 
 use crate::document::{Document, Fields, Indexed};
+use crate::embedding::{Backlog, EmbedRequest};
 use crate::vectors::{VectorOp, VectorPoint, VectorStore};
 
 /// The least time between two commits.
@@ -93,6 +97,10 @@ pub(crate) enum Command {
         reply: Reply<u64>,
     },
     AbortReindex,
+    /// Vectors the embedding stage computed, each for the version it names.
+    Vectors {
+        embedded: Vec<(EmbedRequest, Vec<f32>)>,
+    },
     Shutdown,
 }
 
@@ -135,8 +143,7 @@ impl WriterStatus {
 /// The async side of the writer: sends changes, awaits their outcome.
 #[derive(Clone)]
 pub struct WriterHandle {
-    /// to the embedding stage, which passes them on in order
-    commands: tokio::sync::mpsc::UnboundedSender<Command>,
+    commands: Sender<Command>,
     pub status: Arc<WriterStatus>,
 }
 
@@ -179,19 +186,19 @@ impl WriterHandle {
     }
 }
 
-/// Opens the index's writer; [`Writer::run`] is its thread, and the embedding stage
-/// must take the handle's commands from the receiver and pass them to the sender.
+/// Opens the index's writer; [`Writer::run`] is its thread. The sender is the
+/// embedding stage's way back to it.
 pub(crate) fn writer(
     index: &Index,
     reader: IndexReader,
     fields: Fields,
     last_commit: Option<DateTime<Utc>>,
     vectors: Arc<dyn VectorStore>,
-) -> Result<(WriterHandle, tokio::sync::mpsc::UnboundedReceiver<Command>, Sender<Command>, Writer)> {
+    backlog: Arc<Backlog>,
+) -> Result<(WriterHandle, Sender<Command>, Writer)> {
     let inner = index.writer_with_num_threads(1, WRITER_MEMORY).map_err(index_error)?;
     let known = known_ids(&reader, fields).map_err(index_error)?;
-    let (to_writer, receiver) = std::sync::mpsc::channel();
-    let (commands, to_stage) = tokio::sync::mpsc::unbounded_channel();
+    let (commands, receiver) = std::sync::mpsc::channel();
     let status = Arc::new(WriterStatus::new(last_commit));
     let writer = Writer {
         inner,
@@ -200,6 +207,8 @@ pub(crate) fn writer(
         receiver,
         status: status.clone(),
         vectors,
+        backlog,
+        embedded: Vec::new(),
         pending_vectors: Vec::new(),
         pending: HashMap::new(),
         known,
@@ -209,7 +218,7 @@ pub(crate) fn writer(
         last_commit: Instant::now().checked_sub(COMMIT_INTERVAL).unwrap_or_else(Instant::now),
         reindex: None,
     };
-    Ok((WriterHandle { commands, status }, to_stage, to_writer, writer))
+    Ok((WriterHandle { commands: commands.clone(), status }, commands, writer))
 }
 
 /// Every id the index has a document for (live or tombstone), from the id field's terms
@@ -228,21 +237,17 @@ fn known_ids(reader: &IndexReader, fields: Fields) -> tantivy::Result<HashSet<u1
     Ok(known)
 }
 
-/// The vector change that goes with indexing `doc`: its vector, or none (a document
-/// without one must not keep the vector of an older version).
-fn vector_op(doc: &Document) -> Result<VectorOp> {
-    let id = parse_uuid(&doc.id)?;
-    Ok(match &doc.embedding {
-        Some(vector) => VectorOp::Upsert(VectorPoint {
-            id,
-            vector: vector.clone(),
-            namespace: doc.namespace.clone(),
-            kind: doc.kind.clone(),
-            tags: doc.tags.clone(),
-            updated_at: doc.updated_at.timestamp_micros(),
-        }),
-        None => VectorOp::Delete(id),
-    })
+/// The vector of a node version, as the store keeps it.
+fn vector_point(request: EmbedRequest, vector: Vec<f32>) -> VectorPoint {
+    VectorPoint {
+        id: request.id,
+        vector,
+        namespace: request.namespace,
+        kind: request.kind,
+        tags: request.tags,
+        updated_at: request.updated_at,
+        version: request.version,
+    }
 }
 
 fn parse_uuid(id: &str) -> Result<uuid::Uuid> {
@@ -267,6 +272,10 @@ pub struct Writer {
     receiver: Receiver<Command>,
     status: Arc<WriterStatus>,
     vectors: Arc<dyn VectorStore>,
+    /// texts waiting for their vectors
+    backlog: Arc<Backlog>,
+    /// what the stage sent back in this batch, reported to the backlog once written
+    embedded: Vec<EmbedRequest>,
     /// vector changes of the uncommitted batch, in order; written just before the commit
     pending_vectors: Vec<VectorOp>,
     /// What the uncommitted changes left of each id they touched (the reader does not
@@ -293,7 +302,7 @@ impl Writer {
         while running {
             let Ok(first) = self.receiver.recv() else { break };
             running = self.handle(first);
-            while running && (self.changes > 0 || !self.waiting.is_empty()) {
+            while running && (self.changes > 0 || !self.embedded.is_empty() || !self.waiting.is_empty()) {
                 let due = self.last_commit + COMMIT_INTERVAL;
                 let now = Instant::now();
                 if now >= due && self.changes >= MAX_BATCH {
@@ -316,6 +325,7 @@ impl Writer {
             let _ = self.commit();
         }
         let _ = self.commit();
+        self.backlog.close();
         self.vectors.close();
         self.status.running.store(false, Ordering::SeqCst);
         tracing::debug!("search index writer stopped");
@@ -341,6 +351,7 @@ impl Writer {
                 let _ = reply.send(self.finish_reindex(seen));
             }
             Command::AbortReindex => self.reindex = None,
+            Command::Vectors { embedded } => self.vectors_embedded(embedded),
             Command::Shutdown => return false,
         }
         true
@@ -370,11 +381,19 @@ impl Writer {
                     applied.skipped_stale += 1;
                     return Ok(());
                 }
-                let vector = vector_op(&doc)?;
+                let id = parse_uuid(&doc.id)?;
                 self.inner.delete_term(self.fields.id_term(&doc.id));
                 self.inner.add_document(self.fields.document_of(&doc)).map_err(index_error)?;
-                self.known.insert(vector.id().as_u128());
-                self.push_vector(vector);
+                self.known.insert(id.as_u128());
+                // until the new vector is written, the old one (if any) stays: the node
+                // is still found by its former meaning rather than not at all
+                match doc.embedding.clone() {
+                    Some(vector) => {
+                        self.backlog.remove(id);
+                        self.push_vector(VectorOp::Upsert(vector_point(EmbedRequest::of(id, &doc), vector)));
+                    }
+                    None => self.backlog.push(EmbedRequest::of(id, &doc)),
+                }
                 self.pending.insert(doc.id, Some(Indexed::Live { version: doc.version }));
                 applied.indexed += 1;
             }
@@ -384,8 +403,10 @@ impl Writer {
                 if !matches!(self.lookup(&id)?, Some(Indexed::Live { .. })) {
                     return Ok(());
                 }
+                let uuid = parse_uuid(&id)?;
                 self.inner.delete_term(self.fields.id_term(&id));
-                self.push_vector(VectorOp::Delete(parse_uuid(&id)?));
+                self.backlog.remove(uuid);
+                self.push_vector(VectorOp::Delete(uuid));
                 self.pending.insert(id, None);
                 applied.removed += 1;
             }
@@ -402,12 +423,27 @@ impl Writer {
                 self.inner.delete_term(self.fields.id_term(&id));
                 self.inner.add_document(self.fields.tombstone(&id, tombstone, Utc::now())).map_err(index_error)?;
                 self.known.insert(uuid.as_u128());
+                self.backlog.remove(uuid);
                 self.push_vector(VectorOp::Delete(uuid));
                 self.pending.insert(id, Some(Indexed::Tombstone { version: tombstone }));
             }
         }
         self.changes += 1;
         Ok(())
+    }
+
+    /// Vectors from the embedding stage: each is written if its document is still live at
+    /// the version it was computed for, in order with the rest of the batch.
+    fn vectors_embedded(&mut self, embedded: Vec<(EmbedRequest, Vec<f32>)>) {
+        for (request, vector) in embedded {
+            let current = self.lookup(&request.id.to_string());
+            if matches!(current, Ok(Some(Indexed::Live { version })) if version == request.version) {
+                self.embedded.push(request.clone());
+                self.push_vector(VectorOp::Upsert(vector_point(request, vector)));
+            } else {
+                self.backlog.finished(1);
+            }
+        }
     }
 
     /// Queues a vector change of the uncommitted batch. Every [`VECTOR_FLUSH`] changes
@@ -443,20 +479,35 @@ impl Writer {
     /// Commits the waiting changes, reloads the reader and answers whoever waits.
     fn commit(&mut self) -> Result<()> {
         let waiting = std::mem::take(&mut self.waiting);
+        let embedded = std::mem::take(&mut self.embedded);
         if self.changes == 0 {
+            // only vectors of committed documents: nothing for tantivy to commit
+            let vectors = std::mem::take(&mut self.pending_vectors);
+            let wrote = !vectors.is_empty();
+            let written = match self.vectors_failed.take() {
+                Some(error) => Err(error),
+                None => self.vectors.apply(vectors),
+            };
+            self.settle_embedded(embedded, &written);
+            if wrote {
+                // a vector store that fails makes the index unready, as a failed commit does
+                *self.status.last_error.lock().expect("status lock") = written.as_ref().err().map(ToString::to_string);
+            }
             for (reply, applied) in waiting {
                 let _ = reply.send(Ok(applied));
             }
-            return Ok(());
+            return written;
         }
         let at = Utc::now();
         // vectors first: a failed full-text commit is redone (events redelivered,
         // pushes retried) and writing a vector again changes nothing
         let vectors = std::mem::take(&mut self.pending_vectors);
-        let result = match self.vectors_failed.take() {
+        let written = match self.vectors_failed.take() {
             Some(error) => Err(error),
-            None => self.vectors.apply(vectors).and_then(|()| self.commit_at(at)),
+            None => self.vectors.apply(vectors),
         };
+        self.settle_embedded(embedded, &written);
+        let result = written.and_then(|()| self.commit_at(at));
         self.pending.clear();
         self.changes = 0;
         self.last_commit = Instant::now();
@@ -480,6 +531,22 @@ impl Writer {
             }
         }
         result
+    }
+
+    /// Tells the backlog the stage's vectors of this batch are written, or queues them
+    /// again when writing failed. (A failed full-text commit after them is redone with
+    /// its documents, which queue their texts again.)
+    fn settle_embedded(&self, embedded: Vec<EmbedRequest>, written: &Result<()>) {
+        if embedded.is_empty() {
+            return;
+        }
+        match written {
+            Ok(()) => self.backlog.finished(embedded.len()),
+            Err(error) => {
+                tracing::warn!(%error, vectors = embedded.len(), "writing vectors failed; they are embedded again");
+                self.backlog.put_back_failed(embedded);
+            }
+        }
     }
 
     fn commit_at(&mut self, at: DateTime<Utc>) -> Result<()> {

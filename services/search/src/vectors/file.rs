@@ -4,8 +4,8 @@
 //! ```text
 //! header:  b"HXV1"  dim: u32
 //! record:  len: u32  crc32(body): u32  body
-//! body:    1  id[16]  updated_at: i64  namespace  kind  tag-count: u32  tags…  dim × f32   (upsert)
-//!          2  id[16]                                                                     (delete)
+//! body:    1  id[16]  updated_at: i64  version: i64  namespace  kind  tag-count: u32  tags…  dim × f32   (upsert)
+//!          2  id[16]                                                                                   (delete)
 //! string:  len: u32  UTF-8 bytes
 //! ```
 //!
@@ -52,6 +52,7 @@ pub fn read_header(reader: &mut impl Read) -> io::Result<Option<usize>> {
 pub struct PointRef<'a> {
     pub id: Uuid,
     pub updated_at: i64,
+    pub version: i64,
     pub namespace: &'a str,
     pub kind: &'a str,
     pub tags: &'a [&'a str],
@@ -63,6 +64,7 @@ pub fn append_upsert(out: &mut Vec<u8>, point: &PointRef<'_>) {
     out.push(UPSERT);
     out.extend_from_slice(point.id.as_bytes());
     out.extend_from_slice(&point.updated_at.to_le_bytes());
+    out.extend_from_slice(&point.version.to_le_bytes());
     put_str(out, point.namespace);
     put_str(out, point.kind);
     out.extend_from_slice(&(point.tags.len() as u32).to_le_bytes());
@@ -162,6 +164,7 @@ fn decode(body: &[u8], dim: usize) -> Option<VectorOp> {
         DELETE => VectorOp::Delete(id),
         UPSERT => {
             let updated_at = i64::from_le_bytes(cursor.take(8)?.try_into().ok()?);
+            let version = i64::from_le_bytes(cursor.take(8)?.try_into().ok()?);
             let namespace = cursor.string()?;
             let kind = cursor.string()?;
             let count = cursor.u32()? as usize;
@@ -171,7 +174,7 @@ fn decode(body: &[u8], dim: usize) -> Option<VectorOp> {
                 .chunks_exact(4)
                 .map(|bytes| f32::from_le_bytes(bytes.try_into().expect("4 bytes")))
                 .collect();
-            VectorOp::Upsert(VectorPoint { id, vector, namespace, kind, tags, updated_at })
+            VectorOp::Upsert(VectorPoint { id, vector, namespace, kind, tags, updated_at, version })
         }
         _ => return None,
     };
@@ -211,6 +214,7 @@ mod tests {
             kind: "note".to_owned(),
             tags: vec!["a".to_owned(), "ünï".to_owned()],
             updated_at: -7 + i64::from(i),
+            version: 3 + i64::from(i),
         }
     }
 
@@ -223,6 +227,7 @@ mod tests {
                     let point = PointRef {
                         id: p.id,
                         updated_at: p.updated_at,
+                        version: p.version,
                         namespace: &p.namespace,
                         kind: &p.kind,
                         tags: &tags,

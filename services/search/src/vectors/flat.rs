@@ -70,6 +70,7 @@ struct Meta {
     kind: u32,
     tags: Box<[u32]>,
     updated_at: i64,
+    version: i64,
 }
 
 /// Interned namespace, kind and tag strings. Labels are never forgotten while the store
@@ -125,6 +126,7 @@ impl Points {
             kind: self.labels.intern(&point.kind),
             tags: point.tags.iter().map(|tag| self.labels.intern(tag)).collect(),
             updated_at: point.updated_at,
+            version: point.version,
         };
         let unit = unit_length(point.vector);
         match self.slots.get(&point.id) {
@@ -192,6 +194,7 @@ impl Points {
                 &PointRef {
                     id: *id,
                     updated_at: meta.updated_at,
+                    version: meta.version,
                     namespace: self.labels.name(meta.namespace),
                     kind: self.labels.name(meta.kind),
                     tags: &tags,
@@ -489,6 +492,7 @@ impl VectorStore for FlatVectors {
                         &PointRef {
                             id: point.id,
                             updated_at: point.updated_at,
+                            version: point.version,
                             namespace: &point.namespace,
                             kind: &point.kind,
                             tags: &tags,
@@ -525,8 +529,11 @@ impl VectorStore for FlatVectors {
         self.read_state(|state| Ok(state.points.ids.len() as u64)).unwrap_or(0)
     }
 
-    fn contains(&self, id: Uuid) -> Result<bool> {
-        self.read_state(|state| Ok(state.points.slots.contains_key(&id)))
+    fn versions(&self, ids: &[Uuid]) -> Result<Vec<Option<i64>>> {
+        self.read_state(|state| {
+            let points = &state.points;
+            Ok(ids.iter().map(|id| points.slots.get(id).map(|&slot| points.meta[slot].version)).collect())
+        })
     }
 
     fn optimize(&self) -> Result<bool> {
@@ -561,6 +568,7 @@ mod tests {
             kind: "note".to_owned(),
             tags: tags.iter().map(|t| (*t).to_owned()).collect(),
             updated_at,
+            version: updated_at + 1,
         })
     }
 
@@ -624,7 +632,7 @@ mod tests {
             ])
             .unwrap();
         assert_eq!(store.count(), 3);
-        assert!(!store.contains(id(1)).unwrap() && store.contains(id(4)).unwrap());
+        assert_eq!(store.versions(&[id(1), id(4), id(2)]).unwrap(), vec![None, Some(42), Some(21)]);
         let found = store.search(&[1.0, 0.0, 0.0], &VectorFilter::default(), 10).unwrap();
         assert_eq!(ids(&found), vec![4, 2, 3]);
         let wrong = store.apply(vec![VectorOp::Upsert(VectorPoint { vector: vec![1.0; 4], ..upsert_of(6) })]);
@@ -639,6 +647,7 @@ mod tests {
             kind: "note".to_owned(),
             tags: vec![],
             updated_at: 0,
+            version: 1,
         }
     }
 

@@ -11,6 +11,7 @@
 //! call runs the client's future to completion on the service's runtime from that
 //! thread; it is never called from the async executor itself.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use qdrant_client::Qdrant;
 use qdrant_client::qdrant::point_id::PointIdOptions;
 use qdrant_client::qdrant::points_selector::PointsSelectorOneOf;
 use qdrant_client::qdrant::points_update_operation::{DeletePoints, Operation, PointStructList};
+use qdrant_client::qdrant::value::Kind;
 use qdrant_client::qdrant::{
     Condition, CountPoints, CreateCollection, CreateFieldIndexCollection, Distance, FieldType, Filter, GetPoints,
     PointId, PointStruct, PointsIdsList, PointsSelector, PointsUpdateOperation, Query, QueryPoints, Range,
@@ -27,7 +29,7 @@ use qdrant_client::qdrant::{
 use tokio::runtime::Handle;
 use uuid::Uuid;
 
-use super::{EmbedderMark, KIND, NAMESPACE, Neighbour, TAGS, UPDATED_AT, VectorFilter, VectorOp, VectorStore};
+use super::{EmbedderMark, KIND, NAMESPACE, Neighbour, TAGS, UPDATED_AT, VERSION, VectorFilter, VectorOp, VectorStore};
 
 /// Points per update request: a batch of the writer may hold thousands of 384-float
 /// vectors, more than one gRPC message should carry.
@@ -186,6 +188,7 @@ impl VectorStore for QdrantVectors {
                         (KIND, point.kind.into()),
                         (TAGS, point.tags.into()),
                         (UPDATED_AT, (point.updated_at as f64).into()),
+                        (VERSION, point.version.into()),
                     ];
                     points.push(PointStruct::new(point_id(point.id), point.vector, payload));
                 }
@@ -248,15 +251,28 @@ impl VectorStore for QdrantVectors {
         }
     }
 
-    fn contains(&self, id: Uuid) -> Result<bool> {
-        let response = self.run(self.client.get_points(GetPoints {
-            collection_name: self.collection.clone(),
-            ids: vec![point_id(id)],
-            with_payload: Some(WithPayloadSelector::from(false)),
-            with_vectors: Some(WithVectorsSelector::from(false)),
-            ..Default::default()
-        }))?;
-        Ok(!response.result.is_empty())
+    fn versions(&self, ids: &[Uuid]) -> Result<Vec<Option<i64>>> {
+        let mut found = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(POINTS_PER_REQUEST) {
+            let response = self.run(self.client.get_points(GetPoints {
+                collection_name: self.collection.clone(),
+                ids: chunk.iter().map(|&id| point_id(id)).collect(),
+                with_payload: Some(WithPayloadSelector::from(vec![VERSION])),
+                with_vectors: Some(WithVectorsSelector::from(false)),
+                ..Default::default()
+            }))?;
+            for point in response.result {
+                let version = point.payload.get(VERSION).and_then(|value| match value.kind {
+                    Some(Kind::IntegerValue(version)) => Some(version),
+                    _ => None,
+                });
+                if let Some(id) = point.id.and_then(uuid_of) {
+                    // a point written before versions were kept counts as lagging
+                    found.insert(id, version.unwrap_or(i64::MIN));
+                }
+            }
+        }
+        Ok(ids.iter().map(|id| found.get(id).copied()).collect())
     }
 
     /// The server optimises its own segments.
