@@ -3,8 +3,9 @@
 //!
 //! Its contract is `proto/helix/v1/search.proto`. Each replica keeps two indexes under
 //! `HELIX_HOME/search`: a tantivy full-text index (`index/`), ranked by BM25 with field
-//! boosts (title 2.0, tags 1.5, content 1.0), and a vector index (`vectors/`, Qdrant's
-//! engine in-process; or a Qdrant server the replicas share, with `HELIX_QDRANT_URL`)
+//! boosts (title 2.0, tags 1.5, content 1.0), and a vector index (`vectors/`, an exact
+//! in-memory scan kept as a snapshot and a log; or a Qdrant server the replicas share,
+//! with `HELIX_QDRANT_URL`)
 //! of one embedding per node from the configured embedder (MiniLM
 //! in-process, an OpenAI-compatible endpoint, or the lexical hashing fallback). Modes:
 //! `fulltext` (words joined by AND by default), `semantic` (cosine similarity, at least
@@ -12,9 +13,9 @@
 //! two lists (the full-text side joined by OR), each hit with its rank on each side.
 //! Filters by namespace (any of), kind (any of), tag (every one) and update time
 //! restrict both sides without scoring; highlighted fragments (`<mark></mark>`); pages
-//! of at most 100 hits whose cursor is the offset of the next hit. The query language
-//! (`"phrases"`, `word*` prefixes, `-not`, `OR`, `field:`) is described in the `query`
-//! module. Title and content use the `en_stem` tokenizer (lowercased, English stemming:
+//! of at most 100 hits whose cursor is the offset of the next hit. Any text is a valid
+//! query; its operators (`"phrases"`, `word*` prefixes, `-not`, `OR`, `field:`) apply only
+//! where unambiguous, as the `query::language` module describes. Title and content use the `en_stem` tokenizer (lowercased, English stemming:
 //! "running" finds "runs"); tags, namespace and kind match exactly.
 //!
 //! # A replicated read model
@@ -30,8 +31,12 @@
 //! indexed one is skipped, and a deleted node leaves a small tombstone (id and version)
 //! so an event redelivered late cannot revive it. The writer commits in small batches
 //! (what is waiting, at most every 200 ms) and reloads the reader, so a node is
-//! searchable well within a second of its commit in storage; an event is acked only
-//! after the commit that holds its change.
+//! searchable by its words well within a second of its commit in storage, however long
+//! the embedder takes; its vector follows from the `embedding` backlog
+//! (`vectors_pending` counts what waits). An event is acked only after the commit that
+//! holds its change; vectors still waiting at a stop are found again at start.
+//! `WaitIndexed` (`?wait_for=indexed|vectors` on node writes) is read-your-writes on
+//! the replica that answers it.
 //!
 //! Its limits:
 //! - Replicas converge independently: right after a write, one replica may have it and
@@ -48,8 +53,8 @@
 //!   stays on NATS until removed (`nats consumer rm`).
 //! - Tombstones (an id and a version each) stay until a full `Reindex`, which drops
 //!   those older than an hour.
-//! - `GetSearchStats` counts documents, vectors, bytes and the last commit of this
-//!   replica only; query metrics are not measured yet (zero).
+//! - `GetSearchStats` counts documents, vectors, pending vectors, bytes and the last
+//!   commit of this replica only; query metrics are not measured yet (zero).
 //! - Every replica embeds every node itself: N replicas do N times the embedding work.
 
 mod document;
