@@ -292,7 +292,7 @@ impl SearchIndex {
                 let mut nearest = index.nearest(&vector, &filter, limit + 1)?;
                 nearest.retain(|n| n.id != id);
                 nearest.truncate(limit);
-                let candidates = index.vector_candidates(&searcher, nearest)?;
+                let candidates = index.vector_candidates(&searcher, nearest, &filter)?;
                 let hits: Vec<Hit> = candidates
                     .into_iter()
                     .take_while(|c| min_score.is_none_or(|min| c.score >= min))
@@ -545,16 +545,18 @@ impl SearchIndex {
             }
             (Mode::Semantic, Some(vector)) => {
                 // one more than the page reaches tells whether another page follows
-                let nearest = self.nearest(vector, &vector_filter(search), depth + 1)?;
+                let filter = vector_filter(search);
+                let nearest = self.nearest(vector, &filter, depth + 1)?;
                 let more = nearest.len() > depth;
                 let total = nearest.len() as u64;
-                (self.vector_candidates(&searcher, nearest)?, total, more)
+                (self.vector_candidates(&searcher, nearest, &filter)?, total, more)
             }
             (Mode::Hybrid, Some(vector)) => {
                 let wanted = depth.max(FUSION_CANDIDATES);
                 let (full_text, total) = self.fulltext_top(&searcher, text.as_ref(), search, wanted)?;
-                let nearest = self.nearest(vector, &vector_filter(search), wanted)?;
-                let fused = self.fuse(&searcher, full_text, nearest, search.vector_weight)?;
+                let filter = vector_filter(search);
+                let nearest = self.nearest(vector, &filter, wanted)?;
+                let fused = self.fuse(&searcher, full_text, nearest, &filter, search.vector_weight)?;
                 let vector_only = fused.iter().filter(|c| c.fulltext.is_none()).count() as u64;
                 let more = fused.len() > depth || total > wanted as u64;
                 (fused, total + vector_only, more)
@@ -634,10 +636,15 @@ impl SearchIndex {
 
     /// The live documents of vector neighbours, nearest first. A neighbour whose
     /// document the reader does not hold (not committed yet, or gone) is left out.
-    fn vector_candidates(&self, searcher: &Searcher, nearest: Vec<Neighbour>) -> Result<Vec<Candidate>> {
+    fn vector_candidates(
+        &self,
+        searcher: &Searcher,
+        nearest: Vec<Neighbour>,
+        filter: &VectorFilter,
+    ) -> Result<Vec<Candidate>> {
         let mut candidates = Vec::with_capacity(nearest.len());
         for (rank, neighbour) in nearest.into_iter().enumerate() {
-            let Some(doc) = self.live_document(searcher, &neighbour.id.to_string())? else { continue };
+            let Some(doc) = self.vector_document(searcher, &neighbour.id.to_string(), filter)? else { continue };
             let score = f64::from(neighbour.similarity);
             let vector = Some(Ranked { rank: rank as u32 + 1, score });
             candidates.push(Candidate { doc, score, fulltext: None, vector });
@@ -653,6 +660,7 @@ impl SearchIndex {
         searcher: &Searcher,
         full_text: Vec<Candidate>,
         nearest: Vec<Neighbour>,
+        filter: &VectorFilter,
         vector_weight: f64,
     ) -> Result<Vec<Candidate>> {
         let (text_weight, vector_weight) = (2.0 * (1.0 - vector_weight), 2.0 * vector_weight);
@@ -673,7 +681,7 @@ impl SearchIndex {
                     candidate.score += share;
                 }
                 None => {
-                    if let Some(doc) = self.live_document(searcher, &id)? {
+                    if let Some(doc) = self.vector_document(searcher, &id, filter)? {
                         fused.insert(id, Candidate { doc, score: share, fulltext: None, vector: Some(ranked) });
                     }
                 }
@@ -682,6 +690,13 @@ impl SearchIndex {
         let mut fused: Vec<(String, Candidate)> = fused.into_iter().collect();
         fused.sort_by(|(a_id, a), (b_id, b)| b.score.total_cmp(&a.score).then_with(|| a_id.cmp(b_id)));
         Ok(fused.into_iter().map(|(_, candidate)| candidate).collect())
+    }
+
+    /// The live document of a vector hit, if it passes the search's filters. The vector's
+    /// own filter fields may be those of an older version (it stays until its successor
+    /// is written): a node moved to another namespace must not be found in the old one.
+    fn vector_document(&self, searcher: &Searcher, id: &str, filter: &VectorFilter) -> Result<Option<TantivyDocument>> {
+        Ok(self.live_document(searcher, id)?.filter(|doc| filter.admits(&self.fields.read(doc))))
     }
 
     /// The live document of `id`, if the reader holds one.

@@ -81,6 +81,18 @@ pub struct VectorFilter {
     pub updated_before: Option<i64>,
 }
 
+impl VectorFilter {
+    /// Whether a document passes the filter, as its vector would if it were current.
+    pub fn admits(&self, doc: &crate::document::Document) -> bool {
+        let updated_at = doc.updated_at.timestamp_micros();
+        (self.namespaces.is_empty() || self.namespaces.contains(&doc.namespace))
+            && (self.kinds.is_empty() || self.kinds.contains(&doc.kind))
+            && self.tags.iter().all(|tag| doc.tags.contains(tag))
+            && self.updated_after.is_none_or(|after| updated_at > after)
+            && self.updated_before.is_none_or(|before| updated_at < before)
+    }
+}
+
 /// A nearest neighbour: the node id and its cosine similarity to the query.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Neighbour {

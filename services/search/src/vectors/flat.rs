@@ -618,6 +618,58 @@ mod tests {
         assert!((found[0].similarity - 1.0).abs() < 1e-6, "cosine, not a raw dot product");
     }
 
+    /// A vector hit is checked against its document again (its filter fields may lag):
+    /// both checks must agree on what passes.
+    #[test]
+    fn documents_pass_the_same_filters_as_their_vectors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = FlatVectors::load(dir.path(), &mark()).unwrap();
+        store.apply(corpus()).unwrap();
+        let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let filters = [
+            VectorFilter::default(),
+            VectorFilter { namespaces: strings(&["b"]), ..Default::default() },
+            VectorFilter { namespaces: strings(&["zz"]), ..Default::default() },
+            VectorFilter { tags: strings(&["red", "big"]), ..Default::default() },
+            VectorFilter { kinds: strings(&["note", "fact"]), ..Default::default() },
+            VectorFilter { updated_after: Some(10), updated_before: Some(40), ..Default::default() },
+        ];
+        for filter in filters {
+            let by_vector: Vec<u8> = {
+                let mut found = ids(&store.search(&[1.0, 1.0, 1.0], &filter, 10).unwrap());
+                found.sort();
+                found
+            };
+            let by_document: Vec<u8> = corpus()
+                .into_iter()
+                .filter_map(|op| match op {
+                    VectorOp::Upsert(point) => Some(point),
+                    VectorOp::Delete(_) => None,
+                })
+                .filter(|point| {
+                    let doc = crate::document::Document {
+                        id: point.id.to_string(),
+                        namespace: point.namespace.clone(),
+                        kind: point.kind.clone(),
+                        title: String::new(),
+                        content: String::new(),
+                        tags: point.tags.clone(),
+                        source: String::new(),
+                        importance: 0.0,
+                        metadata_json: "{}".to_owned(),
+                        created_at: crate::document::micros_to_time(point.updated_at),
+                        updated_at: crate::document::micros_to_time(point.updated_at),
+                        version: point.version,
+                        embedding: None,
+                    };
+                    filter.admits(&doc)
+                })
+                .map(|point| point.id.as_bytes()[0])
+                .collect();
+            assert_eq!(by_vector, by_document, "{filter:?}");
+        }
+    }
+
     #[test]
     fn upserts_replace_and_deletes_keep_the_matrix_dense() {
         let dir = tempfile::tempdir().unwrap();
