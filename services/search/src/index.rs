@@ -445,12 +445,7 @@ impl SearchIndex {
         let mut live_at = Vec::new();
         let mut missing = Vec::new();
         for (id, version) in nodes {
-            let query = TermQuery::new(self.fields.id_term(&id.to_string()), IndexRecordOption::Basic);
-            let top = searcher.search(&query, &TopDocs::with_limit(1).order_by_score()).map_err(index_error)?;
-            let indexed = match top.first() {
-                Some((_, address)) => Some(self.fields.indexed(&searcher.doc(*address).map_err(index_error)?)),
-                None => None,
-            };
+            let indexed = self.indexed_document(&searcher, &id.to_string())?.map(|doc| self.fields.indexed(&doc));
             match indexed {
                 Some(Indexed::Tombstone { version: deleted }) if deleted >= version => {}
                 Some(Indexed::Live { version: live }) if live >= version => {
@@ -701,11 +696,16 @@ impl SearchIndex {
 
     /// The live document of `id`, if the reader holds one.
     fn live_document(&self, searcher: &Searcher, id: &str) -> Result<Option<TantivyDocument>> {
+        let doc = self.indexed_document(searcher, id)?;
+        Ok(doc.filter(|doc| matches!(self.fields.indexed(doc), Indexed::Live { .. })))
+    }
+
+    /// The document the reader holds for `id`: live or a tombstone.
+    fn indexed_document(&self, searcher: &Searcher, id: &str) -> Result<Option<TantivyDocument>> {
         let query = TermQuery::new(self.fields.id_term(id), IndexRecordOption::Basic);
         let top = searcher.search(&query, &TopDocs::with_limit(1).order_by_score()).map_err(index_error)?;
         let Some((_, address)) = top.first() else { return Ok(None) };
-        let doc: TantivyDocument = searcher.doc(*address).map_err(index_error)?;
-        Ok(matches!(self.fields.indexed(&doc), Indexed::Live { .. }).then_some(doc))
+        Ok(Some(searcher.doc(*address).map_err(index_error)?))
     }
 
     fn snippet_generators(

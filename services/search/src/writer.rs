@@ -482,12 +482,8 @@ impl Writer {
         let embedded = std::mem::take(&mut self.embedded);
         if self.changes == 0 {
             // only vectors of committed documents: nothing for tantivy to commit
-            let vectors = std::mem::take(&mut self.pending_vectors);
-            let wrote = !vectors.is_empty();
-            let written = match self.vectors_failed.take() {
-                Some(error) => Err(error),
-                None => self.vectors.apply(vectors),
-            };
+            let wrote = !self.pending_vectors.is_empty();
+            let written = self.write_vectors();
             self.settle_embedded(embedded, &written);
             if wrote {
                 // a vector store that fails makes the index unready, as a failed commit does
@@ -501,11 +497,7 @@ impl Writer {
         let at = Utc::now();
         // vectors first: a failed full-text commit is redone (events redelivered,
         // pushes retried) and writing a vector again changes nothing
-        let vectors = std::mem::take(&mut self.pending_vectors);
-        let written = match self.vectors_failed.take() {
-            Some(error) => Err(error),
-            None => self.vectors.apply(vectors),
-        };
+        let written = self.write_vectors();
         self.settle_embedded(embedded, &written);
         let result = written.and_then(|()| self.commit_at(at));
         self.pending.clear();
@@ -531,6 +523,16 @@ impl Writer {
             }
         }
         result
+    }
+
+    /// Writes the batch's vector changes not written yet, or fails with the error of an
+    /// earlier run of them (the batch is then redone).
+    fn write_vectors(&mut self) -> Result<()> {
+        let vectors = std::mem::take(&mut self.pending_vectors);
+        match self.vectors_failed.take() {
+            Some(error) => Err(error),
+            None => self.vectors.apply(vectors),
+        }
     }
 
     /// Tells the backlog the stage's vectors of this batch are written, or queues them
